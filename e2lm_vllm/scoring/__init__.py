@@ -1,1 +1,67 @@
+"""Benchmark-quality metrics: which task, and which metric of it, gives signal early in training.
 
+Pure numpy/scipy/pandas; no engine needed. Formulas: docs/scoring.md.
+"""
+
+from e2lm_vllm.scoring.api import (
+    E2LM_REFERENCE_PAIR,
+    ModelSignal,
+    ScoreReport,
+    ScoreWeights,
+    ScoringConfig,
+    TaskScore,
+    prepare_table,
+    score_path,
+    score_results,
+)
+from e2lm_vllm.scoring.noise import relative_dispersion, relative_noise, signal_to_noise, total_variation
+from e2lm_vllm.scoring.ranking import compliance, decision_accuracy, ranking_agreement, ranking_consistency
+from e2lm_vllm.scoring.samples import item_learnability, per_sample_scores, sample_metrics_table
+from e2lm_vllm.scoring.signal import SignalQuality, autocorrelation, monotonicity, ordinal_ranks, signal_quality
+from e2lm_vllm.scoring.table import (
+    ResultsTables,
+    ScoringInputError,
+    is_lower_better,
+    load_e2lm_json,
+    load_results,
+    validate_metrics,
+)
+from e2lm_vllm.scoring.tokens import E2LM_SCHEDULE, BatchSchedule, e2lm_checkpoint_filter, iteration_to_tokens
+
+__all__ = [
+    "E2LM_REFERENCE_PAIR",
+    "E2LM_SCHEDULE",
+    "BatchSchedule",
+    "ModelSignal",
+    "ResultsTables",
+    "ScoreReport",
+    "ScoreWeights",
+    "ScoringConfig",
+    "ScoringInputError",
+    "SignalQuality",
+    "TaskScore",
+    "autocorrelation",
+    "compliance",
+    "decision_accuracy",
+    "e2lm_checkpoint_filter",
+    "is_lower_better",
+    "item_learnability",
+    "iteration_to_tokens",
+    "load_e2lm_json",
+    "load_results",
+    "monotonicity",
+    "ordinal_ranks",
+    "per_sample_scores",
+    "prepare_table",
+    "ranking_agreement",
+    "ranking_consistency",
+    "relative_dispersion",
+    "relative_noise",
+    "sample_metrics_table",
+    "score_path",
+    "score_results",
+    "signal_quality",
+    "signal_to_noise",
+    "total_variation",
+    "validate_metrics",
+]
