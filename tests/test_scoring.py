@@ -363,7 +363,8 @@ def test_score_cli_errors_exit_2_with_one_line(tmp_path, capsys, content, extra,
 
 @needs_e2lm_data
 def test_report_writes_plots_and_markdown(tmp_path):
-    assert main(["report", str(E2LM_JSON), "--e2lm-filter", "-o", str(tmp_path)]) == 0
+    tasks = ["--task", "hellaswag", "--task", "gsm8k", "--task", "mmlu", "--task", "sciq"]
+    assert main(["report", str(E2LM_JSON), "--e2lm-filter", *tasks, "-o", str(tmp_path)]) == 0
     markdown = (tmp_path / "report.md").read_text()
     assert "| hellaswag | score |" in markdown and "![Global score per task](summary.png)" in markdown
     assert "(curves-score.png)" in markdown
