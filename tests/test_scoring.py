@@ -383,3 +383,13 @@ def test_report_on_a_sweep_folder_with_samples(tmp_path):
     assert (tmp_path / "out" / "item_learnability.csv").exists()
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "Most learnable items" in markdown and "single model" in markdown
+
+
+def test_metric_selection_by_name_or_filter_label():
+    acc = long_table({"a": [0.1, 0.2, 0.3], "b": [0.2, 0.3, 0.4]}, metric="exact_match")
+    strict = acc.assign(filter="strict-match", value=acc["value"] / 2)
+    table = pd.concat([acc, strict], ignore_index=True)
+    assert {row.metric for row in score_results(table).tasks} == {"exact_match", "exact_match,strict-match"}
+    assert [row.metric for row in score_results(table, metrics=["exact_match,strict-match"]).tasks] == ["exact_match,strict-match"]
+    with pytest.raises(ScoringInputError, match="unknown metric"):
+        score_results(table, metrics=["acc"])

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 REQUIRED_COLUMNS = ("model", "step", "task", "metric", "value")
-OPTIONAL_COLUMNS = ("tokens", "checkpoint", "filter")
 SAMPLE_COLUMNS = ("model", "step", "task", "doc_id", "target", "choice_logprobs", "choice_bytes")
 
 # Substrings of metric names that are lower-is-better in lm-evaluation-harness.
