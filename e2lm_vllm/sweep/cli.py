@@ -1,0 +1,89 @@
+"""`e2lm-vllm sweep [CONFIG] [flags]`: evaluate every checkpoint x task, on a local Ray or a cluster.
+
+The same flags drive `ray job submit --working-dir . -- python ray_jobs/sweep.py ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from e2lm_vllm.sweep.config import SweepConfigError, config_from_flags, load_sweep_config
+
+
+def _model_args(text: str) -> dict[str, Any]:
+    """``key=value,key=value`` as lm-eval's --model_args, values parsed as YAML scalars (ints, bools)."""
+    import yaml
+
+    args: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        if "=" not in item:
+            raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        args[key.strip()] = yaml.safe_load(value)
+    return args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="sweep YAML (see ray_jobs/examples/); flags below override it")
+    parser.add_argument("--config", dest="config_flag", metavar="CONFIG", help="same as the positional CONFIG")
+    parser.add_argument(
+        "--checkpoints", nargs="+", metavar="PATH_OR_GLOB", help="local checkpoint folders (step from config or name)"
+    )
+    parser.add_argument("--model-name", help="family name for --checkpoints (default: their parent folder's name)")
+    parser.add_argument("--tasks", help="comma-separated lm-eval task names or task YAML paths")
+    parser.add_argument("--include-path", action="append", metavar="DIR", help="folder of task YAMLs (repeatable)")
+    parser.add_argument("--limit", type=float, help="docs per task (int) or fraction (< 1)")
+    parser.add_argument("--num-fewshot", type=int)
+    parser.add_argument("--output", "-o", metavar="DIR", help="results folder (absolute inside a Ray job)")
+    parser.add_argument("--lm", choices=["e2lm_vllm", "hf"], help="lm-eval model (default e2lm_vllm)")
+    parser.add_argument("--model-args", type=_model_args, metavar="K=V,...", help="extra lm constructor kwargs")
+    parser.add_argument("--workers", type=int, help="engines at once (default: GPUs, else 1)")
+    parser.add_argument("--cpus-per-worker", type=int)
+    parser.add_argument("--max-attempts", type=int, help="tries per checkpoint before it is recorded as failed")
+    parser.add_argument("--force", action="store_true", help="recompute cells already in the output")
+    parser.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a fresh local Ray)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    path = args.config_flag or args.config
+    base = load_sweep_config(path) if path else None
+    config = config_from_flags(
+        checkpoints=args.checkpoints,
+        model_name=args.model_name,
+        tasks=args.tasks,
+        include_path=args.include_path,
+        limit=args.limit,
+        num_fewshot=args.num_fewshot,
+        output=args.output,
+        lm=args.lm,
+        model_args=args.model_args,
+        base=base,
+    )
+    for name in ("workers", "cpus_per_worker", "max_attempts"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from e2lm_vllm.sweep.runner import run_sweep
+
+    try:
+        config = build_config(args)
+        summary = run_sweep(config, force=args.force, address=args.address, progress=not args.no_progress)
+    except SweepConfigError as error:
+        print(f"e2lm-vllm sweep: {error}", file=sys.stderr)
+        return 2
+    print(summary.describe(), file=sys.stderr if summary.failures else sys.stdout)
+    return summary.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="e2lm-vllm sweep", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,329 @@
+"""What a sweep evaluates: model families and their checkpoints, tasks, engine arguments, output.
+
+A sweep is written as YAML (``load_sweep_config``) or built from command-line flags
+(``config_from_flags``); both give the same validated ``SweepConfig``. Validation errors name
+the field path and what was expected (``SweepConfigError``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+
+
+class SweepConfigError(ValueError):
+    """A sweep definition that does not validate; the message lists ``field.path: what was expected``."""
+
+
+class _Strict(BaseModel):
+    # Typos in a config must fail loudly rather than be ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+class CheckpointEntry(_Strict):
+    """One checkpoint named explicitly, with its training step and (optionally) tokens seen."""
+
+    name: str = Field(description="local folder, HF revision or HF subfolder, depending on the source")
+    step: int | None = Field(default=None, ge=0, description="training step; read from the checkpoint when absent")
+    tokens: float | None = Field(default=None, ge=0, description="tokens seen at this step (raw count)")
+
+
+def _entries(value: Any) -> Any:
+    # A bare string is shorthand for {name: string}.
+    if isinstance(value, list):
+        return [{"name": item} if isinstance(item, (str, int)) and not isinstance(item, bool) else item for item in value]
+    return value
+
+
+class StepRange(_Strict):
+    """``start``, ``start + every``, ... up to ``stop`` inclusive: E2LM saves every 2000 steps."""
+
+    start: int = Field(ge=0)
+    stop: int = Field(ge=0)
+    every: int = Field(gt=0)
+
+    def steps(self) -> list[int]:
+        return list(range(self.start, self.stop + 1, self.every))
+
+
+class LocalCheckpoints(_Strict):
+    """Local checkpoint folders, each a path or a glob (``runs/ladder/step_*``)."""
+
+    paths: list[CheckpointEntry] = Field(min_length=1)
+    _normalise = field_validator("paths", mode="before")(_entries)
+
+
+class HFRevisions(_Strict):
+    """An HF repo with one checkpoint per revision (branch, tag or commit)."""
+
+    repo: str
+    revisions: list[CheckpointEntry] = Field(min_length=1)
+    _normalise = field_validator("revisions", mode="before")(_entries)
+
+
+class HFSubfolders(_Strict):
+    """An HF repo with one checkpoint per subfolder: the E2LM layout (``tiiuae/dense-1b-arch1/iter_0002000``).
+
+    Either list ``subfolders`` or give a ``subfolder_template`` (Python format with ``step``) and ``steps``.
+    Nothing touches the network until a worker loads the checkpoint.
+    """
+
+    repo: str
+    subfolders: list[CheckpointEntry] | None = None
+    subfolder_template: str | None = Field(default=None, examples=["iter_{step:07d}"])
+    steps: list[int] | StepRange | None = None
+    revision: str | None = None
+    _normalise = field_validator("subfolders", mode="before")(_entries)
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.subfolders is None and (self.subfolder_template is None or self.steps is None):
+            raise ValueError("expected `subfolders`, or both `subfolder_template` and `steps`")
+        if self.subfolders is not None and self.subfolder_template is not None:
+            raise ValueError("expected either `subfolders` or `subfolder_template`, not both")
+
+
+def _source_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        if "paths" in value:
+            return "paths"
+        if "revisions" in value:
+            return "revisions"
+        if "subfolders" in value or "subfolder_template" in value:
+            return "subfolders"
+        return None
+    if isinstance(value, BaseModel):
+        return {LocalCheckpoints: "paths", HFRevisions: "revisions", HFSubfolders: "subfolders"}[type(value)]
+    return None
+
+
+CheckpointSource = Annotated[
+    Union[
+        Annotated[LocalCheckpoints, Tag("paths")],
+        Annotated[HFRevisions, Tag("revisions")],
+        Annotated[HFSubfolders, Tag("subfolders")],
+    ],
+    Discriminator(
+        _source_kind,
+        custom_error_type="checkpoint_source",
+        custom_error_message="expected a checkpoint source with `paths`, `repo` + `revisions`, or `repo` + `subfolders`",
+    ),
+]
+
+
+class ModelFamily(_Strict):
+    """One model family (one row label in the results, e.g. ``dense-1b-arch1``) and its checkpoints."""
+
+    name: str = Field(min_length=1)
+    checkpoints: list[CheckpointSource] = Field(min_length=1)
+    architecture: str | None = Field(
+        default=None, description="checkpoints sharing it may reuse one engine (weight swap); default: the name"
+    )
+    tokenizer: str | None = Field(default=None, description="tokenizer path or repo when checkpoints lack one")
+    tokens_per_step: float | None = Field(default=None, gt=0, description="tokens = step * tokens_per_step")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="extra constructor kwargs for this family")
+
+    @field_validator("checkpoints", mode="before")
+    @classmethod
+    def _one_source(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+
+# --- tasks and engine --------------------------------------------------------------------------
+
+
+class TaskSpec(_Strict):
+    """An lm-eval task (or group) name, or a path to a task YAML."""
+
+    name: str = Field(min_length=1)
+    num_fewshot: int | None = Field(default=None, ge=0)
+    limit: float | None = Field(default=None, gt=0, description="docs per task (int) or fraction (< 1)")
+
+
+class EngineArgs(_Strict):
+    """How each checkpoint is loaded: the lm-eval model and its constructor arguments."""
+
+    lm: Literal["e2lm_vllm", "hf"] = Field(
+        default="e2lm_vllm", description="lm-eval model: our vLLM wrapper, or lm-eval's own HF model"
+    )
+    backend: Literal["auto", "vllm", "hf"] = "auto"
+    dtype: str = "auto"
+    max_model_len: int | None = Field(default=None, gt=0)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    enforce_eager: bool | None = None
+    seed: int = 1234
+    batch_size: int | str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict, description="passed through to the lm constructor")
+
+
+class SweepConfig(_Strict):
+    """A whole sweep: every checkpoint of every family x every task."""
+
+    models: list[ModelFamily] = Field(min_length=1)
+    tasks: list[TaskSpec] = Field(min_length=1)
+    include_paths: list[str] = Field(default_factory=list, description="folders of task YAMLs")
+    num_fewshot: int | None = Field(default=None, ge=0, description="default for tasks that do not set it")
+    limit: float | None = Field(default=None, gt=0, description="default for tasks that do not set it")
+    engine: EngineArgs = Field(default_factory=EngineArgs)
+    output: str = "results/sweep"
+    workers: int | None = Field(default=None, ge=1, description="engines at once; default: GPUs, else 1")
+    cpus_per_worker: int | None = Field(default=None, ge=1, description="default: the cluster's CPUs / workers")
+    max_attempts: int = Field(default=3, ge=1, description="tries per checkpoint before it is recorded as failed")
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _task_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [name for name in value.split(",") if name.strip()]
+        if isinstance(value, list):
+            return [{"name": item.strip()} if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("include_paths", mode="before")
+    @classmethod
+    def _one_path(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, value: list[ModelFamily]) -> list[ModelFamily]:
+        names = [family.name for family in value]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"expected unique model family names, got duplicates: {duplicated}")
+        return value
+
+    def task_fewshot(self, task: TaskSpec) -> int | None:
+        return task.num_fewshot if task.num_fewshot is not None else self.num_fewshot
+
+    def task_limit(self, task: TaskSpec) -> float | None:
+        return task.limit if task.limit is not None else self.limit
+
+
+# Fields that decide how a sweep runs, not what it computes: left out of the config hash.
+_EXECUTION_FIELDS = {"output", "workers", "cpus_per_worker", "max_attempts"}
+
+
+def stable_hash(payload: Any, length: int = 12) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def config_hash(config: SweepConfig) -> str:
+    """Hash of everything that changes results; stable across key order, output dir and worker count."""
+    return stable_hash(config.model_dump(mode="json", exclude=_EXECUTION_FIELDS))
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid sweep definition"]
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        got = item.get("input")
+        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+        lines.append(f"  {path}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def validate_config(data: Any, source: str = "sweep config") -> SweepConfig:
+    if not isinstance(data, dict):
+        raise SweepConfigError(f"{source}: expected a mapping with `models` and `tasks`, got {type(data).__name__}")
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as error:
+        raise SweepConfigError(format_validation_error(error, source)) from None
+
+
+def load_sweep_config(path: str | os.PathLike) -> SweepConfig:
+    """Read and validate a sweep YAML.
+
+    Relative local paths in it are relative to the current directory, as for the flags: the repo
+    root both for ``e2lm-vllm sweep`` and for ``ray job submit --working-dir .`` (where it is the
+    uploaded copy, so checkpoints and output outside the checkout must be given as absolute paths).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SweepConfigError(f"{path}: sweep config not found (expected a YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SweepConfigError(f"{path}: not valid YAML: {error}") from None
+    return _relative_to(validate_config(data, str(path)), Path.cwd())
+
+
+def _relative_to(config: SweepConfig, base: Path) -> SweepConfig:
+    """Resolve relative local paths (checkpoints, include paths, task YAMLs) against ``base``."""
+
+    def resolve(text: str) -> str:
+        return text if Path(text).is_absolute() else str(base / text)
+
+    for family in config.models:
+        for source in family.checkpoints:
+            if isinstance(source, LocalCheckpoints):
+                for entry in source.paths:
+                    entry.name = resolve(entry.name)
+    config.include_paths = [resolve(p) for p in config.include_paths]
+    for task in config.tasks:
+        if task.name.endswith((".yaml", ".yml")):
+            task.name = resolve(task.name)
+    return config
+
+
+def config_from_flags(
+    checkpoints: list[str] | None = None,
+    model_name: str | None = None,
+    tasks: str | list[str] | None = None,
+    include_path: list[str] | None = None,
+    limit: float | None = None,
+    num_fewshot: int | None = None,
+    output: str | None = None,
+    lm: str | None = None,
+    model_args: dict[str, Any] | None = None,
+    base: SweepConfig | None = None,
+) -> SweepConfig:
+    """The common case from flags alone, or flags overriding a loaded config (``base``)."""
+    data: dict[str, Any] = base.model_dump(mode="python") if base is not None else {}
+    if checkpoints:
+        name = model_name or (data["models"][0]["name"] if data.get("models") else None)
+        if name is None:
+            name = _common_family_name(checkpoints)
+        data["models"] = [{"name": name, "checkpoints": [{"paths": [str(Path(p).absolute()) for p in checkpoints]}]}]
+    elif model_name and data.get("models"):
+        if len(data["models"]) != 1:
+            raise SweepConfigError("--model-name: expected a config with exactly one model family to rename")
+        data["models"][0]["name"] = model_name
+    if tasks:
+        data["tasks"] = tasks
+    if include_path:
+        data["include_paths"] = [str(Path(p).absolute()) for p in include_path]
+    if limit is not None:
+        data["limit"] = limit
+    if num_fewshot is not None:
+        data["num_fewshot"] = num_fewshot
+    if output is not None:
+        data["output"] = output
+    engine = dict(data.get("engine") or {})
+    if lm is not None:
+        engine["lm"] = lm
+    if model_args:
+        engine["extra"] = {**engine.get("extra", {}), **model_args}
+    if engine:
+        data["engine"] = engine
+    missing = [flag for flag, key in (("--checkpoints", "models"), ("--tasks", "tasks")) if not data.get(key)]
+    if missing:
+        raise SweepConfigError(f"expected a sweep config file or the flags {' and '.join(missing)}")
+    return validate_config(data, "command-line flags")
+
+
+def _common_family_name(checkpoints: list[str]) -> str:
+    """``runs/smollm2-ladder/step_*`` -> ``smollm2-ladder``: the parent folder names the family."""
+    parents = {Path(p).absolute().parent.name for p in checkpoints}
+    return parents.pop() if len(parents) == 1 and parents != {""} else "model"

@@ -1,0 +1,168 @@
+"""The cells of a sweep (checkpoint x task), which are already done, and the work left.
+
+A cell is done when its metrics part file exists under ``OUTPUT/cells/``; parts are written
+atomically, so an existing file is a complete result. A cell's file name carries a hash of
+everything that changes its result (engine args, family args, task, few-shot, limit), so changing
+the config recomputes exactly the affected cells and a rerun of the same config computes only
+the missing ones.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from e2lm_vllm.sweep.checkpoints import Checkpoint, resolve_checkpoints
+from e2lm_vllm.sweep.config import ModelFamily, SweepConfig, SweepConfigError, TaskSpec, stable_hash
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class _TolerantLoader(yaml.SafeLoader):
+    """Reads lm-eval task YAMLs, whose ``!function`` tags mean nothing outside lm-eval."""
+
+
+_TolerantLoader.add_multi_constructor("", lambda loader, suffix, node: None)
+
+
+def task_name_of(spec: TaskSpec) -> str:
+    """The lm-eval task name: the spec itself, or the ``task:`` of a task YAML path."""
+    if not spec.name.endswith((".yaml", ".yml")):
+        return spec.name
+    path = Path(spec.name)
+    if not path.is_file():
+        raise SweepConfigError(f"tasks: task YAML {spec.name} not found")
+    data = yaml.load(path.read_text(), Loader=_TolerantLoader) or {}
+    name = data.get("task") or data.get("group")
+    if not isinstance(name, str):
+        raise SweepConfigError(f"tasks: {spec.name} has no `task:` name (expected an lm-eval task YAML)")
+    return name
+
+
+def include_paths_of(config: SweepConfig) -> list[str]:
+    """Include paths plus the folder of every task given as a YAML path."""
+    paths = list(config.include_paths)
+    for spec in config.tasks:
+        if spec.name.endswith((".yaml", ".yml")):
+            folder = str(Path(spec.name).resolve().parent)
+            if folder not in paths:
+                paths.append(folder)
+    return paths
+
+
+def _slug(text: str, length: int = 60) -> str:
+    return _UNSAFE.sub("_", text).strip("_")[-length:] or "x"
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """One task as a cell evaluates it."""
+
+    name: str
+    num_fewshot: int | None
+    limit: float | None
+
+
+@dataclass(frozen=True)
+class Cell:
+    checkpoint: Checkpoint
+    task: CellTask
+    cell_hash: str  # hash of what changes this cell's result; the `config_hash` column
+
+    @property
+    def key(self) -> str:
+        return f"{self.checkpoint.model}|{self.checkpoint.id}|{self.task.name}|{self.cell_hash}"
+
+    def part_stem(self, output: Path) -> Path:
+        ckpt = self.checkpoint
+        folder = f"step{ckpt.step:010d}_{_slug(Path(ckpt.id).name)}_{stable_hash(ckpt.id, 8)}"
+        return output / "cells" / _slug(ckpt.model) / folder / f"{_slug(self.task.name)}.{self.cell_hash}"
+
+    def metrics_part(self, output: Path) -> Path:
+        return self.part_stem(output).with_name(self.part_stem(output).name + ".metrics.parquet")
+
+    def samples_part(self, output: Path) -> Path:
+        return self.part_stem(output).with_name(self.part_stem(output).name + ".samples.parquet")
+
+
+@dataclass
+class WorkUnit:
+    """One checkpoint and the tasks still to evaluate on it: one engine lifetime in one worker."""
+
+    checkpoint: Checkpoint
+    cells: list[Cell]
+    model_args: dict[str, Any]
+    lm: str
+    include_paths: list[str]
+
+    @property
+    def label(self) -> str:
+        return f"{self.checkpoint.model}@{self.checkpoint.step}"
+
+
+@dataclass
+class Plan:
+    cells: list[Cell]
+    done: list[Cell] = field(default_factory=list)
+    missing: list[Cell] = field(default_factory=list)
+    units: list[WorkUnit] = field(default_factory=list)
+
+
+def family_model_args(config: SweepConfig, family: ModelFamily) -> dict[str, Any]:
+    """Engine args then family overrides, without the location of the weights."""
+    engine = config.engine
+    args: dict[str, Any] = {
+        "backend": engine.backend,
+        "dtype": engine.dtype,
+        "max_model_len": engine.max_model_len,
+        "gpu_memory_utilization": engine.gpu_memory_utilization,
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "enforce_eager": engine.enforce_eager,
+        "seed": engine.seed,
+        "batch_size": engine.batch_size,
+        "tokenizer": family.tokenizer,
+        **engine.extra,
+        **family.model_args,
+    }
+    return {key: value for key, value in args.items() if value is not None}
+
+
+def build_plan(config: SweepConfig, output: Path, force: bool = False) -> Plan:
+    """Every cell of the sweep, split into done and missing; missing cells grouped per checkpoint."""
+    tasks = [CellTask(task_name_of(t), config.task_fewshot(t), config.task_limit(t)) for t in config.tasks]
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise SweepConfigError(f"tasks: expected each task once, got {names}")
+    include_paths = include_paths_of(config)
+    plan = Plan(cells=[])
+    for family in config.models:
+        args = family_model_args(config, family)
+        checkpoints = resolve_checkpoints(family)
+        for checkpoint in checkpoints:
+            unit_cells = []
+            for task in tasks:
+                cell_hash = stable_hash({"lm": config.engine.lm, "args": args, "task": task.__dict__})
+                cell = Cell(checkpoint, task, cell_hash)
+                plan.cells.append(cell)
+                if not force and cell.metrics_part(output).is_file():
+                    plan.done.append(cell)
+                else:
+                    plan.missing.append(cell)
+                    unit_cells.append(cell)
+            if unit_cells:
+                plan.units.append(
+                    WorkUnit(
+                        checkpoint=checkpoint,
+                        cells=unit_cells,
+                        model_args={**args, **checkpoint.model_args()},
+                        lm=config.engine.lm,
+                        include_paths=include_paths,
+                    )
+                )
+    # Same architecture back to back, in step order: what an in-place weight swap will want.
+    plan.units.sort(key=lambda u: (u.checkpoint.architecture or "", u.checkpoint.model, u.checkpoint.step))
+    return plan

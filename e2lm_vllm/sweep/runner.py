@@ -1,0 +1,312 @@
+"""The sweep driver: plan the cells, farm checkpoints out to Ray workers, write results as they land.
+
+Each finished cell is written at once as its own Parquet parts under ``OUTPUT/cells/`` (atomic),
+so a killed driver loses only the checkpoints in flight and a rerun computes only the missing
+cells. At the end the parts are consolidated into ``metrics.parquet`` and ``samples.parquet``;
+failed cells go to ``failures.parquet`` and make the exit status non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from e2lm_vllm.results.schema import FAILURES_SCHEMA, METRICS_SCHEMA, SAMPLES_SCHEMA
+from e2lm_vllm.results.store import write_table_atomic
+from e2lm_vllm.sweep.config import SweepConfig, SweepConfigError, config_hash
+from e2lm_vllm.sweep.plan import Cell, Plan, WorkUnit, build_plan
+from e2lm_vllm.sweep.worker import CellResult, UnitResult, evaluate_unit
+
+log = logging.getLogger("e2lm_vllm.sweep")
+
+# Environment a worker inherits from the driver: offline switches, caches, vLLM and HF settings.
+_PASSED_ENV_PREFIXES = ("HF_", "VLLM_", "TRANSFORMERS_", "HUGGINGFACE_")
+
+
+@dataclass
+class SweepSummary:
+    output: Path
+    cells: int
+    already_done: int
+    evaluated: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
+
+    def describe(self) -> str:
+        lines = [
+            f"sweep: {self.cells} cells, {self.already_done} already done, {self.evaluated} evaluated, "
+            f"{len(self.failures)} failed in {self.seconds:.0f} s -> {self.output}"
+        ]
+        for failure in self.failures:
+            first_line = failure["error"].strip().splitlines()[-1] if failure["error"].strip() else "?"
+            lines.append(f"  FAILED {failure['model']} step {failure['step']} {failure['task']}: {first_line}")
+        return "\n".join(lines)
+
+
+def in_ray_job() -> bool:
+    """True inside a ``ray job submit`` entrypoint, whose working dir is a temporary copy."""
+    return bool(os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_SUBMISSION_ID"))
+
+
+def _cell_columns(cell: Cell) -> dict[str, Any]:
+    ckpt = cell.checkpoint
+    return {"model": ckpt.model, "checkpoint": ckpt.id, "step": ckpt.step, "tokens": ckpt.tokens}
+
+
+def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
+
+
+def write_cell(cell: Cell, result: CellResult, unit_result: UnitResult, output: Path, engine_share: float) -> None:
+    """Samples first, metrics last: the metrics part is the cell's 'done' marker."""
+    identity = _cell_columns(cell)
+    samples = [{**identity, **row} for row in result.samples]
+    write_table_atomic(_table(samples, SAMPLES_SCHEMA), cell.samples_part(output), SAMPLES_SCHEMA)
+    extra = {
+        "eval_seconds": result.eval_seconds,
+        "engine_seconds": engine_share,
+        "backend": unit_result.backend,
+        "config_hash": cell.cell_hash,
+        **unit_result.versions,
+    }
+    metrics = [{**identity, **extra, **row} for row in result.metrics]
+    write_table_atomic(_table(metrics, METRICS_SCHEMA), cell.metrics_part(output), METRICS_SCHEMA)
+
+
+def _read_parts(paths: list[Path], schema: pa.Schema) -> pa.Table:
+    tables = [pq.read_table(path).select(schema.names).cast(schema) for path in paths if path.is_file()]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def consolidate(plan: Plan, output: Path) -> tuple[int, int]:
+    """``metrics.parquet`` and ``samples.parquet`` from the parts of this plan's cells (atomic)."""
+    metrics = _read_parts([cell.metrics_part(output) for cell in plan.cells], METRICS_SCHEMA)
+    done = {cell.key for cell in plan.cells if cell.metrics_part(output).is_file()}
+    samples = _read_parts([cell.samples_part(output) for cell in plan.cells if cell.key in done], SAMPLES_SCHEMA)
+    write_table_atomic(metrics, output / "metrics.parquet", METRICS_SCHEMA)
+    write_table_atomic(samples, output / "samples.parquet", SAMPLES_SCHEMA)
+    return metrics.num_rows, samples.num_rows
+
+
+def _failure_error(error: BaseException) -> str:
+    # Ray wraps the worker's exception; keep the original type and message, not Ray's wrapping.
+    cause = getattr(error, "cause", None) or error
+    text = f"{type(cause).__name__}: {cause}"
+    return text if len(text) < 4000 else text[:2000] + "\n...\n" + text[-2000:]
+
+
+def _append_run_record(output: Path, record: dict[str, Any]) -> None:
+    with open(output / "runs.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _init_ray(address: str | None) -> Any:
+    import ray
+
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address)
+        elif os.environ.get("RAY_ADDRESS"):
+            ray.init()  # inside `ray job submit`, or a user-chosen cluster
+        else:
+            # A fresh local Ray for `e2lm-vllm sweep`, never someone else's cluster on this machine.
+            ray.init(address="local", include_dashboard=False)
+    return ray
+
+
+def _worker_options(config: SweepConfig, ray: Any) -> tuple[int, dict[str, Any]]:
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = int(resources.get("CPU", 1))
+    workers = config.workers or (gpus if gpus else 1)
+    cpus_per_worker = config.cpus_per_worker or max(1, cpus // workers)
+    if cpus_per_worker > cpus:
+        raise SweepConfigError(f"cpus_per_worker: expected at most the cluster's {cpus} CPUs, got {cpus_per_worker}")
+    env = {key: value for key, value in os.environ.items() if key.startswith(_PASSED_ENV_PREFIXES)}
+    # Ray pins workers to one thread unless told otherwise; a CPU engine needs all its cores.
+    env.update(
+        {
+            "OMP_NUM_THREADS": str(cpus_per_worker),
+            "MKL_NUM_THREADS": str(cpus_per_worker),
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
+    options = {
+        "num_cpus": cpus_per_worker,
+        "num_gpus": 1 if gpus else 0,
+        # Worker deaths and load errors alike: retry, then the checkpoint is recorded as failed.
+        "max_retries": config.max_attempts - 1,
+        "retry_exceptions": True,
+        "runtime_env": {"env_vars": env},
+    }
+    return workers, options
+
+
+def run_sweep(config: SweepConfig, force: bool = False, address: str | None = None, progress: bool = True) -> SweepSummary:
+    started = time.time()
+    output = Path(config.output)
+    if in_ray_job() and not output.is_absolute():
+        raise SweepConfigError(
+            f"output: expected an absolute path inside a Ray job (its working dir is a temporary copy), got {config.output!r}"
+        )
+    output = output.absolute()
+    output.mkdir(parents=True, exist_ok=True)
+    plan = build_plan(config, output, force=force)
+    digest = config_hash(config)
+    (output / "sweep.json").write_text(
+        json.dumps({"config_hash": digest, "config": config.model_dump(mode="json")}, indent=2) + "\n"
+    )
+    run_id = uuid.uuid4().hex[:12]
+    summary = SweepSummary(output=output, cells=len(plan.cells), already_done=len(plan.done))
+    _append_run_record(
+        output,
+        {
+            "run_id": run_id,
+            "event": "start",
+            "time": datetime.now(timezone.utc).isoformat(),
+            "config_hash": digest,
+            "cells": len(plan.cells),
+            "already_done": len(plan.done),
+            "to_evaluate": len(plan.missing),
+            "force": force,
+        },
+    )
+    log.info(
+        "sweep %s: %d checkpoints x %d tasks = %d cells; %d done, %d to evaluate",
+        digest,
+        len({c.checkpoint.id for c in plan.cells}),
+        len(config.tasks),
+        len(plan.cells),
+        len(plan.done),
+        len(plan.missing),
+    )
+    failures: list[dict[str, Any]] = []
+    if plan.units:
+        _evaluate(plan, config, output, address, progress, failures, summary)
+    consolidate(plan, output)
+    write_table_atomic(_table(failures, FAILURES_SCHEMA), output / "failures.parquet", FAILURES_SCHEMA)
+    summary.failures = failures
+    summary.seconds = time.time() - started
+    _append_run_record(
+        output,
+        {
+            "run_id": run_id,
+            "event": "finish",
+            "time": datetime.now(timezone.utc).isoformat(),
+            "evaluated": summary.evaluated,
+            "failed": len(failures),
+            "seconds": round(summary.seconds, 3),
+        },
+    )
+    return summary
+
+
+def _record_failure(
+    failures: list[dict[str, Any]], cell: Cell, error: str, attempts: int, output: Path
+) -> None:
+    failures.append(
+        {
+            **_cell_columns(cell),
+            "task": cell.task.name,
+            "error": error,
+            "attempts": attempts,
+            "config_hash": cell.cell_hash,
+        }
+    )
+    # Written at once, so a driver killed later still leaves the failures seen so far.
+    write_table_atomic(_table(failures, FAILURES_SCHEMA), output / "failures.parquet", FAILURES_SCHEMA)
+
+
+def _evaluate(
+    plan: Plan,
+    config: SweepConfig,
+    output: Path,
+    address: str | None,
+    progress: bool,
+    failures: list[dict[str, Any]],
+    summary: SweepSummary,
+) -> None:
+    ray = _init_ray(address)
+    workers, options = _worker_options(config, ray)
+    # max_calls=1: a fresh process per checkpoint, so memory is released between engines.
+    remote = ray.remote(max_calls=1)(evaluate_unit)
+    log.info(
+        "%d workers x %d CPUs%s; %d checkpoints to evaluate",
+        workers,
+        options["num_cpus"],
+        " + 1 GPU" if options["num_gpus"] else "",
+        len(plan.units),
+    )
+    pending: list[WorkUnit] = list(plan.units)
+    in_flight: dict[Any, WorkUnit] = {}
+    total = len(plan.missing)
+    done_cells = 0
+    started = time.time()
+    bar = tqdm(total=total, unit="cell", desc="sweep", disable=not progress, mininterval=2.0, file=sys.stderr)
+    try:
+        while pending or in_flight:
+            while pending and len(in_flight) < workers:
+                unit = pending.pop(0)
+                ref = remote.options(name=f"sweep {unit.label}", **options).remote(unit)
+                in_flight[ref] = unit
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                unit = in_flight.pop(ref)
+                try:
+                    result: UnitResult = ray.get(ref)
+                except Exception as error:  # noqa: BLE001 - every failure of a checkpoint is recorded, the sweep goes on
+                    message = _failure_error(error)
+                    for cell in unit.cells:
+                        _record_failure(failures, cell, message, config.max_attempts, output)
+                    log.error("%s: failed after %d attempts: %s", unit.label, config.max_attempts, message.splitlines()[0])
+                else:
+                    by_key = {cell.key: cell for cell in unit.cells}
+                    engine_share = result.engine_seconds / max(1, len(result.cells))
+                    for cell_result in result.cells:
+                        cell = by_key[cell_result.key]
+                        if cell_result.error is not None:
+                            _record_failure(failures, cell, cell_result.error, 1, output)
+                        else:
+                            write_cell(cell, cell_result, result, output, engine_share)
+                            summary.evaluated += 1
+                    log.info(
+                        "%s: %d/%d tasks ok on %s pid %d (engine %.1f s, eval %.1f s)",
+                        unit.label,
+                        sum(c.error is None for c in result.cells),
+                        len(result.cells),
+                        result.host,
+                        result.pid,
+                        result.engine_seconds,
+                        sum(c.eval_seconds for c in result.cells),
+                    )
+                done_cells += len(unit.cells)
+                bar.update(len(unit.cells))
+                bar.set_postfix(failed=len(failures))
+                elapsed = time.time() - started
+                eta = elapsed / done_cells * (total - done_cells)
+                log.info(
+                    "progress: %d/%d cells, %d failed, %.0f s elapsed, ETA %.0f s",
+                    done_cells,
+                    total,
+                    len(failures),
+                    elapsed,
+                    eta,
+                )
+    finally:
+        bar.close()
