@@ -1,0 +1,55 @@
+"""Resolve `pretrained` + `revision` + `subfolder` to a local checkpoint folder.
+
+vLLM loads a folder; the E2LM checkpoints live in subfolders of one HF repo (`iter_0002000` of
+`tiiuae/dense-500m-arch1`), so a repo checkpoint is fetched (only its subfolder) into the HF cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+@dataclass(frozen=True)
+class LocalCheckpoint:
+    model_path: Path
+    tokenizer_path: Path
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).exists() for name in TOKENIZER_FILES)
+
+
+def resolve_checkpoint(
+    pretrained: str, *, revision: str | None = None, subfolder: str | None = None, tokenizer: str | None = None
+) -> LocalCheckpoint:
+    """The local folders holding the weights and the tokenizer of a checkpoint.
+
+    A checkpoint subfolder without tokenizer files uses the tokenizer of its repo root, as the
+    E2LM repos ship one tokenizer for all iterations.
+    """
+    root = Path(pretrained).expanduser()
+    if root.is_dir():
+        if revision:
+            raise ValueError(f"revision={revision!r} given for the local folder {root}: revisions are for HF repos")
+    elif root.exists():
+        raise ValueError(f"pretrained={pretrained!r} is a file; expected a checkpoint folder or an HF repo id")
+    elif pretrained.startswith(("/", ".", "~")):
+        raise FileNotFoundError(f"checkpoint folder not found: {pretrained}")
+    else:
+        from huggingface_hub import snapshot_download
+
+        patterns = None if not subfolder else [f"{subfolder}/*", *TOKENIZER_FILES, "special_tokens_map.json"]
+        root = Path(snapshot_download(pretrained, revision=revision, allow_patterns=patterns))
+    model_path = root / subfolder if subfolder else root
+    if not (model_path / "config.json").exists():
+        raise FileNotFoundError(f"no config.json in checkpoint folder {model_path}")
+    if tokenizer:
+        tokenizer_path = Path(tokenizer).expanduser()
+        if not tokenizer_path.is_dir():
+            raise FileNotFoundError(f"tokenizer folder not found: {tokenizer}")
+    else:
+        tokenizer_path = model_path if _has_tokenizer(model_path) else root
+    return LocalCheckpoint(model_path=model_path.resolve(), tokenizer_path=tokenizer_path.resolve())

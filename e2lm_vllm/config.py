@@ -1,0 +1,147 @@
+"""Model arguments of `--model e2lm_vllm`, validated with pydantic, and the engine defaults.
+
+This module is the one place that says what an argument means and what its default is; the
+lm-eval model, the parity command, the sweep and the benchmark all build their engines from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+logger = logging.getLogger(__name__)
+
+# vLLM on CPU: `gpu_memory_utilization` is a fraction of *CPU* RAM and its default (0.9) fails to
+# start; an explicit KV-cache size also skips the warm-up pass used to size it (~30 s on 2 cores).
+CPU_KV_CACHE_BYTES = 1 << 30
+# Prefix-cache granularity. CPU attention needs a multiple of 32; smaller blocks let more of a
+# shared prefix be reused (the tail of a prefix shorter than a block is recomputed).
+CPU_BLOCK_SIZE = 32
+GPU_BLOCK_SIZE = 16
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+
+# Keys lm-eval's CLI adds to every model's arguments; they mean nothing to a vLLM engine.
+LM_EVAL_RUNTIME_KEYS = frozenset({"batch_size", "max_batch_size", "device"})
+
+
+class ModelArgsError(ValueError):
+    """A `--model_args` value that is unknown or of the wrong type; the message lists the valid ones."""
+
+
+class ModelArgs(BaseModel):
+    """Arguments of the `e2lm_vllm` lm-eval model (`--model_args key=value,...`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pretrained: str = Field(description="local folder or HF repo id of the checkpoint")
+    revision: str | None = Field(None, description="HF revision (branch, tag or commit)")
+    subfolder: str | None = Field(None, description="checkpoint subfolder inside the repo, e.g. iter_0002000")
+    tokenizer: str | None = Field(None, description="tokenizer folder or repo id (default: pretrained)")
+    dtype: str = Field("auto", description="weights dtype: auto, float32, bfloat16, float16")
+    max_model_len: int | None = Field(None, gt=1, description="context length in tokens (lm-eval's max_length)")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="fraction of accelerator memory (on CPU: of RAM) for weights + KV cache"
+    )
+    tensor_parallel_size: int = Field(1, ge=1)
+    enforce_eager: bool = Field(True, description="skip graph capture: faster start, right for scoring")
+    seed: int = 1234
+    backend: Literal["auto", "vllm", "hf"] = "auto"
+    add_bos_token: bool | None = Field(None, description="as lm-eval's HF model: None keeps the tokenizer's default")
+    trust_remote_code: bool = False
+    max_gen_toks: int = Field(256, gt=0, description="default generation budget when a task sets none")
+    device: str | None = Field(None, description="HF backend only; default cpu when no CUDA is present")
+    batch_size: int | str = Field("auto", description="HF backend batch size; the vLLM engine schedules itself")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="other vLLM EngineArgs")
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        allowed = {"auto", "float32", "float", "bfloat16", "float16", "half"}
+        if value not in allowed:
+            raise ValueError(f"dtype must be one of {sorted(allowed)}, got {value!r}")
+        return value
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> ModelArgs:
+        """Split lm-eval's flat `key=value` arguments into ours and vLLM pass-through engine args.
+
+        An unknown key that is not a vLLM `EngineArgs` field either is an error listing the valid keys.
+        """
+        own = set(cls.model_fields) - {"engine_kwargs"}
+        known = {key: value for key, value in kwargs.items() if key in own and value is not None}
+        rest = {key: value for key, value in kwargs.items() if key not in own}
+        if "max_length" in rest:  # lm-eval's name for the context length
+            known.setdefault("max_model_len", rest.pop("max_length"))
+        if rest:
+            engine_fields = vllm_engine_arg_names()
+            unknown = sorted(key for key in rest if key not in engine_fields)
+            if unknown:
+                valid = ", ".join(sorted(own))
+                hint = "any vLLM EngineArgs field" if engine_fields else "(vLLM is not installed: no engine args)"
+                raise ModelArgsError(
+                    f"unknown e2lm_vllm model arg(s): {', '.join(unknown)}. Valid: {valid}; or {hint}"
+                )
+            known["engine_kwargs"] = rest
+        try:
+            return cls(**known)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(map(str, item['loc'])) or 'args'}: {item['msg']} (got {item.get('input')!r})"
+                for item in error.errors()
+            )
+            raise ModelArgsError(f"invalid e2lm_vllm model args: {problems}") from None
+
+
+def vllm_engine_arg_names() -> frozenset[str]:
+    """Field names of vLLM's `EngineArgs`, or nothing when vLLM is not importable."""
+    try:
+        from vllm.engine.arg_utils import EngineArgs
+    except Exception:  # noqa: BLE001 - any import failure means "no vLLM here"
+        return frozenset()
+    return frozenset(field.name for field in dataclasses.fields(EngineArgs))
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def engine_kwargs(
+    args: ModelArgs, *, model_path: str, tokenizer_path: str, max_model_len: int, on_cpu: bool
+) -> dict[str, Any]:
+    """The keyword arguments of `vllm.LLM` for these model args: our defaults, then the user's.
+
+    `model_path` is the checkpoint already resolved to a local folder (revision and subfolder applied).
+    """
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "tokenizer": tokenizer_path,
+        "dtype": args.dtype,
+        "max_model_len": max_model_len,
+        "tensor_parallel_size": args.tensor_parallel_size,
+        "enforce_eager": args.enforce_eager,
+        "seed": args.seed,
+        "trust_remote_code": args.trust_remote_code,
+        # Prefix caching is the point: every shared prefix is computed once.
+        "enable_prefix_caching": True,
+        # We tokenize with the HF tokenizer exactly as lm-eval's HF model does and decode ourselves;
+        # without a tokenizer, vLLM also never detokenizes prompt-logprob rows it did not compute.
+        "skip_tokenizer_init": True,
+        # Counters of computed vs cached prefill tokens (the benchmark reads them).
+        "disable_log_stats": False,
+        "block_size": CPU_BLOCK_SIZE if on_cpu else GPU_BLOCK_SIZE,
+    }
+    if args.gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = args.gpu_memory_utilization
+    elif on_cpu:
+        kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+    else:
+        kwargs["gpu_memory_utilization"] = DEFAULT_GPU_MEMORY_UTILIZATION
+    kwargs.update(args.engine_kwargs)
+    return {key: value for key, value in kwargs.items() if value is not None}

@@ -1,0 +1,301 @@
+"""`lm_eval --model e2lm_vllm`: lm-eval's `TemplateLM` on a vLLM engine, exact against lm-eval's HFLM.
+
+Tokenization, truncation, rolling windows and generation post-processing follow lm-eval's HF model
+step by step (reusing its helpers), so the two backends see the same tokens; only the forward
+passes run on vLLM, planned by `e2lm_vllm.planner` so that shared prefixes are computed once.
+`backend=hf` returns lm-eval's own `HFLM`, the parity reference.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+from lm_eval import utils as lm_utils
+from lm_eval.api.instance import Instance
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import (
+    Collator,
+    _add_special_kwargs,
+    handle_stop_sequences,
+    has_bos_prefix,
+    normalize_gen_kwargs,
+    postprocess_generated_text,
+    resolve_max_length,
+)
+from tqdm import tqdm
+
+from e2lm_vllm.checkpoint import resolve_checkpoint
+from e2lm_vllm.config import ModelArgs, cuda_available, engine_kwargs
+from e2lm_vllm.planner import ScoreRequest, plan_scoring
+
+logger = logging.getLogger(__name__)
+
+# Requests planned together: large enough that a few-shot block is primed once for many questions,
+# small enough that the primed prefixes are still in the KV cache when their readers run.
+PLAN_CHUNK_REQUESTS = 512
+# vLLM scores a prompt of up to max_model_len tokens and must emit one token after it; HFLM's
+# window is max_length + 1 tokens (it drops the last from its input). The engine needs both.
+ENGINE_EXTRA_POSITIONS = 2
+
+
+def vllm_importable() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except Exception as error:  # noqa: BLE001 - a broken install is as unusable as a missing one
+        logger.debug("vLLM import failed: %s", error)
+        return False
+    return True
+
+
+def build_hf_lm(args: ModelArgs) -> Any:
+    """lm-eval's own HFLM with the same checkpoint and context length: the parity reference."""
+    from lm_eval.models.huggingface import HFLM
+
+    kwargs: dict[str, Any] = {
+        "pretrained": args.pretrained,
+        "dtype": args.dtype,
+        "device": args.device or ("cuda" if cuda_available() else "cpu"),
+        "batch_size": args.batch_size,
+        "trust_remote_code": args.trust_remote_code,
+    }
+    optional = {
+        "revision": args.revision,
+        "subfolder": args.subfolder,
+        "tokenizer": args.tokenizer,
+        "max_length": args.max_model_len,
+        "add_bos_token": args.add_bos_token,
+    }
+    kwargs.update({key: value for key, value in optional.items() if value is not None})
+    return HFLM(**kwargs)
+
+
+def resolve_backend(args: ModelArgs) -> str:
+    if args.backend != "auto":
+        return args.backend
+    if vllm_importable():
+        return "vllm"
+    logger.warning("e2lm_vllm: vLLM is not importable here; falling back to lm-eval's HF backend (backend=hf)")
+    return "hf"
+
+
+@register_model("e2lm_vllm")
+class E2LMVLLM(TemplateLM):
+    """lm-eval model on vLLM with prefix-aware exact scoring. See `e2lm_vllm.config.ModelArgs`."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        model_args = ModelArgs.from_kwargs(kwargs)
+        if resolve_backend(model_args) == "hf":
+            return build_hf_lm(model_args)
+        return super().__new__(cls)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        import transformers
+
+        from e2lm_vllm.engine import VLLMEngine
+
+        self.args = ModelArgs.from_kwargs(kwargs)
+        if self.args.backend == "hf":  # pragma: no cover - __new__ returned an HFLM
+            raise AssertionError("unreachable")
+        self.checkpoint = resolve_checkpoint(
+            self.args.pretrained,
+            revision=self.args.revision,
+            subfolder=self.args.subfolder,
+            tokenizer=self.args.tokenizer,
+        )
+        tokenizer_kwargs: dict[str, Any] = {"use_fast": True, "trust_remote_code": self.args.trust_remote_code}
+        if self.args.add_bos_token is not None:
+            tokenizer_kwargs["add_bos_token"] = self.args.add_bos_token
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+            str(self.checkpoint.tokenizer_path), **tokenizer_kwargs
+        )
+        self.add_bos_token = self.args.add_bos_token
+        config = transformers.AutoConfig.from_pretrained(
+            str(self.checkpoint.model_path), trust_remote_code=self.args.trust_remote_code
+        )
+        model_limit = resolve_max_length(config, self.tokenizer)
+        # HFLM's window is max_length + 1 tokens; the engine must hold it (see ENGINE_EXTRA_POSITIONS).
+        self._max_length = min(self.args.max_model_len or model_limit, model_limit - ENGINE_EXTRA_POSITIONS)
+        if self.args.max_model_len and self.args.max_model_len > self._max_length:
+            logger.warning(
+                "e2lm_vllm: max_model_len=%d lowered to %d: the engine needs %d positions beyond it",
+                self.args.max_model_len, self._max_length, ENGINE_EXTRA_POSITIONS,
+            )
+        self.engine = VLLMEngine(
+            engine_kwargs(
+                self.args,
+                model_path=str(self.checkpoint.model_path),
+                tokenizer_path=str(self.checkpoint.tokenizer_path),
+                max_model_len=self._max_length + ENGINE_EXTRA_POSITIONS,
+                on_cpu=not cuda_available(),
+            )
+        )
+        self.truncated_requests = 0
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> Any:
+        args = lm_utils.simple_parse_args_string(arg_string)
+        return cls.create_from_arg_obj(args, additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> Any:
+        extra = {key: value for key, value in (additional_config or {}).items() if value is not None}
+        return cls(**{**extra, **arg_dict})
+
+    # -- tokenization, as lm-eval's HFLM ---------------------------------------------------------
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        if self.tokenizer.bos_token_id is not None:
+            return self.tokenizer.bos_token_id
+        return self.tokenizer.eos_token_id
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def max_gen_toks(self) -> int:
+        return self.args.max_gen_toks
+
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None, **kwargs: Any
+    ) -> list[int]:
+        special_tokens_kwargs = _add_special_kwargs(add_special_tokens, self.add_bos_token)
+        if add_special_tokens is None and has_bos_prefix(string, self.tokenizer.decode(self.prefix_token_id)):
+            special_tokens_kwargs["add_special_tokens"] = False
+        encoding = self.tokenizer.encode(string, **special_tokens_kwargs)
+        if left_truncate_len:
+            encoding = encoding[-left_truncate_len:]
+        return encoding
+
+    def _generation_context_tokens(self, context: str) -> list[int]:
+        """Context tokens as HFLM's `tok_batch_encode` makes them for generation."""
+        special: dict[str, bool] = {}
+        if has_bos_prefix(context, getattr(self.tokenizer, "bos_token", None)):
+            special = {"add_special_tokens": False}
+        elif self.add_bos_token is not None:
+            special = {"add_special_tokens": self.add_bos_token}
+        return self.tokenizer(context, **special)["input_ids"]
+
+    def tok_decode(self, tokens: list[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
+
+    # -- loglikelihood ---------------------------------------------------------------------------
+
+    def _loglikelihood_tokens(
+        self,
+        requests: list[tuple[tuple[str, str] | None, list[int], list[int]]],
+        disable_tqdm: bool = False,
+        **kwargs: Any,
+    ) -> list[tuple[float, bool]]:
+        # Sorting by the whole token sequence puts requests that share prefixes next to each other,
+        # so one chunk holds a few-shot block with many of its questions and all of their choices.
+        collator = Collator(requests, sort_fn=lambda request: request[1] + request[2])
+        results: list[tuple[float, bool]] = []
+        with tqdm(total=len(requests), disable=disable_tqdm, desc="e2lm_vllm loglikelihood") as bar:
+            for chunk in collator.get_batched(n=PLAN_CHUNK_REQUESTS):
+                plan = plan_scoring(
+                    [ScoreRequest(tuple(context), tuple(continuation)) for _, context, continuation in chunk],
+                    max_length=self.max_length,
+                    min_shared_prefix=self.engine.block_size,
+                )
+                self.truncated_requests += plan.num_truncated
+                scored = self.engine.run_plan(plan, progress=bar.update)
+                for (key, _, _), result in zip(chunk, scored):
+                    answer = (result.logprob, result.is_greedy)
+                    results.append(answer)
+                    if key is not None:
+                        self.cache_hook.add_partial("loglikelihood", key, answer)
+        return collator.get_original(results)
+
+    def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
+        """Disjoint rolling windows exactly as lm-eval's HFLM makes them; all windows scored at once."""
+        windows: list[tuple[None, list[int], list[int]]] = []
+        window_counts: list[int] = []
+        for (string,) in (request.args for request in requests):
+            document_windows = [
+                lm_utils.make_disjoint_window(window)
+                for window in lm_utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length,
+                    context_len=1,
+                )
+            ]
+            windows.extend((None, context, continuation) for context, continuation in document_windows)
+            window_counts.append(len(document_windows))
+        scored = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
+        totals: list[float] = []
+        offset = 0
+        for request, count in zip(requests, window_counts):
+            total = sum(logprob for logprob, _ in scored[offset : offset + count])
+            offset += count
+            totals.append(total)
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
+        return totals
+
+    # -- generation ------------------------------------------------------------------------------
+
+    def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
+        collator = Collator(
+            [request.args for request in requests],
+            sort_fn=lambda args: (-len(self.tok_encode(args[0])), args[0]),
+            group_by="gen_kwargs",
+            group_fn=lambda args: args[1],
+        )
+        eos = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
+        results: list[str] = []
+        with tqdm(total=len(requests), disable=disable_tqdm, desc="e2lm_vllm generate_until") as bar:
+            for chunk in collator.get_batched(n=0):
+                contexts, all_gen_kwargs = zip(*chunk)
+                gen_kwargs = normalize_gen_kwargs(dict(all_gen_kwargs[0]), self.max_gen_toks)
+                until = handle_stop_sequences(gen_kwargs.pop("until", None), eos=eos)
+                max_gen_toks = int(gen_kwargs.pop("max_gen_toks"))
+                if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature") or 0.0) > 0.0:
+                    raise ValueError(
+                        f"e2lm_vllm generates greedily only (exact against HF); the task asks for sampling: {gen_kwargs}"
+                    )
+                max_context = self.max_length - max_gen_toks
+                if max_context <= 0:
+                    raise ValueError(f"max_gen_toks={max_gen_toks} leaves no room in max_length={self.max_length}")
+                prompts = [self._generation_context_tokens(context)[-max_context:] for context in contexts]
+                generations = self.engine.generate_greedy(
+                    prompts, max_tokens=max_gen_toks, stop_token_ids=self._stop_token_ids(tuple(until))
+                )
+                for context, tokens in zip(contexts, generations):
+                    text = postprocess_generated_text(self.tok_decode(tokens), stop=until, think_end_token=None)
+                    results.append(text)
+                    self.cache_hook.add_partial("generate_until", (context, all_gen_kwargs[0]), text)
+                    bar.update(1)
+        return collator.get_original(results)
+
+    @lru_cache(maxsize=16)
+    def _stop_token_ids(self, until: tuple[str, ...]) -> list[int]:
+        """Tokens whose text contains a stop sequence: generation may stop right after them.
+
+        HFLM cuts the decoded text at the first stop sequence, so everything after such a token is
+        discarded anyway; stopping there only saves work. Stop sequences spanning several tokens are
+        still cut by `postprocess_generated_text`, as in HFLM.
+        """
+        stops = [term for term in until if term]
+        vocabulary = range(len(self.tokenizer))
+        return [
+            token
+            for token, text in zip(vocabulary, self.tokenizer.batch_decode([[t] for t in vocabulary]))
+            if any(term in text for term in stops)
+        ]
+
+    # -- engine statistics -----------------------------------------------------------------------
+
+    def engine_stats(self) -> dict[str, int]:
+        stats = dict(self.engine.stats.__dict__)
+        stats["truncated_requests"] = self.truncated_requests
+        return stats

@@ -1,0 +1,197 @@
+"""Request planner: turns lm-eval's token-level scoring requests into the cheapest exact engine work.
+
+Pure Python, no engine: it truncates exactly as lm-eval's HF model does, groups requests by their
+shared token prefixes and orders the work in waves so that every shared prefix (a few-shot block,
+the question shared by all choices) is in the prefix cache before the requests that read it run.
+
+Two exact paths:
+- `NextTokenQuery`: all one-token continuations of one context (letter answers " A".." D") are read
+  from a single decode step on the context, with the exact logprobs of exactly those tokens.
+- `SequenceQuery`: longer continuations (cloze answers) are scored from prompt logprobs of the rows
+  after the cached prefix; the engine verifies that the cache did not cover a continuation row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One lm-eval loglikelihood request after tokenization."""
+
+    context: tuple[int, ...]
+    continuation: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    logprob: float
+    is_greedy: bool
+
+
+@dataclass
+class NextTokenQuery:
+    """Decode one step after `context`; read the logprobs of `token_ids` (and the greedy token)."""
+
+    context: tuple[int, ...]
+    token_ids: list[int]
+    # request index -> position of its token in `token_ids`
+    readers: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class SequenceQuery:
+    """Prefill `tokens`; the continuation is `tokens[first_scored:]`."""
+
+    tokens: tuple[int, ...]
+    first_scored: int
+    readers: list[int] = field(default_factory=list)
+
+
+@dataclass
+class PrefixPrimer:
+    """Prefill a shared prefix once so that the requests of the next wave read it from the cache."""
+
+    tokens: tuple[int, ...]
+
+
+Query = NextTokenQuery | SequenceQuery | PrefixPrimer
+
+
+@dataclass
+class ScoringPlan:
+    """Waves of engine work: every query of wave k may read the prefixes computed by waves < k."""
+
+    waves: list[list[Query]]
+    num_requests: int
+    num_truncated: int
+    submitted_tokens: int  # prompt tokens lm-eval's own backends would submit (one prompt per request)
+    trie_tokens: int  # distinct tokens of all prompts: the floor of prefill work
+
+    @property
+    def queries(self) -> list[Query]:
+        return [query for wave in self.waves for query in wave]
+
+
+def truncate_like_hf(
+    context: Sequence[int], continuation: Sequence[int], max_length: int
+) -> tuple[tuple[int, ...], tuple[int, ...], bool]:
+    """Left-truncate `context + continuation` to `max_length + 1` tokens, as lm-eval's HFLM does.
+
+    HFLM feeds `(context + continuation)[-(max_length + 1):][:-1]` and scores the continuation on
+    the last positions, so the sequence that matters is the last `max_length + 1` tokens.
+    """
+    if len(continuation) > max_length:
+        raise ValueError(
+            f"continuation of {len(continuation)} tokens is longer than max_length={max_length}"
+        )
+    whole = tuple(context) + tuple(continuation)
+    if len(whole) <= max_length + 1:
+        return tuple(context), tuple(continuation), False
+    kept = whole[-(max_length + 1) :]
+    return kept[: len(kept) - len(continuation)], tuple(continuation), True
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    limit = min(len(a), len(b))
+    index = 0
+    while index < limit and a[index] == b[index]:
+        index += 1
+    return index
+
+
+def trie_token_count(sequences: Sequence[Sequence[int]]) -> int:
+    """Number of nodes of the token trie of `sequences`: each distinct prefix counted once."""
+    ordered = sorted({tuple(sequence) for sequence in sequences})
+    total = 0
+    previous: tuple[int, ...] = ()
+    for sequence in ordered:
+        total += len(sequence) - common_prefix_length(previous, sequence)
+        previous = sequence
+    return total
+
+
+def shared_prefixes(sequences: Sequence[Sequence[int]], min_length: int) -> list[tuple[int, ...]]:
+    """Prefixes shared by at least two of `sequences` (branch points of their trie), shortest first.
+
+    In sorted order the branch points are exactly the longest common prefixes of neighbours.
+    """
+    ordered = sorted({tuple(sequence) for sequence in sequences})
+    found = set()
+    for left, right in zip(ordered, ordered[1:]):
+        length = common_prefix_length(left, right)
+        if length >= min_length:
+            found.add(left[:length])
+    return sorted(found, key=lambda prefix: (len(prefix), prefix))
+
+
+def nesting_levels(prefixes: list[tuple[int, ...]]) -> list[int]:
+    """For each prefix, how many of the others are proper prefixes of it (its depth in their trie)."""
+    level_of: dict[tuple[int, ...], int] = {}
+    ancestors: list[tuple[int, ...]] = []
+    # In lexicographic order a prefix comes right before its extensions: a stack walks the trie.
+    for prefix in sorted(prefixes):
+        while ancestors and prefix[: len(ancestors[-1])] != ancestors[-1]:
+            ancestors.pop()
+        level_of[prefix] = len(ancestors)
+        ancestors.append(prefix)
+    return [level_of[prefix] for prefix in prefixes]
+
+
+def plan_scoring(
+    requests: Sequence[ScoreRequest], *, max_length: int, min_shared_prefix: int
+) -> ScoringPlan:
+    """Plan the exact scoring of `requests` (see the module docstring).
+
+    `min_shared_prefix` is the shortest prefix worth priming: below one cache block nothing of it
+    can be reused.
+    """
+    next_token: dict[tuple[int, ...], NextTokenQuery] = {}
+    sequences: dict[tuple[int, ...], SequenceQuery] = {}
+    num_truncated = 0
+    submitted = 0
+    prompts: list[tuple[int, ...]] = []
+    for index, request in enumerate(requests):
+        context, continuation, truncated = truncate_like_hf(
+            request.context, request.continuation, max_length
+        )
+        num_truncated += truncated
+        if not context:
+            raise ValueError("empty context after tokenization: lm-eval passes the prefix token instead")
+        whole = context + continuation
+        submitted += len(whole)
+        prompts.append(whole)
+        if len(continuation) == 1:
+            query = next_token.setdefault(context, NextTokenQuery(context, []))
+            token = continuation[0]
+            if token not in query.token_ids:
+                query.token_ids.append(token)
+            query.readers.append((index, query.token_ids.index(token)))
+        else:
+            query = sequences.setdefault(whole, SequenceQuery(whole, len(context)))
+            query.readers.append(index)
+
+    # Prime the prefixes that several prompts share (few-shot blocks, the question shared by all of
+    # its choices), shallowest first. A next-token query is itself a primer of its context.
+    contexts_of_next_token = set(next_token)
+    primer_prefixes = [
+        prefix
+        for prefix in shared_prefixes(prompts, min_shared_prefix)
+        if prefix not in contexts_of_next_token
+    ]
+    levels = nesting_levels(primer_prefixes)
+    depth = max(levels, default=-1) + 1
+    waves: list[list[Query]] = [[] for _ in range(depth)]
+    for prefix, level in zip(primer_prefixes, levels):
+        waves[level].append(PrefixPrimer(prefix))
+    # Sorted by tokens, neighbours share the longest prefixes: the order the cache likes best.
+    waves.append(sorted(next_token.values(), key=lambda query: query.context))
+    waves.append(sorted(sequences.values(), key=lambda query: query.tokens))
+    return ScoringPlan(
+        waves=[wave for wave in waves if wave],
+        num_requests=len(requests),
+        num_truncated=num_truncated,
+        submitted_tokens=submitted,
+        trie_tokens=trie_token_count(prompts),
+    )
