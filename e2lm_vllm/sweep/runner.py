@@ -61,7 +61,7 @@ class SweepSummary:
 
 def in_ray_job() -> bool:
     """True inside a ``ray job submit`` entrypoint, whose working dir is a temporary copy."""
-    return bool(os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_SUBMISSION_ID"))
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # set by the job supervisor for the entrypoint
 
 
 def _cell_columns(cell: Cell) -> dict[str, Any]:

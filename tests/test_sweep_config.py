@@ -1,0 +1,229 @@
+"""Sweep definition: validation messages, checkpoint discovery, config hash, resume plan. Fast, no Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from e2lm_vllm.results.schema import METRICS_SCHEMA
+from e2lm_vllm.results.store import write_table_atomic
+from e2lm_vllm.sweep.checkpoints import resolve_checkpoints, step_from_name
+from e2lm_vllm.sweep.config import (
+    SweepConfigError,
+    config_from_flags,
+    config_hash,
+    load_sweep_config,
+    validate_config,
+)
+from e2lm_vllm.sweep.plan import build_plan, task_name_of
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "ray_jobs" / "examples"
+TASKS_DIR = REPO / "tests" / "data" / "sweep_tasks"
+
+
+def _folder(root: Path, name: str, e2lm: dict | None = None) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    config = {"model_type": "llama"}
+    if e2lm is not None:
+        config["e2lm"] = e2lm
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _config(**overrides) -> dict:
+    base = {"models": [{"name": "m", "checkpoints": {"paths": ["/nonexistent/step_1"]}}], "tasks": ["arc_easy"]}
+    return {**base, **overrides}
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+def test_error_names_the_field_path_and_the_expectation():
+    data = _config(models=[{"name": "m", "checkpoints": [{"repo": "tiiuae/dense-1b-arch1", "subfolders": [{"name": "iter_1", "step": "soon"}]}]}])
+    with pytest.raises(SweepConfigError) as error:
+        validate_config(data, "sweep.yaml")
+    message = str(error.value)
+    assert message.startswith("sweep.yaml: invalid sweep definition")
+    assert "models.0.checkpoints.0.subfolders.subfolders.0.step: Input should be a valid integer" in message
+    assert "'soon'" in message
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (_config(tasks=[]), "tasks: List should have at least 1 item"),
+        (_config(engine={"lm": "gpt"}), "engine.lm: Input should be 'e2lm_vllm' or 'hf'"),
+        (_config(engine={"gpu_memory_utilisation": 0.5}), "engine.gpu_memory_utilisation: Extra inputs are not permitted"),
+        (_config(models=[{"name": "m", "checkpoints": [{"repo": "x"}]}]), "models.0.checkpoints.0: expected a checkpoint source"),
+        (
+            _config(models=[{"name": "m", "checkpoints": [{"repo": "x", "subfolder_template": "iter_{step}"}]}]),
+            "expected `subfolders`, or both `subfolder_template` and `steps`",
+        ),
+        (_config(models=[{"name": "m", "checkpoints": {"paths": ["a"]}}] * 2), "duplicates: ['m']"),
+        (_config(max_attempts=0), "max_attempts: Input should be greater than or equal to 1"),
+    ],
+)
+def test_invalid_configs_are_rejected_with_the_field(data, expected):
+    with pytest.raises(SweepConfigError, match=None) as error:
+        validate_config(data)
+    assert expected in str(error.value)
+
+
+def test_yaml_file_errors(tmp_path):
+    with pytest.raises(SweepConfigError, match="sweep config not found"):
+        load_sweep_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [unclosed")
+    with pytest.raises(SweepConfigError, match="not valid YAML"):
+        load_sweep_config(bad)
+    bad.write_text("- just a list")
+    with pytest.raises(SweepConfigError, match="expected a mapping"):
+        load_sweep_config(bad)
+
+
+def test_flags_alone_need_checkpoints_and_tasks():
+    with pytest.raises(SweepConfigError, match="--checkpoints and --tasks"):
+        config_from_flags()
+    with pytest.raises(SweepConfigError, match="--tasks"):
+        config_from_flags(checkpoints=["/x/step_1"])
+
+
+# --- checkpoint discovery ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "step"),
+    [("iter_0002000", 2000), ("step_000300", 300), ("checkpoint-500", 500), ("final", None), ("v2-base", None)],
+)
+def test_step_from_trailing_number(name, step):
+    assert step_from_name(name) == step
+
+
+def test_local_glob_reads_steps_from_config_then_folder_name(tmp_path):
+    _folder(tmp_path / "run", "step_000300")
+    _folder(tmp_path / "run", "step_000100", e2lm={"step": 7, "tokens": 7.5e6})  # the config wins
+    _folder(tmp_path / "run", "step_000200")
+    config = config_from_flags(checkpoints=[str(tmp_path / "run" / "step_*")], tasks="t1, t2", limit=4)
+    family = config.models[0]
+    assert family.name == "run"  # the parent folder names the family
+    checkpoints = resolve_checkpoints(family)
+    assert [(c.step, Path(c.id).name, c.tokens) for c in checkpoints] == [
+        (7, "step_000100", 7.5e6),
+        (200, "step_000200", None),
+        (300, "step_000300", None),
+    ]
+    assert checkpoints[0].model_args() == {"pretrained": str(tmp_path / "run" / "step_000100")}
+    assert [t.name for t in config.tasks] == ["t1", "t2"] and config.limit == 4
+
+
+def test_explicit_paths_steps_and_tokens_per_step(tmp_path):
+    folder = _folder(tmp_path, "final")
+    data = {
+        "models": [
+            {
+                "name": "m",
+                "tokens_per_step": 1000,
+                "checkpoints": [{"paths": [{"name": str(folder), "step": 42}, str(tmp_path / "absent_9")]}],
+            }
+        ],
+        "tasks": ["t"],
+    }
+    checkpoints = resolve_checkpoints(validate_config(data).models[0])
+    # A missing explicit folder is kept: the worker reports it as a failed checkpoint.
+    assert [(c.step, c.tokens, Path(c.id).name) for c in checkpoints] == [(9, 9000.0, "absent_9"), (42, 42000.0, "final")]
+
+
+def test_unusable_local_sources_fail_at_discovery(tmp_path):
+    _folder(tmp_path, "final")
+    no_step = validate_config(_config(models=[{"name": "m", "checkpoints": {"paths": [str(tmp_path / "final")]}}]))
+    with pytest.raises(SweepConfigError, match="no training step for .*final"):
+        resolve_checkpoints(no_step.models[0])
+    empty_glob = validate_config(_config(models=[{"name": "m", "checkpoints": {"paths": [str(tmp_path / "nope_*")]}}]))
+    with pytest.raises(SweepConfigError, match="matches no folder"):
+        resolve_checkpoints(empty_glob.models[0])
+
+
+def test_hf_revisions_and_subfolders_need_no_network():
+    data = _config(
+        models=[
+            {"name": "rev", "checkpoints": {"repo": "org/model", "revisions": ["step1000", {"name": "main", "step": 5000}]}},
+            {
+                "name": "dense-1b-arch1",
+                "tokens_per_step": 4_194_304,
+                "checkpoints": {
+                    "repo": "tiiuae/dense-1b-arch1",
+                    "subfolder_template": "iter_{step:07d}",
+                    "steps": {"start": 2000, "stop": 54000, "every": 2000},
+                },
+            },
+        ]
+    )
+    config = validate_config(data)
+    revisions = resolve_checkpoints(config.models[0])
+    assert [(c.id, c.step, c.revision) for c in revisions] == [("org/model@step1000", 1000, "step1000"), ("org/model@main", 5000, "main")]
+    e2lm = resolve_checkpoints(config.models[1])
+    assert len(e2lm) == 27
+    assert (e2lm[0].id, e2lm[0].step, e2lm[0].tokens) == ("tiiuae/dense-1b-arch1/iter_0002000", 2000, 2000 * 4_194_304)
+    assert e2lm[-1].model_args() == {"pretrained": "tiiuae/dense-1b-arch1", "subfolder": "iter_0054000"}
+
+
+# --- example configs, hash, plan -----------------------------------------------------------------
+
+
+def test_e2lm_example_covers_27_checkpoints_x_3_sizes_x_2_architectures():
+    config = load_sweep_config(EXAMPLES / "e2lm_dense.yaml")
+    checkpoints = [c for family in config.models for c in resolve_checkpoints(family)]
+    assert len(config.models) == 6 and len(checkpoints) == 6 * 27
+    assert {c.subfolder for c in checkpoints} == {f"iter_{s:07d}" for s in range(2000, 54001, 2000)}
+
+
+def test_ladder_example_validates():
+    config = load_sweep_config(EXAMPLES / "ladder.yaml")
+    assert config.engine.lm == "e2lm_vllm" and [t.name for t in config.tasks]
+
+
+def test_config_hash_is_stable_and_ignores_execution_fields():
+    data = _config(limit=4, engine={"dtype": "float32", "seed": 1})
+    reordered = {"engine": {"seed": 1, "dtype": "float32"}, "limit": 4, **{k: v for k, v in _config().items()}}
+    assert config_hash(validate_config(data)) == config_hash(validate_config(reordered))
+    assert config_hash(validate_config(data)) == config_hash(validate_config({**data, "output": "elsewhere", "workers": 8}))
+    assert config_hash(validate_config(data)) != config_hash(validate_config({**data, "limit": 5}))
+    assert len(config_hash(validate_config(data))) == 12
+
+
+def test_task_yaml_path_gives_its_task_name():
+    config = validate_config(_config(tasks=[str(TASKS_DIR / "sweep_arc_easy.yaml")]))
+    assert task_name_of(config.tasks[0]) == "sweep_arc_easy"
+
+
+def test_plan_resumes_at_cell_granularity(tmp_path):
+    for step in (1, 2):
+        _folder(tmp_path / "run", f"step_{step}")
+    config = config_from_flags(checkpoints=[str(tmp_path / "run" / "step_*")], tasks="a,b", limit=2)
+    output = tmp_path / "out"
+    plan = build_plan(config, output)
+    assert (len(plan.cells), len(plan.done), len(plan.units)) == (4, 0, 2)
+    # Finish one cell the way the runner does; only the three others are left.
+    write_table_atomic(METRICS_SCHEMA.empty_table(), plan.cells[0].metrics_part(output))
+    again = build_plan(config, output)
+    assert [c.key for c in again.done] == [plan.cells[0].key]
+    assert [len(u.cells) for u in again.units] == [1, 2]
+    assert len(build_plan(config, output, force=True).missing) == 4
+    # Another limit is another result: every cell is missing again.
+    assert len(build_plan(config_from_flags(base=config, limit=3), output).missing) == 4
+
+
+def test_flags_override_a_config_file(tmp_path):
+    _folder(tmp_path / "run", "step_5")
+    config_file = tmp_path / "sweep.yaml"
+    config_file.write_text(yaml.safe_dump(_config(models=[{"name": "fam", "checkpoints": {"paths": [str(tmp_path / "run" / "step_*")]}}])))
+    config = config_from_flags(base=load_sweep_config(config_file), tasks="x,y", output=str(tmp_path / "o"), lm="hf", model_args={"dtype": "float32"})
+    assert [t.name for t in config.tasks] == ["x", "y"] and config.output == str(tmp_path / "o")
+    assert config.engine.lm == "hf" and config.engine.extra == {"dtype": "float32"}
+    assert config.models[0].name == "fam"
+
