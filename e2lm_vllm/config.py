@@ -23,8 +23,8 @@ CPU_BLOCK_SIZE = 32
 GPU_BLOCK_SIZE = 16
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 
-# Keys lm-eval's CLI adds to every model's arguments; they mean nothing to a vLLM engine.
-LM_EVAL_RUNTIME_KEYS = frozenset({"batch_size", "max_batch_size", "device"})
+# Keys lm-eval's CLI adds to every model's arguments that neither we nor a vLLM engine use.
+LM_EVAL_IGNORED_KEYS = frozenset({"max_batch_size"})
 
 
 class ModelArgsError(ValueError):
@@ -53,7 +53,7 @@ class ModelArgs(BaseModel):
     trust_remote_code: bool = False
     max_gen_toks: int = Field(256, gt=0, description="default generation budget when a task sets none")
     device: str | None = Field(None, description="HF backend only; default cpu when no CUDA is present")
-    batch_size: int | str = Field("auto", description="HF backend batch size; the vLLM engine schedules itself")
+    batch_size: int | str = Field(1, description="HF backend batch size; the vLLM engine schedules itself")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="other vLLM EngineArgs")
 
     @field_validator("dtype")
@@ -72,7 +72,7 @@ class ModelArgs(BaseModel):
         """
         own = set(cls.model_fields) - {"engine_kwargs"}
         known = {key: value for key, value in kwargs.items() if key in own and value is not None}
-        rest = {key: value for key, value in kwargs.items() if key not in own}
+        rest = {key: value for key, value in kwargs.items() if key not in own and key not in LM_EVAL_IGNORED_KEYS}
         if "max_length" in rest:  # lm-eval's name for the context length
             known.setdefault("max_model_len", rest.pop("max_length"))
         if rest:

@@ -267,9 +267,9 @@ class E2LMVLLM(TemplateLM):
                 if max_context <= 0:
                     raise ValueError(f"max_gen_toks={max_gen_toks} leaves no room in max_length={self.max_length}")
                 prompts = [self._generation_context_tokens(context)[-max_context:] for context in contexts]
-                generations = self.engine.generate_greedy(
-                    prompts, max_tokens=max_gen_toks, stop_token_ids=self._stop_token_ids(tuple(until))
-                )
+                # The engine has no tokenizer, so it learns EOS from us (HF's generate stops there too).
+                stop_token_ids = sorted({self.eot_token_id, *self._stop_token_ids(tuple(until))})
+                generations = self.engine.generate_greedy(prompts, max_tokens=max_gen_toks, stop_token_ids=stop_token_ids)
                 for context, tokens in zip(contexts, generations):
                     text = postprocess_generated_text(self.tok_decode(tokens), stop=until, think_end_token=None)
                     results.append(text)
