@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import psutil
@@ -116,10 +117,9 @@ def ray_head():
 
 
 @pytest.fixture(scope="module")
-def ladder(tmp_path_factory) -> list[Path]:
-    from e2lm_vllm.models.ladder import write_ladder
-
-    return write_ladder("smollm2-135m", 3, tmp_path_factory.mktemp("ladder"))
+def ladder(ladder_dirs) -> list[Path]:
+    """The shared 3-rung SmolLM2 ladder of tests/conftest.py (steps 0, 1000, 2000)."""
+    return ladder_dirs
 
 
 @pytest.fixture(scope="module")
@@ -134,12 +134,44 @@ def corrupt_checkpoint(ladder, tmp_path_factory) -> Path:
     return folder
 
 
-def _sweep_args(checkpoints: list[Path], output: Path, *extra: str) -> list[str]:
+def _sweep_args(checkpoints: list[Path], output: Path, *extra: str, lm: str = "hf") -> list[str]:
+    # The fault tests run lm-eval's HF model: the sweep machinery is the same for any lm, and a
+    # fresh HF load is seconds where a vLLM engine start on 2 shared cores is a minute or more.
     return [
         "python", "ray_jobs/sweep.py", "--checkpoints", *map(str, checkpoints), "--model-name", "smollm2-ladder",
         "--tasks", TASKS, "--include-path", TASKS_DIR, "--limit", str(LIMIT), "--output", str(output),
-        "--lm", "hf", "--model-args", "dtype=float32", "--no-progress", *extra,
+        "--lm", lm, "--model-args", "dtype=float32", "--no-progress", *extra,
     ]  # fmt: skip
+
+
+def _lm_eval_by_hand(lm: str, checkpoint: Path, output: Path) -> tuple[dict, list[dict]]:
+    """`lm_eval` CLI on the same checkpoint, tasks and docs; returns results and the arc_easy samples."""
+    command = [
+        str(BIN / "lm_eval"), "--model", lm, "--model_args", f"pretrained={checkpoint},dtype=float32",
+        "--tasks", TASKS, "--include_path", str(REPO / TASKS_DIR), "--limit", str(LIMIT),
+        "--output_path", str(output), "--log_samples", *(["--device", "cpu"] if lm == "hf" else []),
+    ]  # fmt: skip
+    run = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=500)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(next(output.rglob("results_*.json")).read_text())["results"]
+    samples_file = next(output.rglob("samples_sweep_arc_easy_*.jsonl"))
+    return results, [json.loads(line) for line in samples_file.read_text().splitlines()]
+
+
+def _assert_cells_equal(output: Path, checkpoint: Path, results: dict, samples_by_hand: list[dict]) -> None:
+    metrics = pd.read_parquet(output / "metrics.parquet")
+    cells = metrics[metrics.checkpoint == str(checkpoint)]
+    assert len(cells) == 3  # acc, acc_norm, exact_match
+    for row in cells.itertuples():
+        assert row.value == pytest.approx(results[row.task][f"{row.metric},{row.filter}"], abs=1e-6), row
+        assert row.stderr == pytest.approx(results[row.task][f"{row.metric}_stderr,{row.filter}"], abs=1e-6), row
+    samples = pd.read_parquet(output / "samples.parquet")
+    ours = samples[(samples.checkpoint == str(checkpoint)) & (samples.task == "sweep_arc_easy")].set_index("doc_id")
+    assert len(samples_by_hand) == len(ours) == LIMIT
+    for logged in samples_by_hand:
+        expected = [float(response[0]) for response in logged["filtered_resps"]]
+        assert list(ours.loc[logged["doc_id"], "choice_logprobs"]) == pytest.approx(expected, abs=1e-6)
+        assert ours.loc[logged["doc_id"], "correct"] == bool(logged["acc"])
 
 
 def _submit(address: str, entrypoint: list[str], *options: str, timeout: float = 400) -> subprocess.CompletedProcess:
@@ -174,15 +206,55 @@ def _metric_parts(output: Path) -> dict[Path, float]:
 
 @pytest.fixture(scope="module")
 def full_sweep(ray_head, ladder, corrupt_checkpoint, tmp_path_factory):
-    """3 ladder rungs + 1 corrupt checkpoint x 2 tasks, submitted and awaited like a user would."""
+    """3 ladder rungs + 1 corrupt checkpoint x 2 tasks, as a user would run it after a crash.
+
+    The first submission's driver is killed (`ray job stop`) as soon as the first cell is on disk;
+    the same command is then submitted again and awaited.
+    """
     output = tmp_path_factory.mktemp("sweep-full")
-    started = time.time()
-    job = _submit(ray_head, _sweep_args([*ladder, corrupt_checkpoint], output, "--max-attempts", "2"))
-    return output, job, time.time() - started
+    entrypoint = _sweep_args([*ladder, corrupt_checkpoint], output, "--max-attempts", "2")
+    job_id = f"e2lm-kill-driver-{os.getpid()}-{int(time.time())}"
+    submitted = _submit(ray_head, entrypoint, "--no-wait", "--submission-id", job_id)
+    assert submitted.returncode == 0, submitted.stderr
+    deadline = time.time() + 300
+    while not (output / "cells").exists() or not _metric_parts(output):
+        assert time.time() < deadline, _client(ray_head).get_job_logs(job_id)[-3000:]
+        time.sleep(0.3)
+    stop = subprocess.run(
+        [str(BIN / "ray"), "job", "stop", "--address", ray_head, job_id], env=_env(), capture_output=True, text=True
+    )
+    assert stop.returncode == 0, stop.stderr
+    stopped_status = _wait_job(ray_head, job_id)
+    time.sleep(1)  # a cell written as the driver died is atomic: there or not
+    before_rerun = _metric_parts(output)
+    consolidated_after_kill = (output / "metrics.parquet").exists()
+    rerun = _submit(ray_head, entrypoint)
+    return SimpleNamespace(
+        output=output,
+        stopped_status=stopped_status,
+        before_rerun=before_rerun,
+        consolidated_after_kill=consolidated_after_kill,
+        rerun=rerun,
+    )
+
+
+def test_driver_killed_then_rerun_computes_only_missing_cells(full_sweep, ladder):
+    output, before = full_sweep.output, full_sweep.before_rerun
+    assert full_sweep.stopped_status.endswith("STOPPED")
+    assert 0 < len(before) < 2 * len(ladder), "the driver was not killed mid-sweep"
+    assert not full_sweep.consolidated_after_kill, "the killed driver reached consolidation"
+    start, finish = _runs(output)[-2:]
+    assert (start["event"], start["cells"], start["already_done"]) == ("start", 8, len(before))
+    assert start["to_evaluate"] == 8 - len(before)
+    assert finish["evaluated"] == 2 * len(ladder) - len(before) and finish["failed"] == 2
+    after = _metric_parts(output)
+    assert {path: after[path] for path in before} == before, "a cell finished before the kill was recomputed"
+    cells_per_min = finish["evaluated"] / (finish["seconds"] / 60)
+    print(f"rerun: {finish['evaluated']} cells + 1 corrupt checkpoint in {finish['seconds']:.0f} s ({cells_per_min:.1f} cells/min)")
 
 
 def test_sweep_completes_despite_a_corrupt_checkpoint(full_sweep, ladder, corrupt_checkpoint):
-    output, job, seconds = full_sweep
+    output, job = full_sweep.output, full_sweep.rerun
     logs = job.stdout + job.stderr
     assert job.returncode != 0, "a failed checkpoint must fail the job"
     assert "FAILED smollm2-ladder step 9000" in logs, logs[-3000:]
@@ -209,48 +281,33 @@ def test_sweep_completes_despite_a_corrupt_checkpoint(full_sweep, ladder, corrup
     assert sorted(failures.task) == sorted(TASKS.split(","))
     assert (failures.checkpoint == str(corrupt_checkpoint)).all() and (failures.attempts == 2).all()
     assert failures.error.str.len().gt(0).all()
-    cells_per_min = 2 * len(ladder) / (seconds / 60)
-    print(f"full sweep: {seconds:.0f} s for {2 * len(ladder)} cells + 1 corrupt checkpoint ({cells_per_min:.1f} cells/min)")
 
 
 def test_sweep_equals_lm_eval_run_by_hand(full_sweep, ladder, tmp_path):
-    """The last rung's cells against `lm_eval --model hf` on the same tasks, docs and weights."""
-    output, _, _ = full_sweep
+    """The last rung's cells against `lm_eval --model hf` run by hand on the same tasks and docs."""
+    results, samples = _lm_eval_by_hand("hf", ladder[-1], tmp_path)
+    _assert_cells_equal(full_sweep.output, ladder[-1], results, samples)
+
+
+@pytest.mark.engine
+def test_e2lm_vllm_sweep_equals_lm_eval_run_by_hand(ray_head, ladder, tmp_path):
+    """The product path: the vLLM model in a Ray worker, against `lm_eval --model e2lm_vllm` by hand."""
     checkpoint = ladder[-1]
-    command = [
-        str(BIN / "lm_eval"), "--model", "hf", "--model_args", f"pretrained={checkpoint},dtype=float32",
-        "--device", "cpu", "--tasks", TASKS, "--include_path", str(REPO / TASKS_DIR), "--limit", str(LIMIT),
-        "--output_path", str(tmp_path), "--log_samples",
-    ]  # fmt: skip
-    run = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=400)
-    assert run.returncode == 0, run.stderr[-3000:]
-    results_file = next(tmp_path.rglob("results_*.json"))
-    by_hand = json.loads(results_file.read_text())["results"]
-
+    output = tmp_path / "sweep"
+    job = _submit(ray_head, _sweep_args([checkpoint], output, lm="e2lm_vllm"), timeout=500)
+    assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
     metrics = pd.read_parquet(output / "metrics.parquet")
-    cells = metrics[metrics.checkpoint == str(checkpoint)]
-    compared = 0
-    for row in cells.itertuples():
-        expected = by_hand[row.task][f"{row.metric},{row.filter}"]
-        assert row.value == pytest.approx(expected, abs=1e-6), (row.task, row.metric)
-        compared += 1
-    assert compared == 3
-
-    samples = pd.read_parquet(output / "samples.parquet")
-    for sample_file in tmp_path.rglob("samples_sweep_arc_easy_*.jsonl"):
-        for line in sample_file.read_text().splitlines():
-            logged = json.loads(line)
-            ours = samples[(samples.checkpoint == str(checkpoint)) & (samples.task == "sweep_arc_easy")]
-            ours = ours[ours.doc_id == logged["doc_id"]].iloc[0]
-            expected = [float(resp[0]) for resp in logged["filtered_resps"]]
-            assert list(ours.choice_logprobs) == pytest.approx(expected, abs=1e-6)
-            compared += 1
-    assert compared == 3 + LIMIT
+    assert (metrics.backend == "vllm").all() and metrics.vllm_version.notna().all()
+    results, samples = _lm_eval_by_hand("e2lm_vllm", checkpoint, tmp_path / "by-hand")
+    _assert_cells_equal(output, checkpoint, results, samples)
+    finish = _runs(output)[-1]
+    engine = metrics.groupby("task").engine_seconds.first().sum()
+    print(f"e2lm_vllm: 1 checkpoint x 2 tasks in {finish['seconds']:.0f} s (engine start {engine:.0f} s)")
 
 
 def test_rerun_of_a_config_file_computes_nothing(full_sweep, ladder, tmp_path):
     """`e2lm-vllm sweep CONFIG` on the finished output: every cell is found done, nothing recomputed."""
-    output, _, _ = full_sweep
+    output = full_sweep.output
     config = {
         "models": [{"name": "smollm2-ladder", "checkpoints": [{"paths": [str(p) for p in ladder]}]}],
         "tasks": TASKS.split(","),
@@ -301,33 +358,3 @@ def test_worker_killed_mid_checkpoint_is_retried(ray_head, ladder, tmp_path):
     assert len(metrics) == 3 and set(metrics.task) == set(TASKS.split(","))
     assert len(pd.read_parquet(output / "samples.parquet")) == 2 * LIMIT
     assert len(pd.read_parquet(output / "failures.parquet")) == 0
-
-
-def test_driver_killed_then_rerun_computes_only_missing_cells(ray_head, ladder, tmp_path):
-    output = tmp_path / "sweep"
-    job_id = f"e2lm-kill-driver-{os.getpid()}-{int(time.time())}"
-    submitted = _submit(ray_head, _sweep_args(ladder, output), "--no-wait", "--submission-id", job_id)
-    assert submitted.returncode == 0, submitted.stderr
-    deadline = time.time() + 240
-    while not (output / "cells").exists() or not _metric_parts(output):
-        assert time.time() < deadline, _client(ray_head).get_job_logs(job_id)[-3000:]
-        time.sleep(0.3)
-    stop = subprocess.run(
-        [str(BIN / "ray"), "job", "stop", "--address", ray_head, job_id], env=_env(), capture_output=True, text=True
-    )
-    assert stop.returncode == 0, stop.stderr
-    assert _wait_job(ray_head, job_id).endswith("STOPPED")
-    time.sleep(1)  # a cell being written when the driver died is atomic: there or not
-    before = _metric_parts(output)
-    assert 0 < len(before) < 6, "the driver was not killed mid-sweep"
-    assert not (output / "metrics.parquet").exists(), "consolidation ran although the driver was killed"
-
-    rerun = _submit(ray_head, _sweep_args(ladder, output))
-    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
-    start, finish = _runs(output)[-2:]
-    assert start["event"] == "start" and start["already_done"] == len(before)
-    assert start["to_evaluate"] == 6 - len(before) == finish["evaluated"]
-    after = _metric_parts(output)
-    assert {path: after[path] for path in before} == before, "a finished cell was recomputed"
-    metrics = pd.read_parquet(output / "metrics.parquet")
-    assert len(metrics) == 3 * len(ladder) and not metrics.duplicated(CELL_KEY).any()
