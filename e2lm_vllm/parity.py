@@ -85,7 +85,7 @@ def compare(vllm_results: dict, hf_results: dict, tolerance: float, tokens_of: A
                 if output_type == "generate_until":
                     bucket["generations"].append(ours == theirs)
                 elif output_type == "loglikelihood_rolling":
-                    bucket["diffs"].append(abs(ours - theirs) / max(tokens_of(arguments[0]), 1))
+                    bucket["diffs"].append(abs(ours - theirs) / max(len(tokens_of(arguments[0])), 1))
                 else:
                     bucket["diffs"].append(abs(ours[0] - theirs[0]))
                     bucket["greedy"].append(ours[1] == theirs[1])

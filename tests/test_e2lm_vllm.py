@@ -216,3 +216,59 @@ def test_lm_eval_cli_runs_e2lm_vllm_and_hf_backend(smollm2_path, tmp_path):
         scores[backend] = json.loads(result_file.read_text())["results"]["sample_arc_easy"]
     assert scores["vllm"]["acc,none"] == scores["hf"]["acc,none"]
     assert scores["vllm"]["acc_norm,none"] == scores["hf"]["acc_norm,none"]
+
+
+# -- weight swap between checkpoints of one architecture -----------------------------------------
+
+SWAP_ARGUMENTS = [
+    ("The following are questions about the sky.\n\nQuestion: What is a comet?\nAnswer:", " A"),
+    ("The following are questions about the sky.\n\nQuestion: What is a comet?\nAnswer:", " B"),
+    ("Question: What is a comet?\nAnswer:", " A ball of ice and dust"),
+    ("Question: What is a comet?\nAnswer:", " The Moon"),
+]
+
+FRESH_ENGINE_SCRIPT = """
+import json, os, sys
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+from lm_eval.api.instance import Instance
+from e2lm_vllm.lm import E2LMVLLM
+lm = E2LMVLLM(pretrained=sys.argv[1], dtype="float32", max_model_len=int(sys.argv[2]), backend="vllm")
+arguments = json.loads(sys.argv[3])
+requests = [Instance(request_type="loglikelihood", doc={}, arguments=tuple(a), idx=i) for i, a in enumerate(arguments)]
+print("RESULT " + json.dumps(lm.loglikelihood(requests, disable_tqdm=True)))
+"""
+
+
+def test_weight_swap_gives_exactly_the_logprobs_of_a_fresh_engine(vllm_lm, ladder_dirs, smollm2_path):
+    requests = _instances("loglikelihood", SWAP_ARGUMENTS)
+    real_before = vllm_lm.loglikelihood(requests, disable_tqdm=True)  # also fills the prefix cache
+    vllm_lm.swap_checkpoint(str(ladder_dirs[0]))
+    try:
+        swapped = vllm_lm.loglikelihood(requests, disable_tqdm=True)
+    finally:
+        vllm_lm.swap_checkpoint(str(smollm2_path))
+    real_after = vllm_lm.loglikelihood(requests, disable_tqdm=True)
+    completed = subprocess.run(
+        [sys.executable, "-c", FRESH_ENGINE_SCRIPT, str(ladder_dirs[0]), str(MAX_LENGTH), json.dumps(SWAP_ARGUMENTS)],
+        capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    fresh = json.loads(completed.stdout.split("RESULT ", 1)[1])
+    for (a, greedy_a), (b, greedy_b) in zip(swapped, fresh):
+        assert abs(a - b) <= 1e-6 and greedy_a == greedy_b
+    # the random-init rung scores differently (no stale cache), and swapping back restores the real model
+    assert max(abs(a[0] - b[0]) for a, b in zip(swapped, real_before)) > 0.1
+    for (a, greedy_a), (b, greedy_b) in zip(real_after, real_before):
+        assert abs(a - b) <= 1e-6 and greedy_a == greedy_b
+
+
+def test_weight_swap_refuses_another_architecture(vllm_lm, tmp_path, smollm2_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(smollm2_path, other, ignore=shutil.ignore_patterns("*.safetensors"))
+    config = json.loads((other / "config.json").read_text())
+    config["num_hidden_layers"] = 2
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        vllm_lm.swap_checkpoint(str(other))
