@@ -1,0 +1,79 @@
+"""The fixed benchmark workloads: real tasks over ../shared/data, few-shot count and size.
+
+Sizes are chosen so that the slowest backend (lm-eval `vllm`, ~1.8 s per 5-shot request on 2 cores)
+finishes each workload in a few minutes. `--quick` shrinks every workload to a smoke-test size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# One subject per MMLU category (STEM, social sciences, humanities, other).
+MMLU_SUBJECTS = ("astronomy", "high_school_geography", "world_religions", "nutrition")
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    tasks: tuple[str, ...]
+    num_fewshot: int
+    limit: int  # documents per task
+    quick_limit: int  # documents per task under --quick
+    description: str
+
+    @property
+    def few_shot(self) -> bool:
+        return self.num_fewshot > 0
+
+    def limit_for(self, quick: bool) -> int:
+        return self.quick_limit if quick else self.limit
+
+
+WORKLOADS: dict[str, Workload] = {
+    workload.name: workload
+    for workload in (
+        Workload(
+            name="mmlu_5shot_letter",
+            tasks=tuple(f"e2lm_mmlu_letter_{subject}" for subject in MMLU_SUBJECTS),
+            num_fewshot=5,
+            limit=6,
+            quick_limit=2,
+            description="MMLU 5-shot, answer letters ' A'..' D' (4 subjects x 6 questions)",
+        ),
+        Workload(
+            name="mmlu_5shot_cloze",
+            tasks=tuple(f"e2lm_mmlu_cloze_{subject}" for subject in MMLU_SUBJECTS),
+            num_fewshot=5,
+            limit=6,
+            quick_limit=2,
+            description="MMLU 5-shot, answer texts (4 subjects x 6 questions)",
+        ),
+        Workload(
+            name="arc_easy_0shot",
+            tasks=("e2lm_arc_easy",),
+            num_fewshot=0,
+            limit=60,
+            quick_limit=4,
+            description="ARC-Easy 0-shot cloze (60 questions)",
+        ),
+        Workload(
+            name="hellaswag_0shot",
+            tasks=("e2lm_hellaswag",),
+            num_fewshot=0,
+            limit=40,
+            quick_limit=4,
+            description="HellaSwag 0-shot (40 contexts)",
+        ),
+    )
+}
+
+
+def select_workloads(names: str | None) -> list[Workload]:
+    """The workloads named in a comma-separated list (all when `names` is empty)."""
+    if not names:
+        return list(WORKLOADS.values())
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workload(s) {', '.join(unknown)}; expected some of: {', '.join(WORKLOADS)}")
+    return [WORKLOADS[name] for name in chosen]
