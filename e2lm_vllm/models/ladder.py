@@ -1,13 +1,16 @@
 """`e2lm-vllm ladder`: synthetic checkpoints that move from a seeded random init to real weights.
 
 Offline stand-in for a training run, so a sweep has something whose scores rise with step.
-Rung ``k`` of ``N`` holds ``lerp(random_init, real, alpha_k)`` with
+Rung ``k`` of ``N`` holds ``lerp(random_init, real, alpha_k)``. Rung 0 is the random init
+(alpha 0) and the last rung is the real weights bit for bit (alpha 1); in between the *gap*
+``1 - alpha`` shrinks geometrically from ``first_gap`` to ``last_gap``::
 
-    alpha_k = 1 - (1 - k / (N - 1)) ** power
+    gap_k = first_gap * (last_gap / first_gap) ** ((k - 1) / (N - 3))    for k = 1 .. N-2
 
-(``power`` > 1 puts most rungs close to the real weights: a linear blend of a random and a
-trained network is near chance until alpha ~0.8, so linear spacing would leave the rise to the
-last rung or two). The last rung is the real weights bit for bit.
+Why geometric and not linear: a blend of a random and a trained network stays at chance until the
+gap is below ~0.1 and reaches the real model's accuracy near 0.03 (SmolLM2-135M, ARC-Easy/PIQA,
+measured with scripts/ladder_accuracy.py), so linear spacing would put the whole rise in the last
+rung; geometric gaps spread it over the ladder, like a loss curve that is linear in log steps.
 
 Step and token labels: ``step = k * step_interval`` and ``tokens = step * tokens_per_step``,
 by default 1000 steps per rung and 1024 sequences x 4096 tokens per step. Every config.json carries
@@ -30,7 +33,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STEP_INTERVAL = 1000
 DEFAULT_TOKENS_PER_STEP = 1024 * 4096  # global batch of 1024 sequences x 4096 tokens
-DEFAULT_POWER = 3.0
+DEFAULT_FIRST_GAP = 0.2  # 1 - alpha of rung 1: still near chance
+DEFAULT_LAST_GAP = 0.02  # 1 - alpha of the last synthetic rung: about the real accuracy
 MANIFEST_NAME = "ladder.json"
 # Files of the source folder that are not tokenizer/generation data and so are not copied.
 _WEIGHT_FILES = ("config.json", ".e2lm-prepared.json")
@@ -49,35 +53,40 @@ class Rung:
     seed: int
     rung: int
     rungs: int
-    power: float
+    first_gap: float
+    last_gap: float
 
     @property
     def folder_name(self) -> str:
         return f"step_{self.step:06d}"
 
 
-def alpha_schedule(steps: int, power: float = DEFAULT_POWER) -> list[float]:
+def alpha_schedule(steps: int, first_gap: float = DEFAULT_FIRST_GAP, last_gap: float = DEFAULT_LAST_GAP) -> list[float]:
     """Blend weight per rung: 0 for the random init, exactly 1 for the real weights."""
     if steps < 2:
         raise ValueError(f"a ladder needs at least 2 steps (random init and real weights), got {steps}")
-    if power <= 0:
-        raise ValueError(f"power must be > 0, got {power}")
-    return [1.0 - (1.0 - k / (steps - 1)) ** power for k in range(steps)]
+    if not 0 < last_gap <= first_gap < 1:
+        raise ValueError(f"expected 0 < last_gap <= first_gap < 1, got first_gap={first_gap} last_gap={last_gap}")
+    middle = steps - 2
+    gaps = [first_gap * (last_gap / first_gap) ** (i / max(middle - 1, 1)) for i in range(middle)]
+    return [0.0] + [1.0 - gap for gap in gaps] + [1.0]
 
 
 def plan_ladder(
     source: str,
     steps: int,
     seed: int = 0,
-    power: float = DEFAULT_POWER,
+    first_gap: float = DEFAULT_FIRST_GAP,
+    last_gap: float = DEFAULT_LAST_GAP,
     step_interval: int = DEFAULT_STEP_INTERVAL,
     tokens_per_step: int = DEFAULT_TOKENS_PER_STEP,
 ) -> list[Rung]:
     if step_interval < 1 or tokens_per_step < 1:
         raise ValueError("step_interval and tokens_per_step must be positive integers")
     return [
-        Rung(True, source, k * step_interval, k * step_interval * tokens_per_step, alpha, seed, k, steps, power)
-        for k, alpha in enumerate(alpha_schedule(steps, power))
+        Rung(True, source, k * step_interval, k * step_interval * tokens_per_step, alpha, seed, k, steps,
+             first_gap, last_gap)
+        for k, alpha in enumerate(alpha_schedule(steps, first_gap, last_gap))
     ]
 
 
@@ -108,7 +117,8 @@ def write_ladder(
     steps: int,
     out_dir: str | os.PathLike[str],
     seed: int = 0,
-    power: float = DEFAULT_POWER,
+    first_gap: float = DEFAULT_FIRST_GAP,
+    last_gap: float = DEFAULT_LAST_GAP,
     step_interval: int = DEFAULT_STEP_INTERVAL,
     tokens_per_step: int = DEFAULT_TOKENS_PER_STEP,
     force: bool = False,
@@ -119,7 +129,7 @@ def write_ladder(
     recipe is an error, since mixing two ladders in one folder would make a meaningless curve.
     """
     source_name = str(source)
-    plan = plan_ladder(source_name, steps, seed, power, step_interval, tokens_per_step)
+    plan = plan_ladder(source_name, steps, seed, first_gap, last_gap, step_interval, tokens_per_step)
     source_dir = resolve_source(source)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,8 +209,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, required=True, help="number of checkpoints (>= 2)")
     parser.add_argument("-o", "--out", required=True, help="output folder (one step_NNNNNN folder per rung)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init (default 0)")
-    parser.add_argument("--power", type=float, default=DEFAULT_POWER,
-                        help=f"alpha_k = 1 - (1 - k/(N-1))^power (default {DEFAULT_POWER})")
+    parser.add_argument("--first-gap", type=float, default=DEFAULT_FIRST_GAP,
+                        help=f"1 - alpha of rung 1 (default {DEFAULT_FIRST_GAP})")
+    parser.add_argument("--last-gap", type=float, default=DEFAULT_LAST_GAP,
+                        help=f"1 - alpha of the last rung before the real weights (default {DEFAULT_LAST_GAP})")
     parser.add_argument("--step-interval", type=int, default=DEFAULT_STEP_INTERVAL,
                         help=f"training steps between rungs (default {DEFAULT_STEP_INTERVAL})")
     parser.add_argument("--tokens-per-step", type=int, default=DEFAULT_TOKENS_PER_STEP,
@@ -214,8 +226,10 @@ def run(args: argparse.Namespace) -> int:
     from e2lm_vllm.models.registry import ModelPackageMissingError
 
     try:
-        plan_ladder(args.source, args.steps, args.seed, args.power, args.step_interval, args.tokens_per_step)
-        folders = write_ladder(args.source, args.steps, args.out, seed=args.seed, power=args.power,
+        plan_ladder(args.source, args.steps, args.seed, args.first_gap, args.last_gap, args.step_interval,
+                    args.tokens_per_step)
+        folders = write_ladder(args.source, args.steps, args.out, seed=args.seed, first_gap=args.first_gap,
+                               last_gap=args.last_gap,
                                step_interval=args.step_interval, tokens_per_step=args.tokens_per_step,
                                force=args.force)
     except (ValueError, ModelPackageMissingError) as error:

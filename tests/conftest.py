@@ -1,0 +1,42 @@
+"""Shared, expensive fixtures: the prepared real model and a small synthetic ladder.
+
+The model cache lives in the repo's ignored ``.cache/`` (``E2LM_VLLM_HOME`` is set for the whole
+session, subprocesses included), so a fresh clone pays the GGUF conversion (~1 min) once and a
+developer's later runs pay nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEST_HOME = REPO_ROOT / ".cache" / "test-home"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def e2lm_home() -> Path:
+    """E2LM_VLLM_HOME for this session: tests never write to the user's cache."""
+    TEST_HOME.mkdir(parents=True, exist_ok=True)
+    os.environ["E2LM_VLLM_HOME"] = str(TEST_HOME)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    return TEST_HOME
+
+
+@pytest.fixture(scope="session")
+def smollm2_path(e2lm_home: Path) -> Path:
+    """Prepared SmolLM2-135M: float32 HF folder (config.json, model.safetensors, tokenizer)."""
+    from e2lm_vllm.models.prepare import prepare_model
+
+    return prepare_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def ladder_dirs(smollm2_path: Path, e2lm_home: Path) -> list[Path]:
+    """Three synthetic SmolLM2 checkpoints (steps 0, 1000, 2000), the last one the real weights."""
+    from e2lm_vllm.models.ladder import write_ladder
+
+    return write_ladder("smollm2-135m", 3, e2lm_home / "ladders" / "smollm2-135m-3", seed=0)
