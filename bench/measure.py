@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2lm_vllm.planner import trie_token_count, truncate_like_hf
+from e2lm_vllm.planner import common_prefix_length, trie_token_count, truncate_like_hf
 
 # vLLM counters read before and after each workload (sums of counters and histograms).
 VLLM_COUNTERS = {
@@ -46,20 +46,43 @@ class TokenAccount:
     submitted_tokens: int = 0  # sum of len(context + continuation): one prompt per request
     trie_tokens: int = 0  # distinct prefixes of all prompts: the floor of prefill work
     truncated_requests: int = 0
+    # The trie floor for a prefix cache of `block_size`-token blocks: a prompt reads only the whole
+    # blocks of what an earlier prompt computed, and always computes its last token.
+    block_floor_tokens: int = 0
 
 
-def account_tokens(pairs: list[tuple[list[int], list[int]]], max_length: int) -> TokenAccount:
+def block_floor_token_count(sequences: list[tuple[int, ...]], block_size: int) -> int:
+    """Tokens computed if each distinct prompt ran once, in trie order, on a block-granular cache.
+
+    In sorted order a prompt's longest prefix shared with any earlier prompt is the one shared with
+    its predecessor; the cache serves that prefix rounded down to whole blocks (and never the last
+    token, which must be computed to produce its logits).
+    """
+    ordered = sorted(set(sequences))
+    total = 0
+    previous: tuple[int, ...] = ()
+    for sequence in ordered:
+        shared = min(common_prefix_length(previous, sequence), len(sequence) - 1)
+        total += len(sequence) - (shared // block_size) * block_size
+        previous = sequence
+    return total
+
+
+def account_tokens(
+    pairs: list[tuple[list[int], list[int]]], max_length: int, block_size: int = 1
+) -> TokenAccount:
     prompts = []
     truncated = 0
     for context, continuation in pairs:
         kept_context, kept_continuation, was_truncated = truncate_like_hf(context, continuation, max_length)
-        prompts.append(kept_context + kept_continuation)
+        prompts.append(tuple(kept_context) + tuple(kept_continuation))
         truncated += was_truncated
     return TokenAccount(
         requests=len(prompts),
         submitted_tokens=sum(len(prompt) for prompt in prompts),
         trie_tokens=trie_token_count(prompts),
         truncated_requests=truncated,
+        block_floor_tokens=block_floor_token_count(prompts, block_size),
     )
 
 

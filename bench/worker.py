@@ -65,7 +65,7 @@ def run_backend(
             )
             evaluate_seconds = time.perf_counter() - evaluate_started
             scores, loglikelihoods = sample_scores(results["samples"])
-            tokens = account_tokens(probe.token_pairs, int(lm.max_length))
+            tokens = account_tokens(probe.token_pairs, int(lm.max_length), settings.block_size)
             measured: dict[str, Any] = {
                 "scoring_seconds": probe.scoring_seconds,
                 "evaluate_seconds": evaluate_seconds,

