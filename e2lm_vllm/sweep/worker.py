@@ -230,11 +230,17 @@ class CheckpointEvaluator:
 
     def load(self, unit: WorkUnit) -> float:
         started = time.perf_counter()
-        swap = getattr(self.lm, "swap_weights", None)
-        if self.lm is not None and swap is not None and self.loaded == unit.checkpoint.architecture:
-            swap(unit.model_args["pretrained"])
-        else:
-            self.lm = None
+        swap = getattr(self.lm, "swap_checkpoint", None)
+        swapped = False
+        if swap is not None and self.loaded == unit.checkpoint.architecture:
+            args = unit.model_args
+            try:
+                swap(args["pretrained"], revision=args.get("revision"), subfolder=args.get("subfolder"))
+                swapped = True
+            except ValueError as error:  # another architecture or tokenizer after all: start afresh
+                log.warning("%s: no in-place swap (%s); starting a new engine", unit.label, error)
+        if not swapped:
+            self.lm = None  # drop the old engine before the new one takes memory
             self.lm = build_lm(unit.lm, unit.model_args)
         self.loaded = unit.checkpoint.architecture
         return time.perf_counter() - started
