@@ -144,7 +144,8 @@ def markdown(report: dict[str, Any]) -> str:
         "Speedup = backend's scoring seconds / `e2lm_vllm`'s. Computed prefill: vLLM's "
         "`request_prefill_kv_computed_tokens`; for `hf`, positions fed to the model (padding included). "
         "Trie = distinct prefixes of all prompts (each shared prefix computed once). Block floor = the "
-        "same on a cache of whole blocks: each prompt recomputes the partial block after what it shares.",
+        "same on a cache of whole blocks, one prompt per request: each prompt recomputes the partial block "
+        "after what it shares (one-token continuations read from one decode step can go below it).",
         "",
         "| workload | backend | scoring s | req/s | speedup of e2lm_vllm | requests | prompt tokens submitted "
         "| prefill computed | trie-optimal | block floor | computed / trie | acc | acc_norm | max \\|Δ logprob\\| vs hf |",
