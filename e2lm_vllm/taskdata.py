@@ -30,6 +30,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ SuiteKind = Literal["full", "samples"]
 # Bump when the normalised format or the YAML templates change: cached full suites rebuild.
 FORMAT_VERSION = 1
 SAMPLE_SEED = 1234
+STALE_BUILD_SECONDS = 24 * 3600
 
 MMLU_LETTERS = ["A", "B", "C", "D"]
 # One subject per MMLU category (STEM, social sciences, humanities, other), short questions so
@@ -611,6 +613,7 @@ def include_path_for(kind: SuiteKind = "full", data: str | os.PathLike[str] | No
         return str(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=final.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the suite is shared by every process of the user
     try:
         if kind == "full":
             write_suite(build_full_suite(root, str(staging.parent / final.name / "data")), staging)
@@ -624,6 +627,10 @@ def include_path_for(kind: SuiteKind = "full", data: str | os.PathLike[str] | No
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    # Builds of older sources or converter versions; kept a day in case a running job still reads one.
+    for stale in final.parent.glob(f"{kind}-*"):
+        if stale != final and time.time() - stale.stat().st_mtime > STALE_BUILD_SECONDS:
+            shutil.rmtree(stale, ignore_errors=True)
     return str(final)
 
 
