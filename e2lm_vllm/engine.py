@@ -175,19 +175,6 @@ class VLLMEngine:
         self._account(before)
         return [list(output.outputs[0].token_ids) for output in outputs]
 
-    # -- weights ---------------------------------------------------------------------------------
-
-    def swap_weights(self, model_path: str) -> None:
-        """Load another checkpoint of the same architecture into the running engine.
-
-        vLLM's in-place reload leaves the prefix cache alone (its KV was computed with the old
-        weights: stale logprobs, as vLLM issue 32718 reports), so the cache is dropped here too.
-        """
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_path})
-        if not self.llm.reset_prefix_cache():
-            raise RuntimeError("vLLM refused to reset its prefix cache after a weight swap")
-        self.llm_kwargs["model"] = model_path
-
     # -- bookkeeping ---------------------------------------------------------------------------
 
     def _account(self, before: dict[str, float]) -> None:

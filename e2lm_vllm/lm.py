@@ -72,17 +72,6 @@ def build_hf_lm(args: ModelArgs) -> Any:
     return HFLM(**kwargs)
 
 
-def _tokenizer_fingerprint(folder: Any) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name in ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt"):
-        path = folder / name
-        if path.exists():
-            digest.update(name.encode() + path.read_bytes())
-    return digest.hexdigest()
-
-
 def resolve_backend(args: ModelArgs) -> str:
     if args.backend != "auto":
         return args.backend
@@ -207,6 +196,10 @@ class E2LMVLLM(TemplateLM):
         disable_tqdm: bool = False,
         **kwargs: Any,
     ) -> list[tuple[float, bool]]:
+        for key, _, continuation in requests:
+            if not continuation:
+                # lm-eval's HFLM asserts the same: an empty continuation has nothing to score.
+                raise ValueError(f"empty continuation for the request {key!r}: nothing to score")
         # Sorting by the whole token sequence puts requests that share prefixes next to each other,
         # so one chunk holds a few-shot block with many of its questions and all of their choices.
         collator = Collator(requests, sort_fn=lambda request: request[1] + request[2])
@@ -303,38 +296,6 @@ class E2LMVLLM(TemplateLM):
             for token, text in zip(vocabulary, self.tokenizer.batch_decode([[t] for t in vocabulary]))
             if any(term in text for term in stops)
         ]
-
-    # -- checkpoints -----------------------------------------------------------------------------
-
-    # Config fields that must match for a weight swap to be a pure weight change.
-    ARCHITECTURE_FIELDS = (
-        "architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
-        "num_attention_heads", "num_key_value_heads", "vocab_size", "max_position_embeddings",
-        "rope_parameters", "rope_theta", "tie_word_embeddings", "torch_dtype", "dtype",
-    )  # fmt: skip
-
-    def swap_checkpoint(self, pretrained: str, *, revision: str | None = None, subfolder: str | None = None) -> None:
-        """Evaluate another checkpoint of the same architecture without restarting the engine.
-
-        Refuses (ValueError) when the architecture or the tokenizer differ: start a new model then.
-        """
-        import json
-
-        checkpoint = resolve_checkpoint(pretrained, revision=revision, subfolder=subfolder, tokenizer=self.args.tokenizer)
-
-        def architecture(folder: Any) -> dict[str, Any]:
-            config = json.loads((folder / "config.json").read_text())
-            return {name: config.get(name) for name in self.ARCHITECTURE_FIELDS}
-
-        current, new = architecture(self.checkpoint.model_path), architecture(checkpoint.model_path)
-        if current != new:
-            changed = sorted(name for name in current if current[name] != new[name])
-            raise ValueError(f"cannot swap weights across architectures (differs in {', '.join(changed)})")
-        if _tokenizer_fingerprint(checkpoint.tokenizer_path) != _tokenizer_fingerprint(self.checkpoint.tokenizer_path):
-            raise ValueError("cannot swap weights: the new checkpoint has another tokenizer")
-        self.engine.swap_weights(str(checkpoint.model_path))
-        self.checkpoint = checkpoint
-        self.args = self.args.model_copy(update={"pretrained": pretrained, "revision": revision, "subfolder": subfolder})
 
     # -- engine statistics -----------------------------------------------------------------------
 

@@ -124,14 +124,18 @@ def test_empty_context_empty_continuation_and_non_ascii_match_hf(vllm_lm, hf_lm)
         ("", "Hello world"),
         ("", " Zürich, São Paulo, 東京 and Kraków 🚀"),
         ("Question: Where is Kraków?\nAnswer:", " In Poland, près de la Vistule — 波兰"),
-        ("Question: What is 2+2?\nAnswer:", ""),
         ("Naïve café ", "crème brûlée"),  # trailing space moves into the continuation, as in HF
     ]
     ours = vllm_lm.loglikelihood(_instances("loglikelihood", arguments), disable_tqdm=True)
     reference = hf_lm.loglikelihood(_instances("loglikelihood", arguments), disable_tqdm=True)
     for (a, greedy_a), (b, greedy_b) in zip(ours, reference):
         assert abs(a - b) <= TOLERANCE and greedy_a == greedy_b
-    assert ours[3] == (0.0, True)
+    # an empty continuation has nothing to score: HFLM asserts, we say so
+    empty = _instances("loglikelihood", [("Question: What is 2+2?\nAnswer:", "")])
+    with pytest.raises(ValueError, match="empty continuation"):
+        vllm_lm.loglikelihood(empty, disable_tqdm=True)
+    with pytest.raises(AssertionError):
+        hf_lm.loglikelihood(empty, disable_tqdm=True)
 
 
 def test_context_longer_than_max_length_is_left_truncated_as_hf_does(vllm_lm, hf_lm):
@@ -149,7 +153,7 @@ def test_context_longer_than_max_length_is_left_truncated_as_hf_does(vllm_lm, hf
 
 def test_prefix_cache_is_read_for_shared_prefixes(vllm_lm):
     """The planner's promise, measured by vLLM's own counters: the few-shot block is not recomputed."""
-    few_shot = "Example question and answer about physics. " * 40
+    few_shot = "Example question and answer about physics. " * 60
     arguments = [(few_shot + f"Question {i}: what is {i} + {i}?\nAnswer:", f" {2 * i} apples") for i in range(8)]
     before = dict(vllm_lm.engine.stats.__dict__)
     vllm_lm.loglikelihood(_instances("loglikelihood", arguments), disable_tqdm=True)
@@ -216,59 +220,3 @@ def test_lm_eval_cli_runs_e2lm_vllm_and_hf_backend(smollm2_path, tmp_path):
         scores[backend] = json.loads(result_file.read_text())["results"]["sample_arc_easy"]
     assert scores["vllm"]["acc,none"] == scores["hf"]["acc,none"]
     assert scores["vllm"]["acc_norm,none"] == scores["hf"]["acc_norm,none"]
-
-
-# -- weight swap between checkpoints of one architecture -----------------------------------------
-
-SWAP_ARGUMENTS = [
-    ("The following are questions about the sky.\n\nQuestion: What is a comet?\nAnswer:", " A"),
-    ("The following are questions about the sky.\n\nQuestion: What is a comet?\nAnswer:", " B"),
-    ("Question: What is a comet?\nAnswer:", " A ball of ice and dust"),
-    ("Question: What is a comet?\nAnswer:", " The Moon"),
-]
-
-FRESH_ENGINE_SCRIPT = """
-import json, os, sys
-os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-from lm_eval.api.instance import Instance
-from e2lm_vllm.lm import E2LMVLLM
-lm = E2LMVLLM(pretrained=sys.argv[1], dtype="float32", max_model_len=int(sys.argv[2]), backend="vllm")
-arguments = json.loads(sys.argv[3])
-requests = [Instance(request_type="loglikelihood", doc={}, arguments=tuple(a), idx=i) for i, a in enumerate(arguments)]
-print("RESULT " + json.dumps(lm.loglikelihood(requests, disable_tqdm=True)))
-"""
-
-
-def test_weight_swap_gives_exactly_the_logprobs_of_a_fresh_engine(vllm_lm, ladder_dirs, smollm2_path):
-    requests = _instances("loglikelihood", SWAP_ARGUMENTS)
-    real_before = vllm_lm.loglikelihood(requests, disable_tqdm=True)  # also fills the prefix cache
-    vllm_lm.swap_checkpoint(str(ladder_dirs[0]))
-    try:
-        swapped = vllm_lm.loglikelihood(requests, disable_tqdm=True)
-    finally:
-        vllm_lm.swap_checkpoint(str(smollm2_path))
-    real_after = vllm_lm.loglikelihood(requests, disable_tqdm=True)
-    completed = subprocess.run(
-        [sys.executable, "-c", FRESH_ENGINE_SCRIPT, str(ladder_dirs[0]), str(MAX_LENGTH), json.dumps(SWAP_ARGUMENTS)],
-        capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    fresh = json.loads(completed.stdout.split("RESULT ", 1)[1])
-    for (a, greedy_a), (b, greedy_b) in zip(swapped, fresh):
-        assert abs(a - b) <= 1e-6 and greedy_a == greedy_b
-    # the random-init rung scores differently (no stale cache), and swapping back restores the real model
-    assert max(abs(a[0] - b[0]) for a, b in zip(swapped, real_before)) > 0.1
-    for (a, greedy_a), (b, greedy_b) in zip(real_after, real_before):
-        assert abs(a - b) <= 1e-6 and greedy_a == greedy_b
-
-
-def test_weight_swap_refuses_another_architecture(vllm_lm, tmp_path, smollm2_path):
-    import shutil
-
-    other = tmp_path / "other"
-    shutil.copytree(smollm2_path, other, ignore=shutil.ignore_patterns("*.safetensors"))
-    config = json.loads((other / "config.json").read_text())
-    config["num_hidden_layers"] = 2
-    (other / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="num_hidden_layers"):
-        vllm_lm.swap_checkpoint(str(other))
