@@ -139,6 +139,24 @@ def nesting_levels(prefixes: list[tuple[int, ...]]) -> list[int]:
     return [level_of[prefix] for prefix in prefixes]
 
 
+def useful_primers(prefixes: list[tuple[int, ...]], block_size: int) -> list[tuple[int, ...]]:
+    """Drop primers that would cache no full block beyond their nearest kept ancestor.
+
+    The cache keeps whole blocks only, so a branch point a few tokens past its parent (questions
+    that all start with "Question: What") would cost an engine step and save nothing.
+    """
+    kept: list[tuple[int, ...]] = []
+    ancestors: list[tuple[int, ...]] = []
+    for prefix in sorted(prefixes):
+        while ancestors and prefix[: len(ancestors[-1])] != ancestors[-1]:
+            ancestors.pop()
+        parent_blocks = len(ancestors[-1]) // block_size if ancestors else 0
+        if len(prefix) // block_size > parent_blocks:
+            kept.append(prefix)
+            ancestors.append(prefix)
+    return sorted(kept, key=lambda prefix: (len(prefix), prefix))
+
+
 def plan_scoring(
     requests: Sequence[ScoreRequest], *, max_length: int, min_shared_prefix: int
 ) -> ScoringPlan:
@@ -175,11 +193,10 @@ def plan_scoring(
     # Prime the prefixes that several prompts share (few-shot blocks, the question shared by all of
     # its choices), shallowest first. A next-token query is itself a primer of its context.
     contexts_of_next_token = set(next_token)
-    primer_prefixes = [
-        prefix
-        for prefix in shared_prefixes(prompts, min_shared_prefix)
-        if prefix not in contexts_of_next_token
-    ]
+    primer_prefixes = useful_primers(
+        [prefix for prefix in shared_prefixes(prompts, min_shared_prefix) if prefix not in contexts_of_next_token],
+        block_size=min_shared_prefix,
+    )
     levels = nesting_levels(primer_prefixes)
     depth = max(levels, default=-1) + 1
     waves: list[list[Query]] = [[] for _ in range(depth)]

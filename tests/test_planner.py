@@ -103,3 +103,12 @@ def test_plan_accounts_tokens_and_truncations():
     assert plan.submitted_tokens == 11 + 11
     # after truncation: (11..19, 5, 6) and (10..19, 7): they share no prefix
     assert plan.trie_tokens == 22
+
+
+def test_primers_that_add_no_full_block_are_dropped():
+    from e2lm_vllm.planner import useful_primers
+
+    few_shot = tuple(range(64))  # two blocks of 32
+    question_stem = few_shot + (900, 901)  # shared by several questions: no new full block
+    long_question = few_shot + tuple(range(1000, 1040))  # one more full block
+    assert useful_primers([few_shot, question_stem, long_question], block_size=32) == [few_shot, long_question]
