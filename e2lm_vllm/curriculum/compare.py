@@ -4,7 +4,8 @@ The curriculum asks its items with exactly the prompts of ``e2lm_mmlu_cloze_<sub
 (lm-eval's mmlu_continuation), so on a checkpoint swept on that task the curriculum's per-item
 results are the very rows of its items: same requests, same log-probabilities. This module
 re-labels those rows as the tasks ``<name>`` (the curriculum items) and ``<name>_<tier>``, keeps
-the baseline ``mmlu_cloze`` (every swept item), restricts all of them to the checkpoints the
+the baseline ``mmlu_cloze`` (every swept item) and a control ``mmlu_cloze_random<N>`` (as many
+random swept items as the curriculum has, seeded), restricts all of them to the checkpoints the
 build held out, and writes a results folder that ``e2lm-vllm score`` reads
 (metrics.parquet with ``acc``; samples.parquet, from which score derives ``sample_acc``,
 ``sample_acc_norm``, ``gold_margin``, ``gold_bits_per_byte``).
@@ -25,6 +26,7 @@ from e2lm_vllm.curriculum.difficulty import DEFAULT_TASK_PREFIX
 from e2lm_vllm.curriculum.writer import Manifest, read_items
 
 BASELINE = "mmlu_cloze"
+RANDOM_SEED = 1234
 
 
 def held_out_samples(samples: pd.DataFrame, task_dir: str | Path, task_prefix: str = DEFAULT_TASK_PREFIX) -> pd.DataFrame:
@@ -43,7 +45,12 @@ def held_out_samples(samples: pd.DataFrame, task_dir: str | Path, task_prefix: s
         raise ValueError(f"no samples at the held-out steps {held} of {task_dir}: sweep those checkpoints first")
     tiers = items[["subject", "doc_id", "tier_name"]]
     chosen = rows.merge(tiers, on=["subject", "doc_id"], how="inner")
-    parts = [rows.assign(task=BASELINE), chosen.assign(task=manifest.name)]
+    # Control: as many items as the curriculum, drawn at random from the swept ones (seeded), so a
+    # gain of the curriculum is not just a matter of its size.
+    swept = rows[["subject", "doc_id"]].drop_duplicates().sort_values(["subject", "doc_id"])
+    drawn = swept.sample(n=min(len(items), len(swept)), random_state=RANDOM_SEED)
+    control = rows.merge(drawn, on=["subject", "doc_id"], how="inner")
+    parts = [rows.assign(task=BASELINE), control.assign(task=f"{BASELINE}_random{len(drawn)}"), chosen.assign(task=manifest.name)]
     parts += [part.assign(task=f"{manifest.name}_{tier}") for tier, part in chosen.groupby("tier_name")]
     out = pd.concat(parts, ignore_index=True)
     return out.drop(columns=["subject", "tier_name"], errors="ignore")
