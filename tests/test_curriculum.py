@@ -129,6 +129,21 @@ def test_build_refuses_a_curriculum_below_the_minimum(ladder_samples: pd.DataFra
         build(ladder_samples, tmp_path / "task", hold_out=HoldOut("all"))
 
 
+def test_compare_uses_only_held_out_rungs(ladder_samples: pd.DataFrame, tmp_path: Path) -> None:
+    from e2lm_vllm.curriculum.compare import BASELINE, accuracy_table, held_out_samples
+
+    config = SelectionConfig(min_rho=-1.0, n_tiers=2, min_items_per_subject=1)
+    _, manifest = build(ladder_samples, tmp_path / "task", hold_out=HoldOut("even"), config=config, rules=CompetitionRules(min_samples=1))
+    assert manifest.build["held_out_steps"] == {"smollm2-135m-3": [1000]}
+    rows = held_out_samples(ladder_samples, tmp_path / "task")
+    assert set(rows["step"]) == {1000}
+    assert len(rows[rows["task"] == BASELINE]) == len(SUBJECTS) * ITEMS_PER_SUBJECT
+    assert len(rows[rows["task"] == "mmlu_curriculum"]) == manifest.n_items
+    acc = accuracy_table(rows).set_index("task")["value"]
+    curriculum = rows[rows["task"] == "mmlu_curriculum"]
+    assert acc["mmlu_curriculum"] == pytest.approx(curriculum["correct"].mean())
+
+
 # --------------------------------------------------------------------------- rules
 
 
@@ -288,7 +303,9 @@ def test_committed_curriculum_meets_the_rules() -> None:
         for item in part.itertuples():
             assert rows[item.doc_id]["question"] == item.question and rows[item.doc_id]["answer"] == item.answer
     assert manifest.dataset_path == "tasks/mmlu_curriculum/data"
-    assert manifest.build["held_out_steps"], "the committed build must hold out checkpoints"
+    assert any(manifest.build["held_out_steps"].values()), "the committed build must hold out checkpoints"
+    selection = manifest.build["selection_steps"]
+    assert all(not set(selection[model]) & set(steps) for model, steps in manifest.build["held_out_steps"].items())
     assert not math.isnan(items["slope"].min()) and (items["slope"] > 0).all()
 
 
