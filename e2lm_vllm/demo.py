@@ -43,7 +43,7 @@ def _step(title: str, command: list[str], *, capture: bool = False) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2lm_vllm.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=str(REPO_ROOT / "runs" / "demo"), help="where everything goes")
-    parser.add_argument("--limit", type=int, default=20, help="documents per task in the sweep")
+    parser.add_argument("--limit", type=int, default=10, help="documents per (sub)task, for the time budget")
     args = parser.parse_args(argv)
     output = Path(args.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             _bin("lm_eval"), "--model", "e2lm_vllm",
             "--model_args", f"pretrained={model_path},dtype=float32,max_model_len=2048",
-            "--tasks", "e2lm_samples", "--include_path", "tasks/samples",
+            "--tasks", "e2lm_samples", "--include_path", "tasks/samples", "--limit", str(args.limit),
             "--output_path", str(output / "lm_eval"),
         ],
     )  # fmt: skip

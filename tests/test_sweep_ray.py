@@ -179,10 +179,38 @@ def _submit(address: str, entrypoint: list[str], *options: str, timeout: float =
     return subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def _client(address: str):
-    from ray.job_submission import JobSubmissionClient
+class _RayJobsCli:
+    """The jobs API through the real `ray job` CLI, in a subprocess with the fixture's auth env.
 
-    return JobSubmissionClient(address)
+    An in-process JobSubmissionClient would carry Ray's auth mode from whenever `ray` was first
+    imported in this pytest process (vLLM imports it), not the token this module's head uses.
+    """
+
+    def __init__(self, address: str):
+        self.address = address
+
+    def _run(self, *args: str) -> str:
+        command = [str(BIN / "ray"), "job", *args, "--address", self.address]
+        completed = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+        return completed.stdout + completed.stderr
+
+    def get_job_status(self, job_id: str) -> str:
+        output = self._run("status", job_id)
+        pending = re.search(r"Status for job '[^']*': (\w+)", output)
+        if pending:
+            return pending.group(1)
+        for phrase, status in (("' succeeded", "SUCCEEDED"), ("' was stopped", "STOPPED"), ("' failed", "FAILED")):
+            if phrase in output:
+                return status
+        raise AssertionError(f"unreadable `ray job status` output: {output}")
+
+    def get_job_logs(self, job_id: str) -> str:
+        return self._run("logs", job_id)
+
+
+def _client(address: str) -> _RayJobsCli:
+    return _RayJobsCli(address)
 
 
 def _wait_job(address: str, job_id: str, timeout: float = 400) -> str:
