@@ -76,7 +76,7 @@ def built_task(ladder_samples: pd.DataFrame, tmp_path_factory: pytest.TempPathFa
 
 
 def test_item_statistics_match_the_raw_rows(ladder_samples: pd.DataFrame) -> None:
-    difficulty = measure_difficulty(ladder_samples, HoldOut("all"))
+    difficulty = measure_difficulty(ladder_samples, HoldOut("all"), margin="raw")
     items = difficulty.items
     assert len(items) == len(SUBJECTS) * ITEMS_PER_SUBJECT
     assert difficulty.selection_steps == {"smollm2-135m-3": [0, 1000, 2000]}
@@ -95,6 +95,14 @@ def test_item_statistics_match_the_raw_rows(ladder_samples: pd.DataFrame) -> Non
     # learned_step is defined exactly for the items right at the last checkpoint.
     assert (items["learned_step"].notna() == (items["acc_last"] == 1.0)).all()
     assert set(difficulty.subjects["subject"]) == set(SUBJECTS)
+    # The default margin divides each choice's log-probability by its length in bytes.
+    sample = row[row["step"] == 2000].iloc[0]
+    per_byte = [lp / n for lp, n in zip(sample.choice_logprobs, sample.choice_bytes)]
+    gold = per_byte.pop(int(sample.target))
+    default = measure_difficulty(ladder_samples, HoldOut("all")).items
+    assert default.loc[(default["subject"] == "astronomy") & (default["doc_id"] == 0), "margin_last"].iloc[0] == pytest.approx(
+        gold - sum(per_byte) / len(per_byte)
+    )
 
 
 def test_hold_out_keeps_held_rungs_out_of_selection(ladder_samples: pd.DataFrame) -> None:

@@ -38,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hold-out", choices=["even", "odd", "all"], default="even",
         help="select on the even / odd checkpoints of each model (the others are held out), or on all (default: even)",
     )
+    build.add_argument(
+        "--margin", choices=["per_byte", "raw"], default="per_byte",
+        help="gold margin on log-probs per byte (default; immune to answer length) or raw sums",
+    )
     build.add_argument("--select-steps", help="comma-separated steps to select on (overrides --hold-out)")
     build.add_argument("--dataset-path", help="what the YAML loads: default the data folder relative to the repo root; an HF id for the hub variant")
     build.add_argument("--n-tiers", type=int, default=SelectionConfig().n_tiers)
@@ -83,6 +87,7 @@ def build(
     data: str | None = None,
     task_prefix: str = DEFAULT_TASK_PREFIX,
     hold_out: HoldOut = HoldOut(),
+    margin: str = "per_byte",
     config: SelectionConfig = SelectionConfig(),
     rules: CompetitionRules = CompetitionRules(),
     dataset_path: str | None = None,
@@ -90,7 +95,7 @@ def build(
     source: str = "",
 ) -> tuple[Selection, Manifest]:
     """Difficulty -> selection -> files; raises DifficultyError if the result breaks a rule."""
-    difficulty = measure_difficulty(samples, hold_out, task_prefix)
+    difficulty = measure_difficulty(samples, hold_out, task_prefix, margin=margin)
     subjects = sorted(difficulty.items["subject"].unique())
     rows = samples[samples["task"].str.startswith(task_prefix)].assign(subject=lambda f: f["task"].str.slice(len(task_prefix)))
     items = attach_items(difficulty.items, mmlu_docs(data, subjects), check_hash=rows if "doc_hash" in rows else None)
@@ -115,6 +120,7 @@ def build(
         build={
             "source": source,
             "task_prefix": task_prefix,
+            "margin": margin,
             "models": sorted(difficulty.selection_steps),
             "selection_steps": difficulty.selection_steps,
             "held_out_steps": difficulty.held_out_steps,
@@ -161,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             data=args.data,
             task_prefix=args.task_prefix,
             hold_out=HoldOut(rungs=args.hold_out, steps=steps),
+            margin=args.margin,
             config=SelectionConfig(
                 min_slope=args.min_slope, min_rise=args.min_rise, min_rho=args.min_rho, n_tiers=args.n_tiers,
                 min_items_per_subject=args.min_items_per_subject, max_items=args.max_items,

@@ -7,11 +7,17 @@ and can measure the result honestly.
 
 Per item (one model, its selection checkpoints in step order):
 
-- ``acc_last``, ``margin_last``: correct / gold margin at the last selection checkpoint
-  (gold margin = gold log-probability minus the mean of the other choices, as in scoring);
+- ``acc_last``, ``margin_last``: correct / gold margin at the last selection checkpoint. The gold
+  margin is the gold choice's log-probability minus the mean of the other choices, **per UTF-8
+  byte** by default (``margin="per_byte"``: each choice's log-probability divided by its length,
+  as acc_norm does). Why: on raw sums a long gold answer's margin rises over training merely
+  because the model gets more fluent (at random init every token costs ~ln V nats), so raw rises
+  select items whose gold is longer than its distractors, which ``acc`` then gets *wrong*. On the
+  committed ladder, raw-margin selection kept items at 0.23 held-out acc (baseline 0.32), per-byte
+  selection at 0.40. ``margin="raw"`` gives scoring's ``gold_margin``;
 - ``margin_first``, ``margin_rise`` = last - first;
-- ``slope``: OLS slope of the gold margin over the checkpoint index (scoring's
-  :func:`~e2lm_vllm.scoring.samples.item_learnability`);
+- ``slope``: OLS slope of the gold margin over the checkpoint index (as scoring's
+  :func:`~e2lm_vllm.scoring.samples.item_learnability`, on the chosen margin);
 - ``rho``: Spearman correlation of the gold margin with the checkpoint index (NaN if constant);
 - ``learned_step``: the first step from which the item stays correct up to the last checkpoint
   (NaN if it is wrong there).
@@ -31,7 +37,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from e2lm_vllm.scoring.samples import item_learnability, per_sample_scores
+from e2lm_vllm.scoring.samples import per_sample_scores
 
 DEFAULT_TASK_PREFIX = "e2lm_mmlu_cloze_"
 ITEM_KEY = ["subject", "doc_id"]
@@ -121,23 +127,47 @@ def selection_rows(rows: pd.DataFrame, hold_out: HoldOut) -> tuple[pd.DataFrame,
     return pd.concat(keep, ignore_index=True), chosen, held
 
 
+MarginKind = Literal["per_byte", "raw"]
+
+
+def _margins(rows: pd.DataFrame, margin: MarginKind) -> np.ndarray:
+    """Gold margin of each row: gold minus mean other choice, log-probs per byte or raw sums."""
+    values = []
+    for row in rows.itertuples(index=False):
+        logprobs = np.asarray(row.choice_logprobs, dtype=np.float64)
+        if margin == "per_byte":
+            logprobs = logprobs / np.maximum(np.asarray(row.choice_bytes, dtype=np.float64), 1.0)
+        gold = int(row.target)
+        values.append(logprobs[gold] - np.delete(logprobs, gold).mean())
+    return np.asarray(values)
+
+
 def measure_difficulty(
-    samples: pd.DataFrame, hold_out: HoldOut = HoldOut(), task_prefix: str = DEFAULT_TASK_PREFIX
+    samples: pd.DataFrame,
+    hold_out: HoldOut = HoldOut(),
+    task_prefix: str = DEFAULT_TASK_PREFIX,
+    margin: MarginKind = "per_byte",
 ) -> Difficulty:
     """Per-item and per-subject difficulty from per-sample rows (see the module docstring)."""
+    if margin not in ("per_byte", "raw"):
+        raise DifficultyError(f"margin must be 'per_byte' or 'raw', got {margin!r}")
     rows, chosen, held = selection_rows(subject_rows(samples, task_prefix), hold_out)
-    scores = per_sample_scores(rows)
+    scores = per_sample_scores(rows)  # validates the rows; sample_acc, raw gold_margin
+    usable = rows.loc[rows["target"].notna() & rows["choice_logprobs"].map(lambda v: v is not None and len(v) >= 2)]
+    scores["gold_margin"] = scores["gold_margin"] if margin == "raw" else _margins(usable, margin)
     scores["subject"] = scores["task"].str.slice(len(task_prefix))
     scores = scores.sort_values(["model", "subject", "doc_id", "step"])
-    learn = item_learnability(rows, axis="index")
 
     per_model = []
     for (model, subject, doc_id), item in scores.groupby(["model", "subject", "doc_id"], sort=False):
         margins = item["gold_margin"].to_numpy()
         correct = item["sample_acc"].to_numpy() > 0
         steps = item["step"].to_numpy()
+        index = np.arange(len(margins), dtype=np.float64)
+        slope = float(np.polyfit(index, margins, 1)[0]) if len(margins) >= 2 else math.nan
         per_model.append(
             {
+                "slope": slope,
                 "model": model,
                 "subject": subject,
                 "doc_id": int(doc_id),
@@ -151,8 +181,6 @@ def measure_difficulty(
             }
         )
     items = pd.DataFrame(per_model)
-    learn["subject"] = learn["task"].str.slice(len(task_prefix))
-    items = items.merge(learn[["model", "subject", "doc_id", "slope"]], on=["model", "subject", "doc_id"], how="left")
     # Several models: average each statistic over them (learned_step over the models that learned it).
     items = items.groupby(ITEM_KEY, as_index=False).agg(
         n_models=("model", "nunique"),
