@@ -153,7 +153,10 @@ def measure_difficulty(
         raise DifficultyError(f"margin must be 'per_byte' or 'raw', got {margin!r}")
     rows, chosen, held = selection_rows(subject_rows(samples, task_prefix), hold_out)
     scores = per_sample_scores(rows)  # validates the rows; sample_acc, raw gold_margin
+    # The same rows per_sample_scores keeps, in the same order (it filters and never reorders).
     usable = rows.loc[rows["target"].notna() & rows["choice_logprobs"].map(lambda v: v is not None and len(v) >= 2)]
+    if len(usable) != len(scores):
+        raise DifficultyError("per-sample rows and their scores disagree in number; expected multiple-choice rows")
     scores["gold_margin"] = scores["gold_margin"] if margin == "raw" else _margins(usable, margin)
     scores["subject"] = scores["task"].str.slice(len(task_prefix))
     scores = scores.sort_values(["model", "subject", "doc_id", "step"])

@@ -32,7 +32,7 @@ import functools
 import json
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -382,7 +382,3 @@ def _lazy_smollm2_counter() -> TokenCounter:
 
     return count
 
-
-def offending_ids(report: ValidationReport) -> Iterable[str]:
-    for result in report.results:
-        yield from result.offending
