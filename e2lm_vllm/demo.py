@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_TASKS = "sample_arc_easy,sample_piqa,sample_hellaswag,sample_mmlu_cloze"
-LADDER_STEPS = 4
+DEMO_TASKS = "sample_arc_easy,sample_piqa,sample_hellaswag"
+LADDER_STEPS = 3
 
 
 def _bin(name: str) -> str:
