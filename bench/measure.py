@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from e2lm_vllm.engine import vllm_counter_totals
 from e2lm_vllm.planner import common_prefix_length, trie_token_count, truncate_like_hf
 
 # vLLM counters read before and after each workload (sums of counters and histograms).
@@ -20,19 +21,6 @@ VLLM_COUNTERS = {
     "engine_requests": "vllm:request_success",
     "generation_tokens": "vllm:generation_tokens",
 }
-
-
-def vllm_counter_totals(llm: Any) -> dict[str, float]:
-    """Totals of vLLM's Prometheus metrics by name (a histogram counts by its sum)."""
-    totals: dict[str, float] = {}
-    for metric in llm.get_metrics():
-        value = getattr(metric, "value", None)
-        if value is None:
-            value = getattr(metric, "sum", None)
-        if isinstance(value, (int, float)):
-            totals[metric.name] = totals.get(metric.name, 0.0) + value
-    return totals
-
 
 def counter_deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
     return {key: int(round(after.get(name, 0.0) - before.get(name, 0.0))) for key, name in VLLM_COUNTERS.items()}

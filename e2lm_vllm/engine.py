@@ -40,7 +40,8 @@ class EngineStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def _counter_totals(llm: Any) -> dict[str, float]:
+def vllm_counter_totals(llm: Any) -> dict[str, float]:
+    """Totals of vLLM's own metrics by name (a histogram counts by its sum)."""
     totals: dict[str, float] = {}
     for metric in llm.get_metrics():
         value = getattr(metric, "value", None)
@@ -68,7 +69,7 @@ class VLLMEngine:
     def run_plan(self, plan: ScoringPlan, progress: Callable[[int], None] | None = None) -> list[ScoreResult]:
         """Execute `plan` and return one result per planned request, in request order."""
         results: list[ScoreResult | None] = [None] * plan.num_requests
-        before = _counter_totals(self.llm)
+        before = vllm_counter_totals(self.llm)
         for wave in plan.waves:
             primers = [query for query in wave if isinstance(query, PrefixPrimer)]
             next_token = [query for query in wave if isinstance(query, NextTokenQuery)]
@@ -169,7 +170,7 @@ class VLLMEngine:
         self, prompts: Sequence[Sequence[int]], *, max_tokens: int, stop_token_ids: Sequence[int]
     ) -> list[list[int]]:
         """Greedy continuations of `prompts`, stopped at EOS, at `stop_token_ids`, or after `max_tokens`."""
-        before = _counter_totals(self.llm)
+        before = vllm_counter_totals(self.llm)
         params = self._sampling(max_tokens=max_tokens, stop_token_ids=list(stop_token_ids))
         outputs = self._generate(prompts, params)
         self._account(before)
@@ -178,7 +179,7 @@ class VLLMEngine:
     # -- bookkeeping ---------------------------------------------------------------------------
 
     def _account(self, before: dict[str, float]) -> None:
-        after = _counter_totals(self.llm)
+        after = vllm_counter_totals(self.llm)
 
         def delta(name: str) -> int:
             return int(after.get(name, 0.0) - before.get(name, 0.0))
