@@ -297,10 +297,14 @@ def test_submission_patch_applies_to_lm_eval_and_runs(
 # --------------------------------------------------------------------------- the committed task
 
 
-def test_committed_curriculum_meets_the_rules() -> None:
+def test_committed_curriculum_meets_the_rules(smollm2_path: Path) -> None:
+    from e2lm_vllm.curriculum.validate import smollm2_token_counter
+
     task_dir = REPO_ROOT / "tasks" / "mmlu_curriculum"
     manifest = Manifest.read(task_dir)
-    report = validate_task_dir(task_dir)  # competition defaults: 100 to 15,000 samples
+    # competition defaults (100 to 15,000 samples, 2,048 tokens), counted with the tokenizer the
+    # build used: bytes alone overestimate the two longest history items (2,111 bytes)
+    report = validate_task_dir(task_dir, count_tokens=smollm2_token_counter())
     assert report.ok, report.describe()
     assert report.n_samples == manifest.n_items >= 100
     items = pd.read_parquet(task_dir / "data" / "mmlu_curriculum.parquet")
