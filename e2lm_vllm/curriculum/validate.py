@@ -308,8 +308,15 @@ def validate_task_dir(
     rules: CompetitionRules = CompetitionRules(),
     count_tokens: TokenCounter | None = None,
 ) -> ValidationReport:
-    """Validate a folder written by ``e2lm-vllm curriculum build`` (manifest, YAML and data)."""
+    """Validate a folder written by ``e2lm-vllm curriculum build`` (manifest, YAML and data).
+
+    ``count_tokens`` None: the embedded SmolLM2 tokenizer, loaded only if some text is longer
+    than ``max_tokens`` bytes (bytes are only an upper bound on tokens).
+    """
     from e2lm_vllm.curriculum.writer import Manifest, read_items
+
+    if count_tokens is None:
+        count_tokens = _lazy_smollm2_counter()
 
     task_dir = Path(task_dir)
     manifest = Manifest.read(task_dir)
