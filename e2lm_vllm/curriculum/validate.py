@@ -27,11 +27,8 @@ How each is checked:
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -352,30 +349,6 @@ def validate_task_dir(
         )
     )
     return report
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task_dir", metavar="TASK_DIR", help="folder written by `e2lm-vllm curriculum build`")
-    parser.add_argument("--tokenizer", help="HF tokenizer folder for the token count (default: embedded SmolLM2)")
-    parser.add_argument("--min-samples", type=int, default=CompetitionRules().min_samples)
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        counter = tokenizer_counter(args.tokenizer) if args.tokenizer else _lazy_smollm2_counter()
-        report = validate_task_dir(args.task_dir, CompetitionRules(min_samples=args.min_samples), counter)
-    except (ValidationError, FileNotFoundError, ValueError) as error:
-        print(f"e2lm-vllm curriculum validate: error: {error}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({"ok": report.ok, "n_samples": report.n_samples, "results": [r.__dict__ for r in report.results]}, indent=1))
-    else:
-        print(report.describe())
-    return 0 if report.ok else 1
 
 
 def _lazy_smollm2_counter() -> TokenCounter:
