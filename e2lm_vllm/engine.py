@@ -35,10 +35,6 @@ class EngineStats:
     requests: int = 0
     cache_overreach_reruns: int = 0  # prompts re-run without the cache (see `_score_sequences`)
 
-    def add(self, other: EngineStats) -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
 
 def vllm_counter_totals(llm: Any) -> dict[str, float]:
     """Totals of vLLM's own metrics by name (a histogram counts by its sum)."""
