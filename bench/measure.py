@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from e2lm_vllm.config import GPU_BLOCK_SIZE
 from e2lm_vllm.engine import vllm_counter_totals
 from e2lm_vllm.planner import common_prefix_length, trie_token_count, truncate_like_hf
 
@@ -37,6 +38,7 @@ class TokenAccount:
     # The trie floor for a prefix cache of `block_size`-token blocks: a prompt reads only the whole
     # blocks of what an earlier prompt computed, and always computes its last token.
     block_floor_tokens: int = 0
+    gpu_block_floor_tokens: int = 0  # the same at the GPU block size (vLLM's CUDA backends take 16)
 
 
 def block_floor_token_count(sequences: list[tuple[int, ...]], block_size: int) -> int:
@@ -71,6 +73,7 @@ def account_tokens(
         trie_tokens=trie_token_count(prompts),
         truncated_requests=truncated,
         block_floor_tokens=block_floor_token_count(prompts, block_size),
+        gpu_block_floor_tokens=block_floor_token_count(prompts, GPU_BLOCK_SIZE),
     )
 
 

@@ -33,7 +33,9 @@ class EngineStats:
     computed_prefill_tokens: int = 0  # prefill tokens actually computed (not read from the cache)
     cached_prefill_tokens: int = 0
     requests: int = 0
-    cache_overreach_reruns: int = 0  # prompts re-run without the cache (see `_score_sequences`)
+    # continuation rows the cache hid (see `_score_sequences`): read from a sibling, or decoded
+    borrowed_rows: int = 0
+    decoded_rows: int = 0
 
 
 def vllm_counter_totals(llm: Any) -> dict[str, float]:
@@ -102,63 +104,88 @@ class VLLMEngine:
     def _prefill(self, prompts: Sequence[Sequence[int]]) -> None:
         self._generate(prompts, self._sampling(max_tokens=1))
 
-    def _score_next_tokens(self, queries: list[NextTokenQuery], results: list[ScoreResult | None]) -> None:
-        """One decode step per context; exact logprobs of the asked tokens; greedy = sampled token."""
+    def _next_token_logprobs(self, queries: list[NextTokenQuery]) -> list[list[tuple[float, bool]]]:
+        """One decode step per context: for each query, (exact logprob, is greedy) of each of its tokens.
+
+        Greedy is the sampled token at temperature 0, the argmax lm-eval's HF model checks.
+        """
         prompts, params, chunks = [], [], []
-        for query in queries:
+        for query_index, query in enumerate(queries):
             for start in range(0, len(query.token_ids), MAX_TOKEN_IDS_PER_REQUEST):
                 token_ids = query.token_ids[start : start + MAX_TOKEN_IDS_PER_REQUEST]
                 prompts.append(query.context)
                 params.append(self._sampling(max_tokens=1, logprob_token_ids=token_ids))
-                chunks.append((query, start, token_ids))
-        outputs = self._generate(prompts, params)
-        logprob_of: dict[tuple[int, int], tuple[float, bool]] = {}
-        for (query, start, token_ids), output in zip(chunks, outputs):
+                chunks.append((query_index, token_ids))
+        answers: list[list[tuple[float, bool]]] = [[] for _ in queries]
+        for (query_index, token_ids), output in zip(chunks, self._generate(prompts, params)):
             completion = output.outputs[0]
             greedy_token = completion.token_ids[0]
             step = completion.logprobs[0]
-            for offset, token in enumerate(token_ids):
-                logprob_of[(id(query), start + offset)] = (step[token].logprob, token == greedy_token)
-        for query in queries:
+            answers[query_index] += [(step[token].logprob, token == greedy_token) for token in token_ids]
+        return answers
+
+    def _score_next_tokens(self, queries: list[NextTokenQuery], results: list[ScoreResult | None]) -> None:
+        for query, answers in zip(queries, self._next_token_logprobs(queries)):
             for request_index, position in query.readers:
-                logprob, greedy = logprob_of[(id(query), position)]
-                results[request_index] = ScoreResult(logprob, greedy)
+                results[request_index] = ScoreResult(*answers[position])
 
     def _score_sequences(self, queries: list[SequenceQuery], results: list[ScoreResult | None]) -> None:
         """Score continuations from prompt logprobs, reading the context from the prefix cache.
 
         vLLM computes prompt-logprob rows only from the first uncached token on; rows before are
-        left unfilled. A continuation row is valid only if the cache stopped before it, i.e.
-        `num_cached_tokens <= first_scored - 1`. When a cached block reaches into the continuation
-        (choices that share their first tokens), that prompt is re-run without reading the cache.
+        left unfilled. Row `p` (the logprob of token `p`) needs the logits of token `p - 1`, so it
+        is valid iff `p > num_cached_tokens`. The cache can reach into a continuation: when the
+        context ends on a block boundary, or when a sibling with the same first tokens filled a
+        block a step earlier. Such a hidden row depends only on `tokens[: p + 1]`: it is read from
+        a sibling that computed it, or else from one decode step on `tokens[:p]` (exact, as for
+        letters), never from the unfilled row.
         """
-        cached_params = self._sampling(max_tokens=1, prompt_logprobs=0, skip_reading_prefix_cache=False)
-        outputs = self._generate([query.tokens for query in queries], cached_params)
-        rerun: list[SequenceQuery] = []
-        for query, output in zip(queries, outputs):
-            if output.num_cached_tokens > query.first_scored - 1:
-                rerun.append(query)
-            else:
-                self._read_continuation(query, output.prompt_logprobs, results)
-        if rerun:
-            self.stats.cache_overreach_reruns += len(rerun)
-            fresh_params = self._sampling(max_tokens=1, prompt_logprobs=0, skip_reading_prefix_cache=True)
-            for query, output in zip(rerun, self._generate([q.tokens for q in rerun], fresh_params)):
-                self._read_continuation(query, output.prompt_logprobs, results)
+        params = self._sampling(max_tokens=1, prompt_logprobs=0, skip_reading_prefix_cache=False)
+        outputs = self._generate([query.tokens for query in queries], params)
+        first_valid = [output.num_cached_tokens + 1 for output in outputs]
+        hidden = {
+            query.tokens[: position + 1]
+            for query, valid in zip(queries, first_valid)
+            for position in range(query.first_scored, min(valid, len(query.tokens)))
+        }
+        rows: dict[tuple[int, ...], tuple[float, bool]] = {}
+        if hidden:
+            for query, output, valid in zip(queries, outputs, first_valid):
+                for position in range(max(query.first_scored, valid), len(query.tokens)):
+                    prefix = query.tokens[: position + 1]
+                    if prefix in hidden and prefix not in rows:
+                        rows[prefix] = self._row(output.prompt_logprobs, query.tokens, position)
+            self.stats.borrowed_rows += len(rows)
+            self._decode_hidden_rows(hidden - rows.keys(), rows)
+        for query, output, valid in zip(queries, outputs, first_valid):
+            answers = [
+                self._row(output.prompt_logprobs, query.tokens, position)
+                if position >= valid
+                else rows[query.tokens[: position + 1]]
+                for position in range(query.first_scored, len(query.tokens))
+            ]
+            total = sum(logprob for logprob, _ in answers)
+            if math.isnan(total):
+                raise FloatingPointError(f"NaN log-likelihood for a prompt of {len(query.tokens)} tokens")
+            for request_index in query.readers:
+                results[request_index] = ScoreResult(total, all(greedy for _, greedy in answers))
+
+    def _decode_hidden_rows(self, prefixes: set[tuple[int, ...]], rows: dict[tuple[int, ...], tuple[float, bool]]) -> None:
+        """Fill `rows` for `prefixes` (context + scored token) with one decode step per distinct context."""
+        by_context: dict[tuple[int, ...], NextTokenQuery] = {}
+        for prefix in sorted(prefixes):
+            by_context.setdefault(prefix[:-1], NextTokenQuery(prefix[:-1], [])).token_ids.append(prefix[-1])
+        queries = list(by_context.values())
+        for query, answers in zip(queries, self._next_token_logprobs(queries)):
+            for token, answer in zip(query.token_ids, answers):
+                rows[query.context + (token,)] = answer
+        self.stats.decoded_rows += len(prefixes)
 
     @staticmethod
-    def _read_continuation(query: SequenceQuery, rows: list[Any], results: list[ScoreResult | None]) -> None:
-        total = 0.0
-        greedy = True
-        for position in range(query.first_scored, len(query.tokens)):
-            entry = rows[position][query.tokens[position]]
-            total += entry.logprob
-            # rank 1 is the argmax, as lm-eval's HF model checks with `logits.argmax(-1)`.
-            greedy = greedy and entry.rank == 1
-        if math.isnan(total):
-            raise FloatingPointError(f"NaN log-likelihood for a prompt of {len(query.tokens)} tokens")
-        for request_index in query.readers:
-            results[request_index] = ScoreResult(total, greedy)
+    def _row(prompt_logprobs: list[Any], tokens: tuple[int, ...], position: int) -> tuple[float, bool]:
+        entry = prompt_logprobs[position][tokens[position]]
+        # rank 1 is the argmax, as lm-eval's HF model checks with `logits.argmax(-1)`.
+        return entry.logprob, entry.rank == 1
 
     # -- generation ----------------------------------------------------------------------------
 

@@ -209,7 +209,7 @@ class E2LMVLLM(TemplateLM):
                 plan = plan_scoring(
                     [ScoreRequest(tuple(context), tuple(continuation)) for _, context, continuation in chunk],
                     max_length=self.max_length,
-                    min_shared_prefix=self.engine.block_size,
+                    block_size=self.engine.block_size,
                 )
                 self.truncated_requests += plan.num_truncated
                 scored = self.engine.run_plan(plan, progress=bar.update)

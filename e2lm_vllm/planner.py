@@ -8,7 +8,7 @@ Two exact paths:
 - `NextTokenQuery`: all one-token continuations of one context (letter answers " A".." D") are read
   from a single decode step on the context, with the exact logprobs of exactly those tokens.
 - `SequenceQuery`: longer continuations (cloze answers) are scored from prompt logprobs of the rows
-  after the cached prefix; the engine verifies that the cache did not cover a continuation row.
+  after the cached prefix; a row the cache hid is read from a sibling or from one decode step.
 """
 
 from __future__ import annotations
@@ -115,9 +115,10 @@ def trie_token_count(sequences: Sequence[Sequence[int]]) -> int:
 def shared_prefixes(sequences: Sequence[Sequence[int]], min_length: int) -> list[tuple[int, ...]]:
     """Prefixes shared by at least two of `sequences` (branch points of their trie), shortest first.
 
-    In sorted order the branch points are exactly the longest common prefixes of neighbours.
+    In sorted order the branch points are exactly the longest common prefixes of neighbours; a
+    sequence given twice is shared whole.
     """
-    ordered = sorted({tuple(sequence) for sequence in sequences})
+    ordered = sorted(tuple(sequence) for sequence in sequences)
     found = set()
     for left, right in zip(ordered, ordered[1:]):
         length = common_prefix_length(left, right)
@@ -140,10 +141,11 @@ def nesting_levels(prefixes: list[tuple[int, ...]]) -> list[int]:
 
 
 def useful_primers(prefixes: list[tuple[int, ...]], block_size: int) -> list[tuple[int, ...]]:
-    """Drop primers that would cache no full block beyond their nearest kept ancestor.
+    """The prefixes worth priming, each cut to its whole blocks, shortest first.
 
-    The cache keeps whole blocks only, so a branch point a few tokens past its parent (questions
-    that all start with "Question: What") would cost an engine step and save nothing.
+    The cache keeps whole blocks only: a primer's partial last block would be computed again by
+    every reader, and a branch point a few tokens past its parent (questions that all start with
+    "Question: What") would cost an engine step and save nothing, so it is dropped.
     """
     kept: list[tuple[int, ...]] = []
     ancestors: list[tuple[int, ...]] = []
@@ -154,22 +156,27 @@ def useful_primers(prefixes: list[tuple[int, ...]], block_size: int) -> list[tup
         if len(prefix) // block_size > parent_blocks:
             kept.append(prefix)
             ancestors.append(prefix)
-    return sorted(kept, key=lambda prefix: (len(prefix), prefix))
+    whole_blocks = {prefix[: len(prefix) // block_size * block_size] for prefix in kept}
+    return sorted(whole_blocks, key=lambda prefix: (len(prefix), prefix))
 
 
 def plan_scoring(
-    requests: Sequence[ScoreRequest], *, max_length: int, min_shared_prefix: int
+    requests: Sequence[ScoreRequest], *, max_length: int, block_size: int
 ) -> ScoringPlan:
     """Plan the exact scoring of `requests` (see the module docstring).
 
-    `min_shared_prefix` is the shortest prefix worth priming: below one cache block nothing of it
-    can be reused.
+    `block_size` is the engine's cache block: the cache serves whole blocks only, so nothing shorter
+    is worth priming.
     """
     next_token: dict[tuple[int, ...], NextTokenQuery] = {}
     sequences: dict[tuple[int, ...], SequenceQuery] = {}
     num_truncated = 0
     submitted = 0
     prompts: list[tuple[int, ...]] = []
+    # Per request, the longest prefix the cache may serve it: a continuation's first row needs the
+    # logits of the context's last token, which must be computed (see `engine._score_sequences`);
+    # a decode step needs only its context.
+    cacheable: list[tuple[int, ...]] = []
     for index, request in enumerate(requests):
         context, continuation, truncated = truncate_like_hf(
             request.context, request.continuation, max_length
@@ -186,16 +193,20 @@ def plan_scoring(
             if token not in query.token_ids:
                 query.token_ids.append(token)
             query.readers.append((index, query.token_ids.index(token)))
+            cacheable.append(context)
         else:
             query = sequences.setdefault(whole, SequenceQuery(whole, len(context)))
             query.readers.append(index)
+            cacheable.append(context[:-1])
 
-    # Prime the prefixes that several prompts share (few-shot blocks, the question shared by all of
-    # its choices), shallowest first. A next-token query is itself a primer of its context.
+    # Prime the prefixes that several requests share (few-shot blocks, the question shared by all of
+    # its choices), shallowest first. Only cacheable prefixes are primed: a primer reaching into
+    # continuations that share their first tokens would hide their rows. A next-token query is
+    # itself a primer of its context.
     contexts_of_next_token = set(next_token)
     primer_prefixes = useful_primers(
-        [prefix for prefix in shared_prefixes(prompts, min_shared_prefix) if prefix not in contexts_of_next_token],
-        block_size=min_shared_prefix,
+        [prefix for prefix in shared_prefixes(cacheable, block_size) if prefix not in contexts_of_next_token],
+        block_size=block_size,
     )
     levels = nesting_levels(primer_prefixes)
     depth = max(levels, default=-1) + 1

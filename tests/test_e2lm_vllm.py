@@ -151,6 +151,25 @@ def test_context_longer_than_max_length_is_left_truncated_as_hf_does(vllm_lm, hf
         assert abs(a - b) <= TOLERANCE and greedy_a == greedy_b
 
 
+def test_continuation_rows_hidden_by_the_cache_are_exact(vllm_lm, hf_lm):
+    """A context of whole cache blocks, cached by an earlier call: the cache then serves the context
+    whole, hiding the first continuation row (its logits come from the context's last token). That
+    row must come from a decode step, equal to HF, never from vLLM's unfilled prompt-logprob row."""
+    block = vllm_lm.engine.block_size
+    text = "The planets of the solar system, in order from the Sun, are listed in this short note. " * 20
+    context = vllm_lm.tok_encode(text, add_special_tokens=False)[: 6 * block]
+    choices = [vllm_lm.tok_encode(answer, add_special_tokens=False) for answer in (" Mercury and Venus", " Mars and its moons", " Jupiter, then Saturn")]
+    assert all(len(choice) > 1 for choice in choices)
+    vllm_lm._loglikelihood_tokens([(None, context, choices[0])], disable_tqdm=True)  # caches the context
+    before = vllm_lm.engine.stats.decoded_rows
+    requests = [(None, context, choice) for choice in choices[1:]]
+    ours = vllm_lm._loglikelihood_tokens(requests, disable_tqdm=True)
+    assert vllm_lm.engine.stats.decoded_rows - before == len(requests)
+    reference = hf_lm._loglikelihood_tokens(requests, disable_tqdm=True)
+    for (a, greedy_a), (b, greedy_b) in zip(ours, reference):
+        assert abs(a - b) <= TOLERANCE and greedy_a == greedy_b
+
+
 def test_prefix_cache_is_read_for_shared_prefixes(vllm_lm):
     """The planner's promise, measured by vLLM's own counters: the few-shot block is not recomputed."""
     few_shot = "Example question and answer about physics. " * 60

@@ -72,7 +72,7 @@ def _letter_and_cloze_requests(seed: int = 0) -> list[ScoreRequest]:
 
 def test_plan_routes_letters_to_one_decode_step_per_context():
     requests = _letter_and_cloze_requests()
-    plan = plan_scoring(requests, max_length=4096, min_shared_prefix=32)
+    plan = plan_scoring(requests, max_length=4096, block_size=32)
     next_token = [query for query in plan.queries if isinstance(query, NextTokenQuery)]
     sequences = [query for query in plan.queries if isinstance(query, SequenceQuery)]
     assert len(next_token) == 6  # one per question
@@ -86,10 +86,11 @@ def test_plan_routes_letters_to_one_decode_step_per_context():
 
 
 def test_plan_primes_the_few_shot_block_before_its_readers():
-    plan = plan_scoring(_letter_and_cloze_requests(), max_length=4096, min_shared_prefix=32)
+    plan = plan_scoring(_letter_and_cloze_requests(), max_length=4096, block_size=32)
     first_wave = plan.waves[0]
     assert all(isinstance(query, PrefixPrimer) for query in first_wave)
-    assert [len(primer.tokens) for primer in first_wave] == [70]
+    # the 70-token few-shot block, cut to its whole 32-token blocks (the rest is each reader's anyway)
+    assert [len(primer.tokens) for primer in first_wave] == [64]
     # the sequence queries come last, sorted by tokens
     last = plan.waves[-1]
     assert all(isinstance(query, SequenceQuery) for query in last)
@@ -98,7 +99,7 @@ def test_plan_primes_the_few_shot_block_before_its_readers():
 
 def test_plan_accounts_tokens_and_truncations():
     requests = [ScoreRequest(tuple(range(20)), (5, 6)), ScoreRequest(tuple(range(20)), (7,))]
-    plan = plan_scoring(requests, max_length=10, min_shared_prefix=4)
+    plan = plan_scoring(requests, max_length=10, block_size=4)
     assert plan.num_truncated == 2
     assert plan.submitted_tokens == 11 + 11
     # after truncation: (11..19, 5, 6) and (10..19, 7): they share no prefix
@@ -111,4 +112,16 @@ def test_primers_that_add_no_full_block_are_dropped():
     few_shot = tuple(range(64))  # two blocks of 32
     question_stem = few_shot + (900, 901)  # shared by several questions: no new full block
     long_question = few_shot + tuple(range(1000, 1040))  # one more full block
-    assert useful_primers([few_shot, question_stem, long_question], block_size=32) == [few_shot, long_question]
+    assert useful_primers([few_shot, question_stem, long_question], block_size=32) == [few_shot, long_question[:96]]
+
+
+def test_primers_never_reach_into_a_continuation():
+    """Choices sharing their first tokens make a trie branch point inside the continuations; priming
+    it would cache rows the choices must compute. The primer stops before the continuation."""
+    context = tuple(range(1000, 1062))  # 62 tokens: the continuations cross the 64-token boundary
+    choices = [(7, 8, 9, 10, 11), (7, 8, 9, 10, 12), (7, 8, 9, 13)]
+    plan = plan_scoring([ScoreRequest(context, choice) for choice in choices], max_length=4096, block_size=32)
+    primers = [query for query in plan.queries if isinstance(query, PrefixPrimer)]
+    assert [primer.tokens for primer in primers] == [context[:32]]
+    sequences = [query for query in plan.queries if isinstance(query, SequenceQuery)]
+    assert all(query.first_scored == len(context) for query in sequences)
