@@ -127,17 +127,26 @@ def shared_prefixes(sequences: Sequence[Sequence[int]], min_length: int) -> list
     return sorted(found, key=lambda prefix: (len(prefix), prefix))
 
 
+def primers_read(primers: list[tuple[int, ...]], sequences: list[tuple[int, ...]]) -> list[int]:
+    """For each sequence, how many of `primers` are prefixes of it (itself included): the primers
+    whose cached blocks it reads."""
+    # In lexicographic order a prefix comes right before its extensions: a stack walks the trie.
+    entries = sorted([(primer, 0, i) for i, primer in enumerate(primers)] + [(sequence, 1, i) for i, sequence in enumerate(sequences)])
+    counts = [0] * len(sequences)
+    ancestors: list[tuple[int, ...]] = []
+    for tokens, is_sequence, index in entries:
+        while ancestors and tokens[: len(ancestors[-1])] != ancestors[-1]:
+            ancestors.pop()
+        if is_sequence:
+            counts[index] = len(ancestors)
+        else:
+            ancestors.append(tokens)
+    return counts
+
+
 def nesting_levels(prefixes: list[tuple[int, ...]]) -> list[int]:
     """For each prefix, how many of the others are proper prefixes of it (its depth in their trie)."""
-    level_of: dict[tuple[int, ...], int] = {}
-    ancestors: list[tuple[int, ...]] = []
-    # In lexicographic order a prefix comes right before its extensions: a stack walks the trie.
-    for prefix in sorted(prefixes):
-        while ancestors and prefix[: len(ancestors[-1])] != ancestors[-1]:
-            ancestors.pop()
-        level_of[prefix] = len(ancestors)
-        ancestors.append(prefix)
-    return [level_of[prefix] for prefix in prefixes]
+    return [count - 1 for count in primers_read(prefixes, prefixes)]
 
 
 def useful_primers(prefixes: list[tuple[int, ...]], block_size: int) -> list[tuple[int, ...]]:
@@ -208,14 +217,21 @@ def plan_scoring(
         [prefix for prefix in shared_prefixes(cacheable, block_size) if prefix not in contexts_of_next_token],
         block_size=block_size,
     )
+    # Waves: each query runs after the primers it reads and before any deeper primer. A primer can
+    # cover a continuation without being a prefix of its cacheable part (HellaSwag: a later
+    # context repeats an earlier context and its ending); had it run first, it would hide that
+    # continuation's rows. A sequence query reading k primers runs right after primer level k - 1.
     levels = nesting_levels(primer_prefixes)
+    ordered_sequences = sorted(sequences.values(), key=lambda query: query.tokens)
+    reads = primers_read(primer_prefixes, [query.tokens[: query.first_scored - 1] for query in ordered_sequences])
     depth = max(levels, default=-1) + 1
-    waves: list[list[Query]] = [[] for _ in range(depth)]
+    waves: list[list[Query]] = [[] for _ in range(2 * depth + 1)]
+    for query, count in zip(ordered_sequences, reads):
+        waves[2 * count].append(query)  # sorted by tokens: neighbours share the longest prefixes
     for prefix, level in zip(primer_prefixes, levels):
-        waves[level].append(PrefixPrimer(prefix))
-    # Sorted by tokens, neighbours share the longest prefixes: the order the cache likes best.
+        waves[2 * level + 1].append(PrefixPrimer(prefix))
+    # A decode step computes the last context token itself: no primer hides anything from it.
     waves.append(sorted(next_token.values(), key=lambda query: query.context))
-    waves.append(sorted(sequences.values(), key=lambda query: query.tokens))
     return ScoringPlan(
         waves=[wave for wave in waves if wave],
         num_requests=len(requests),

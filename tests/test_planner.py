@@ -91,10 +91,11 @@ def test_plan_primes_the_few_shot_block_before_its_readers():
     assert all(isinstance(query, PrefixPrimer) for query in first_wave)
     # the 70-token few-shot block, cut to its whole 32-token blocks (the rest is each reader's anyway)
     assert [len(primer.tokens) for primer in first_wave] == [64]
-    # the sequence queries come last, sorted by tokens
-    last = plan.waves[-1]
-    assert all(isinstance(query, SequenceQuery) for query in last)
-    assert [query.tokens for query in last] == sorted(query.tokens for query in last)
+    # then the sequence queries that read it, sorted by tokens; the decode steps come last
+    assert [type(wave[0]) for wave in plan.waves] == [PrefixPrimer, SequenceQuery, NextTokenQuery]
+    readers = plan.waves[1]
+    assert all(isinstance(query, SequenceQuery) for query in readers)
+    assert [query.tokens for query in readers] == sorted(query.tokens for query in readers)
 
 
 def test_plan_accounts_tokens_and_truncations():
@@ -125,3 +126,24 @@ def test_primers_never_reach_into_a_continuation():
     assert [primer.tokens for primer in primers] == [context[:32]]
     sequences = [query for query in plan.queries if isinstance(query, SequenceQuery)]
     assert all(query.first_scored == len(context) for query in sequences)
+
+
+def test_a_continuation_runs_before_a_deeper_primer_that_would_cover_it():
+    """HellaSwag: a later context repeats an earlier context and its ending. The later context's
+    primer covers the earlier continuation, so the earlier continuations must be scored first."""
+    first_context = tuple(range(1000, 1070))
+    ending = tuple(range(2000, 2030))
+    later_context = first_context + ending + tuple(range(3000, 3050))
+    requests = [ScoreRequest(first_context, ending), ScoreRequest(first_context, (7, 8, 9))]
+    requests += [ScoreRequest(later_context, (10 + i, 11 + i)) for i in range(3)]
+    plan = plan_scoring(requests, max_length=4096, block_size=32)
+    wave_of = {}
+    for number, wave in enumerate(plan.waves):
+        for query in wave:
+            wave_of[query.tokens] = number
+    covering = later_context[: len(later_context) // 32 * 32]
+    assert covering in wave_of  # the later context is primed (three choices share it)
+    for request in requests[:2]:
+        assert wave_of[request.context + request.continuation] < wave_of[covering]
+    for request in requests[2:]:
+        assert wave_of[request.context + request.continuation] > wave_of[covering]
