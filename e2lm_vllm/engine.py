@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -54,6 +55,9 @@ class VLLMEngine:
     """A `vllm.LLM` built from our engine kwargs, with the scoring and generation primitives."""
 
     def __init__(self, llm_kwargs: dict[str, Any]):
+        # vLLM logs to stdout by default, mixing its INFO lines into lm-eval's tables and our --json
+        # output; it reads this when vLLM is first imported.
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         from vllm import LLM
 
         self.llm_kwargs = dict(llm_kwargs)
