@@ -54,10 +54,10 @@ def vllm_counter_totals(llm: Any) -> dict[str, float]:
 class VLLMEngine:
     """A `vllm.LLM` built from our engine kwargs, with the scoring and generation primitives."""
 
-    def __init__(self, llm_kwargs: dict[str, Any]):
-        # vLLM logs to stdout by default, mixing its INFO lines into lm-eval's tables and our --json
-        # output; it reads this when vLLM is first imported.
-        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    def __init__(self, llm_kwargs: dict[str, Any], environment: dict[str, str] | None = None):
+        # Read by vLLM at import and engine start (its engine core process inherits them).
+        for name, value in (environment or {}).items():
+            os.environ.setdefault(name, value)
         from vllm import LLM
 
         self.llm_kwargs = dict(llm_kwargs)

@@ -9,6 +9,7 @@ passes run on vLLM, planned by `e2lm_vllm.planner` so that shared prefixes are c
 from __future__ import annotations
 
 import logging
+import os
 from functools import lru_cache
 from typing import Any
 
@@ -28,7 +29,7 @@ from lm_eval.models.utils import (
 from tqdm import tqdm
 
 from e2lm_vllm.checkpoint import resolve_checkpoint
-from e2lm_vllm.config import ModelArgs, cuda_available, engine_kwargs
+from e2lm_vllm.config import ModelArgs, cuda_available, engine_environment, engine_kwargs
 from e2lm_vllm.planner import ScoreRequest, plan_scoring
 
 logger = logging.getLogger(__name__)
@@ -124,14 +125,16 @@ class E2LMVLLM(TemplateLM):
                 "e2lm_vllm: max_model_len=%d lowered to %d: the engine needs %d positions beyond it",
                 self.args.max_model_len, self._max_length, ENGINE_EXTRA_POSITIONS,
             )
+        on_cpu = not cuda_available()
         self.engine = VLLMEngine(
             engine_kwargs(
                 self.args,
                 model_path=str(self.checkpoint.model_path),
                 tokenizer_path=str(self.checkpoint.tokenizer_path),
                 max_model_len=self._max_length + ENGINE_EXTRA_POSITIONS,
-                on_cpu=not cuda_available(),
-            )
+                on_cpu=on_cpu,
+            ),
+            engine_environment(on_cpu=on_cpu, cpu_count=len(os.sched_getaffinity(0))),
         )
         self.truncated_requests = 0
 

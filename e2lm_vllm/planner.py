@@ -210,8 +210,8 @@ def plan_scoring(
 
     # Prime the prefixes that several requests share (few-shot blocks, the question shared by all of
     # its choices), shallowest first. Only cacheable prefixes are primed: a primer reaching into
-    # continuations that share their first tokens would hide their rows. A next-token query is
-    # itself a primer of its context.
+    # continuations that share their first tokens would hide their rows. A context shared only by
+    # the letters of one next-token query is not primed: that query computes it once anyway.
     contexts_of_next_token = set(next_token)
     primer_prefixes = useful_primers(
         [prefix for prefix in shared_prefixes(cacheable, block_size) if prefix not in contexts_of_next_token],
