@@ -24,7 +24,7 @@ GPU_BLOCK_SIZE = 16
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 
 # vLLM's CPU engine keeps one core per worker for its scheduler process: on a small machine that is
-# half the compute (2 cores, lm-eval CLI, 320 requests: 49 s of scoring with the core kept, 25 s
+# half the compute (2 cores, lm-eval CLI, 320 requests: 49 s of scoring with the core kept, 28 s
 # without), while the scheduler waits during forward passes. Larger machines keep vLLM's default.
 SMALL_CPU_MACHINE_CORES = 4
 

@@ -48,6 +48,12 @@ class SequenceQuery:
     first_scored: int
     readers: list[int] = field(default_factory=list)
 
+    @property
+    def cacheable(self) -> tuple[int, ...]:
+        """The longest prefix the cache may serve: the first scored row needs the logits of the
+        context's last token, which must be computed (see `engine._score_sequences`)."""
+        return self.tokens[: self.first_scored - 1]
+
 
 @dataclass
 class PrefixPrimer:
@@ -182,9 +188,7 @@ def plan_scoring(
     num_truncated = 0
     submitted = 0
     prompts: list[tuple[int, ...]] = []
-    # Per request, the longest prefix the cache may serve it: a continuation's first row needs the
-    # logits of the context's last token, which must be computed (see `engine._score_sequences`);
-    # a decode step needs only its context.
+    # Per request, the longest prefix the cache may serve it (a decode step needs only its context).
     cacheable: list[tuple[int, ...]] = []
     for index, request in enumerate(requests):
         context, continuation, truncated = truncate_like_hf(
@@ -206,7 +210,7 @@ def plan_scoring(
         else:
             query = sequences.setdefault(whole, SequenceQuery(whole, len(context)))
             query.readers.append(index)
-            cacheable.append(context[:-1])
+            cacheable.append(query.cacheable)
 
     # Prime the prefixes that several requests share (few-shot blocks, the question shared by all of
     # its choices), shallowest first. Only cacheable prefixes are primed: a primer reaching into
@@ -223,7 +227,7 @@ def plan_scoring(
     # continuation's rows. A sequence query reading k primers runs right after primer level k - 1.
     levels = nesting_levels(primer_prefixes)
     ordered_sequences = sorted(sequences.values(), key=lambda query: query.tokens)
-    reads = primers_read(primer_prefixes, [query.tokens[: query.first_scored - 1] for query in ordered_sequences])
+    reads = primers_read(primer_prefixes, [query.cacheable for query in ordered_sequences])
     depth = max(levels, default=-1) + 1
     waves: list[list[Query]] = [[] for _ in range(2 * depth + 1)]
     for query, count in zip(ordered_sequences, reads):

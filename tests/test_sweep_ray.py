@@ -209,16 +209,12 @@ class _RayJobsCli:
         return self._run("logs", job_id)
 
 
-def _client(address: str) -> _RayJobsCli:
-    return _RayJobsCli(address)
-
-
 def _wait_job(address: str, job_id: str, timeout: float = 400) -> str:
-    client = _client(address)
+    client = _RayJobsCli(address)
     deadline = time.time() + timeout
     while time.time() < deadline:
-        status = str(client.get_job_status(job_id))
-        if status.endswith(("SUCCEEDED", "FAILED", "STOPPED")):
+        status = client.get_job_status(job_id)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
             return status
         time.sleep(1)
     raise TimeoutError(f"job {job_id} still running after {timeout} s")
@@ -246,7 +242,7 @@ def full_sweep(ray_head, ladder, corrupt_checkpoint, tmp_path_factory):
     assert submitted.returncode == 0, submitted.stderr
     deadline = time.time() + 300
     while not (output / "cells").exists() or not _metric_parts(output):
-        assert time.time() < deadline, _client(ray_head).get_job_logs(job_id)[-3000:]
+        assert time.time() < deadline, _RayJobsCli(ray_head).get_job_logs(job_id)[-3000:]
         time.sleep(0.3)
     stop = subprocess.run(
         [str(BIN / "ray"), "job", "stop", "--address", ray_head, job_id], env=_env(), capture_output=True, text=True
@@ -364,7 +360,7 @@ def test_worker_killed_mid_checkpoint_is_retried(ray_head, ladder, tmp_path):
     job_id = f"e2lm-kill-worker-{os.getpid()}-{int(time.time())}"
     submitted = _submit(ray_head, _sweep_args(ladder[1:2], output), "--no-wait", "--submission-id", job_id)
     assert submitted.returncode == 0, submitted.stderr
-    client = _client(ray_head)
+    client = _RayJobsCli(ray_head)
     killed = None
     deadline = time.time() + 240
     while killed is None and time.time() < deadline:
