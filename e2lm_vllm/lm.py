@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections import Counter
 from functools import lru_cache
 from typing import Any
 
@@ -28,9 +30,9 @@ from lm_eval.models.utils import (
 )
 from tqdm import tqdm
 
-from e2lm_vllm.checkpoint import resolve_checkpoint
+from e2lm_vllm.checkpoint import CheckpointMismatchError, resolve_checkpoint, swap_signature
 from e2lm_vllm.config import ModelArgs, cuda_available, engine_environment, engine_kwargs
-from e2lm_vllm.planner import ScoreRequest, plan_scoring
+from e2lm_vllm.planner import ScoreRequest, ScoringPlan, plan_scoring
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +138,33 @@ class E2LMVLLM(TemplateLM):
             ),
             engine_environment(on_cpu=on_cpu, cpu_count=len(os.sched_getaffinity(0))),
         )
+        self.swap_signature = swap_signature(self.checkpoint)
         self.truncated_requests = 0
+        # Weight-independent work, kept for the life of this lm (one tokenizer, max_length and block
+        # size), so that a sweep that swaps checkpoints pays it once per model family: the tokens of
+        # each (context, continuation) pair, and the plan of each chunk of tokenized requests.
+        self._pair_tokens: dict[tuple[str, str], tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._plans: dict[tuple[ScoreRequest, ...], ScoringPlan] = {}
+        # Seconds spent tokenizing, planning and in the engine; the sweep reports them per checkpoint.
+        self.timings: Counter[str] = Counter()
+
+    def load_checkpoint(self, pretrained: str, *, revision: str | None = None, subfolder: str | None = None) -> list[str]:
+        """Score another checkpoint of the same model family: only the engine's weights change.
+
+        Raises `CheckpointMismatchError` when its architecture, dtype or tokenizer differ (a new lm
+        is needed then). Returns the modules the engine refreshed beyond vLLM's reload (tied heads).
+        """
+        checkpoint = resolve_checkpoint(pretrained, revision=revision, subfolder=subfolder, tokenizer=self.args.tokenizer)
+        signature = swap_signature(checkpoint)
+        if signature != self.swap_signature:
+            raise CheckpointMismatchError(
+                f"{checkpoint.model_path} is not of the family of {self.checkpoint.model_path} "
+                "(config.json or tokenizer differ): it needs an engine of its own"
+            )
+        refreshed = self.engine.swap_weights(str(checkpoint.model_path))
+        self.checkpoint = checkpoint
+        self.args = self.args.model_copy(update={"pretrained": pretrained, "revision": revision, "subfolder": subfolder})
+        return refreshed
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> Any:
@@ -191,6 +219,27 @@ class E2LMVLLM(TemplateLM):
     def tok_decode(self, tokens: list[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """HFLM's split of a request into tokens (lm-eval's own), computed once per lm."""
+        tokens = self._pair_tokens.get((context, continuation))
+        if tokens is None:
+            started = time.perf_counter()
+            context_tokens, continuation_tokens = super()._encode_pair(context, continuation)
+            tokens = self._pair_tokens[(context, continuation)] = (tuple(context_tokens), tuple(continuation_tokens))
+            self.timings["tokenize"] += time.perf_counter() - started
+        return list(tokens[0]), list(tokens[1])
+
+    def _plan(self, requests: tuple[ScoreRequest, ...]) -> ScoringPlan:
+        """The plan of one chunk; pure in the tokens, max_length and block size, so computed once per lm."""
+        plan = self._plans.get(requests)
+        if plan is None:
+            started = time.perf_counter()
+            plan = self._plans[requests] = plan_scoring(
+                list(requests), max_length=self.max_length, block_size=self.engine.block_size
+            )
+            self.timings["plan"] += time.perf_counter() - started
+        return plan
+
     # -- loglikelihood ---------------------------------------------------------------------------
 
     def _loglikelihood_tokens(
@@ -209,13 +258,13 @@ class E2LMVLLM(TemplateLM):
         results: list[tuple[float, bool]] = []
         with tqdm(total=len(requests), disable=disable_tqdm, desc="e2lm_vllm loglikelihood") as bar:
             for chunk in collator.get_batched(n=PLAN_CHUNK_REQUESTS):
-                plan = plan_scoring(
-                    [ScoreRequest(tuple(context), tuple(continuation)) for _, context, continuation in chunk],
-                    max_length=self.max_length,
-                    block_size=self.engine.block_size,
+                plan = self._plan(
+                    tuple(ScoreRequest(tuple(context), tuple(continuation)) for _, context, continuation in chunk)
                 )
                 self.truncated_requests += plan.num_truncated
+                started = time.perf_counter()
                 scored = self.engine.run_plan(plan, progress=bar.update)
+                self.timings["engine"] += time.perf_counter() - started
                 for (key, _, _), result in zip(chunk, scored):
                     answer = (result.logprob, result.is_greedy)
                     results.append(answer)
@@ -276,7 +325,9 @@ class E2LMVLLM(TemplateLM):
                 prompts = [self._generation_context_tokens(context)[-max_context:] for context in contexts]
                 # The engine has no tokenizer, so it learns EOS from us (HF's generate stops there too).
                 stop_token_ids = sorted({self.eot_token_id, *self._stop_token_ids(tuple(until))})
+                started = time.perf_counter()
                 generations = self.engine.generate_greedy(prompts, max_tokens=max_gen_toks, stop_token_ids=stop_token_ids)
+                self.timings["engine"] += time.perf_counter() - started
                 for context, tokens in zip(contexts, generations):
                     text = postprocess_generated_text(self.tok_decode(tokens), stop=until, think_end_token=None)
                     results.append(text)
