@@ -22,7 +22,8 @@ from e2lm_vllm.curriculum.validate import (
     tokenizer_counter,
     validate_task_dir,
 )
-from e2lm_vllm.curriculum.writer import DATA_DIR, DEFAULT_NAME, Manifest, TierEntry, prompt_format, write_task
+from e2lm_vllm.curriculum.layout import DATA_DIR, DEFAULT_NAME, Manifest, TierEntry
+from e2lm_vllm.curriculum.writer import REPO_ROOT, prompt_format, write_task
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -142,8 +143,6 @@ def difficulty_hold_out_text(hold_out: HoldOut, difficulty) -> str:
 
 def _default_dataset_path(output: Path) -> str:
     """The data folder relative to the repo root when the output is inside the repo, else absolute."""
-    from e2lm_vllm.curriculum.writer import REPO_ROOT
-
     data = (output / DATA_DIR).resolve()
     try:
         return str(data.relative_to(REPO_ROOT))
