@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from e2lm_vllm.curriculum.difficulty import DEFAULT_TASK_PREFIX, DifficultyError, HoldOut, attach_items, measure_difficulty
+from e2lm_vllm.curriculum.difficulty import (
+    DEFAULT_TASK_PREFIX,
+    DifficultyError,
+    HoldOut,
+    attach_items,
+    measure_difficulty,
+)
+from e2lm_vllm.curriculum.layout import DATA_DIR, DEFAULT_NAME, Manifest, TierEntry
 from e2lm_vllm.curriculum.select import Selection, SelectionConfig, select_items
 from e2lm_vllm.curriculum.validate import (
     CompetitionRules,
@@ -22,7 +29,6 @@ from e2lm_vllm.curriculum.validate import (
     tokenizer_counter,
     validate_task_dir,
 )
-from e2lm_vllm.curriculum.layout import DATA_DIR, DEFAULT_NAME, Manifest, TierEntry
 from e2lm_vllm.curriculum.writer import REPO_ROOT, prompt_format, write_task
 
 

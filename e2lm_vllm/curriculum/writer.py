@@ -43,7 +43,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from e2lm_vllm.curriculum.layout import DATA_DIR, DEFAULT_NAME, MANIFEST_NAME, Manifest, TierEntry, read_items, write_text
+from e2lm_vllm.curriculum.layout import (
+    DEFAULT_NAME,
+    MANIFEST_NAME,
+    Manifest,
+    write_text,
+)
 from e2lm_vllm.curriculum.validate import PromptFormat
 from e2lm_vllm.taskdata.templates import (
     aggregate_metric_list,
@@ -52,11 +57,6 @@ from e2lm_vllm.taskdata.templates import (
     subject_title,
     task_yaml_text,
 )
-
-__all__ = [
-    "DATA_DIR", "DEFAULT_NAME", "MANIFEST_NAME", "REPO_ROOT", "Manifest", "TierEntry", "dataset_card",
-    "local_include_path", "prompt_format", "read_items", "subject_title", "task_yamls", "write_dataset", "write_task",
-]  # fmt: skip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The prompt: lm-eval's mmlu_continuation, the template the full suite's e2lm_mmlu_cloze_<subject>
