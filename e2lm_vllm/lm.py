@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from collections import Counter
-from functools import lru_cache
 from typing import Any
 
 from lm_eval import utils as lm_utils
@@ -145,6 +144,7 @@ class E2LMVLLM(TemplateLM):
         # each (context, continuation) pair, and the plan of each chunk of tokenized requests.
         self._pair_tokens: dict[tuple[str, str], tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self._plans: dict[tuple[ScoreRequest, ...], ScoringPlan] = {}
+        self._stop_tokens: dict[tuple[str, ...], list[int]] = {}
         # Seconds spent tokenizing, planning and in the engine; the sweep reports them per checkpoint.
         self.timings: Counter[str] = Counter()
 
@@ -335,21 +335,23 @@ class E2LMVLLM(TemplateLM):
                     bar.update(1)
         return collator.get_original(results)
 
-    @lru_cache(maxsize=16)
     def _stop_token_ids(self, until: tuple[str, ...]) -> list[int]:
         """Tokens whose text contains a stop sequence: generation may stop right after them.
 
         HFLM cuts the decoded text at the first stop sequence, so everything after such a token is
         discarded anyway; stopping there only saves work. Stop sequences spanning several tokens are
-        still cut by `postprocess_generated_text`, as in HFLM.
+        still cut by `postprocess_generated_text`, as in HFLM. Cached on the instance (a method
+        `lru_cache` would keep every lm a long-lived sweep worker drops alive).
         """
-        stops = [term for term in until if term]
-        vocabulary = range(len(self.tokenizer))
-        return [
-            token
-            for token, text in zip(vocabulary, self.tokenizer.batch_decode([[t] for t in vocabulary]))
-            if any(term in text for term in stops)
-        ]
+        if until not in self._stop_tokens:
+            stops = [term for term in until if term]
+            vocabulary = range(len(self.tokenizer))
+            self._stop_tokens[until] = [
+                token
+                for token, text in zip(vocabulary, self.tokenizer.batch_decode([[t] for t in vocabulary]))
+                if any(term in text for term in stops)
+            ]
+        return self._stop_tokens[until]
 
     # -- engine statistics -----------------------------------------------------------------------
 
