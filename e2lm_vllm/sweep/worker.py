@@ -40,7 +40,7 @@ LOCATION_ARGS = ("pretrained", "revision", "subfolder")
 _VLLM_ONLY = {"backend", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "enforce_eager", "seed"}
 # The phases of a checkpoint's wall time, in the order they happen (`UnitResult.timings`).
 PHASES = (
-    "worker_start",  # process start and imports: the first checkpoint of a worker only
+    "imports",  # lm-eval, torch and vLLM: the first checkpoint of a worker only
     "engine_build",
     "weight_swap",
     "swap_check",  # a fresh engine and probes: the first swap of a worker only
@@ -112,12 +112,6 @@ def _location(unit: WorkUnit) -> dict[str, Any]:
     return {name: unit.model_args.get(name) for name in LOCATION_ARGS}
 
 
-def _process_age() -> float:
-    import psutil
-
-    return time.time() - psutil.Process().create_time()
-
-
 def _rss() -> int:
     import psutil
 
@@ -139,12 +133,13 @@ class SweepWorker:
     """Evaluates work units one after the other, reusing its engine, tasks and plans."""
 
     def __init__(self) -> None:
-        import lm_eval  # noqa: F401 - imported once here rather than inside the first checkpoint's timing
+        started = time.perf_counter()
+        import lm_eval  # noqa: F401 - once per worker, measured apart from any checkpoint
 
         from e2lm_vllm.lm import vllm_importable
 
         vllm_importable()  # imports vLLM (and torch) when present
-        self.start_seconds = _process_age()
+        self.import_seconds = time.perf_counter() - started
         self.lm: Any = None
         self.lm_key: str | None = None
         self.tasks = TaskCache()
@@ -291,7 +286,7 @@ class SweepWorker:
     def evaluate(self, unit: WorkUnit) -> UnitResult:
         """Load the checkpoint (swap or build), evaluate its missing tasks, return the rows."""
         wall_started = time.perf_counter()
-        timings: dict[str, float] = {"worker_start": self.start_seconds} if self.units == 0 else {}
+        timings: dict[str, float] = {"imports": self.import_seconds} if self.units == 0 else {}
         self.units += 1
         pid = os.getpid()
         tasks = ",".join(cell.task.name for cell in unit.cells)
