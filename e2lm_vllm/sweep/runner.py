@@ -31,6 +31,7 @@ from e2lm_vllm.config import LONG_LIVED_WORKER_ENVIRONMENT
 from e2lm_vllm.results.schema import FAILURES_SCHEMA, METRICS_SCHEMA, SAMPLES_SCHEMA
 from e2lm_vllm.results.store import write_table_atomic
 from e2lm_vllm.sweep.config import SweepConfig, SweepConfigError, config_hash
+from e2lm_vllm.sweep.lock import output_lock
 from e2lm_vllm.sweep.plan import Cell, Plan, WorkUnit, build_plan
 from e2lm_vllm.sweep.worker import CellResult, RaySweepWorker, UnitResult, evaluate_unit
 
@@ -165,13 +166,17 @@ def _worker_options(config: SweepConfig, ray: Any) -> tuple[int, dict[str, Any]]
 
 
 def run_sweep(config: SweepConfig, force: bool = False, address: str | None = None, progress: bool = True) -> SweepSummary:
-    started = time.time()
-    output = Path(config.output)
-    if in_ray_job() and not output.is_absolute():
+    if in_ray_job() and not Path(config.output).is_absolute():
         raise SweepConfigError(
             f"output: expected an absolute path inside a Ray job (its working dir is a temporary copy), got {config.output!r}"
         )
-    output = output.absolute()
+    with output_lock(Path(config.output).absolute()):  # one running sweep per output folder
+        return _run_sweep(config, force, address, progress)
+
+
+def _run_sweep(config: SweepConfig, force: bool, address: str | None, progress: bool) -> SweepSummary:
+    started = time.time()
+    output = Path(config.output).absolute()
     output.mkdir(parents=True, exist_ok=True)
     plan = build_plan(config, output, force=force)
     digest = config_hash(config)
