@@ -141,7 +141,6 @@ def _take_over(path: Path, stale: LockOwner, owner: LockOwner) -> bool:
 def acquire(folder: str | os.PathLike) -> LockOwner:
     """Take the lock of ``folder`` (created if needed) for this process; see the module docstring."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     owner = LockOwner(
         host=socket.gethostname(),
@@ -152,8 +151,13 @@ def acquire(folder: str | os.PathLike) -> LockOwner:
     )
     deadline = time.monotonic() + 10.0
     while True:
-        if _create(path, owner):
-            return owner
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if _create(path, owner):
+                return owner
+        except OSError as error:  # a read-only or full output folder: said before any work starts
+            cause = os.strerror(error.errno) if error.errno else str(error)
+            raise SweepConfigError(f"output {folder}: cannot create the lock file {path}: {cause}") from error
         try:
             holder = _read_owner(path)
         except ValueError as error:
