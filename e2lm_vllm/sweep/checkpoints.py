@@ -93,13 +93,7 @@ def schedule_tokens(family: ModelFamily, step: int) -> float | None:
         return float(schedule.tokens[step])
     from e2lm_vllm.scoring.tokens import BatchSchedule, iteration_to_tokens
 
-    batches = BatchSchedule(
-        global_batch_size=schedule.global_batch_size,
-        seq_length=schedule.seq_length,
-        rampup_start=schedule.rampup_start,
-        rampup_increment=schedule.rampup_increment,
-        rampup_samples=schedule.rampup_samples,
-    )
+    batches = BatchSchedule(**schedule.model_dump(exclude={"kind", "method"}))  # the same field names
     return float(iteration_to_tokens([step], batches, schedule.method)[0])
 
 
