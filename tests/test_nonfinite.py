@@ -188,7 +188,7 @@ def test_a_nan_rung_is_an_error_on_every_scoring_path(nan_rung):
         cloze = [Instance("loglikelihood", {}, ("The capital of France is", " the city of Paris"), 0)]
         rolling = [Instance("loglikelihood_rolling", {}, ("Some text to score as a whole document.",), 0)]
         generation = [Instance("generate_until", {}, ("Q: 2 + 2 =", {"until": ["\n"], "max_gen_toks": 4}), 0)]
-        for name, call, requests in [
+        for _path, call, requests in [
             ("letter", lm.loglikelihood, letter),
             ("cloze", lm.loglikelihood, cloze),
             ("rolling", lm.loglikelihood_rolling, rolling),

@@ -174,7 +174,7 @@ class RampupTokens(_Strict):
 
 TOKEN_SCHEDULE_KINDS = ("constant", "list", "rampup")
 
-TokenSchedule = Annotated[Union[ConstantTokens, ListedTokens, RampupTokens], Field(discriminator="kind")]
+TokenSchedule = Annotated[ConstantTokens | ListedTokens | RampupTokens, Field(discriminator="kind")]
 
 
 def _schedule_kind(value: Any) -> Any:

@@ -15,11 +15,11 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 from e2lm_vllm.sweep.config import SweepConfigError
 
