@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,3 +79,71 @@ def swap_signature(checkpoint: LocalCheckpoint) -> str:
         if path.is_file():
             digest.update(name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+# --- non-finite weights ---------------------------------------------------------------------------
+
+
+class NonFiniteError(FloatingPointError):
+    """A checkpoint whose weights or scores hold NaN or inf: a result about that checkpoint, never a number.
+
+    Recorded once as a failure of kind ``non_finite`` (retrying gives the same answer).
+    """
+
+    kind = "non_finite"
+
+
+class NonFiniteWeightsError(NonFiniteError):
+    """A weight tensor of the checkpoint holds NaN or inf; the message names the first such tensor."""
+
+
+def _safetensors_shards(model_dir: Path) -> list[Path]:
+    """The checkpoint's safetensors files: those its index names (in order), else every one in the folder."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map") or {}
+        return [model_dir / name for name in sorted(set(weight_map.values()))]
+    return sorted(model_dir.glob("*.safetensors"))
+
+
+def _first_non_finite(model_dir: Path) -> tuple[Path, str, str] | None:
+    """(shard, tensor name, "NaN" / "inf") of the first non-finite weight tensor, None if all are finite."""
+    import torch
+    from safetensors import safe_open
+
+    for shard in _safetensors_shards(model_dir):
+        with safe_open(str(shard), framework="pt") as handle:
+            for name in handle.keys():
+                tensor = handle.get_tensor(name)
+                if not tensor.is_floating_point():
+                    continue
+                total = tensor.sum(dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+                if not bool(torch.isfinite(total)) and not bool(torch.isfinite(tensor).all()):
+                    return shard, name, "NaN" if bool(torch.isnan(tensor).any()) else "inf"
+    return None
+
+
+def first_non_finite_tensor(model_dir: str | os.PathLike) -> str | None:
+    """The name of the first weight tensor holding NaN or inf, or None when every weight is finite.
+
+    Reads every floating-point tensor of the safetensors shards (memory-mapped; shards in index
+    order, tensors in file order) once: a float32 sum per tensor, finite unless some element is
+    NaN or inf (IEEE arithmetic never turns either back into a finite number), then
+    ``torch.isfinite`` on a tensor whose sum is not, since a sum of large finite values can
+    overflow. Measured on SmolLM2-135M in float32 (538 MB, page cache warm), 2 shared CPU cores
+    at nice 19: 0.25-0.5 s at load average 4.5, 0.6-4.2 s at load 7 (about one pass over the
+    bytes). A checkpoint without safetensors files (``.bin`` only) is not checked: None.
+    """
+    found = _first_non_finite(Path(model_dir))
+    return None if found is None else found[1]
+
+
+def check_finite_weights(model_dir: str | os.PathLike) -> None:
+    """Raise ``NonFiniteWeightsError`` naming the first non-finite weight tensor of the checkpoint in ``model_dir``."""
+    found = _first_non_finite(Path(model_dir))
+    if found is not None:
+        shard, name, what = found
+        raise NonFiniteWeightsError(
+            f"checkpoint {model_dir} holds {what} in weight tensor {name} (file {shard.name}): "
+            "a diverged checkpoint, not evaluated"
+        )

@@ -71,7 +71,7 @@ class ModelArgs(BaseModel):
     def _known_dtype(cls, value: str) -> str:
         allowed = {"auto", "float32", "float", "bfloat16", "float16", "half"}
         if value not in allowed:
-            raise ValueError(f"dtype must be one of {sorted(allowed)}, got {value!r}")
+            raise ValueError(f"dtype must be one of {sorted(allowed)}")  # the error formatter adds (got ...)
         return value
 
     @classmethod

@@ -29,7 +29,7 @@ from lm_eval.models.utils import (
 )
 from tqdm import tqdm
 
-from e2lm_vllm.checkpoint import CheckpointMismatchError, resolve_checkpoint, swap_signature
+from e2lm_vllm.checkpoint import CheckpointMismatchError, check_finite_weights, resolve_checkpoint, swap_signature
 from e2lm_vllm.config import ModelArgs, cuda_available, engine_environment, engine_kwargs
 from e2lm_vllm.planner import ScoreRequest, ScoringPlan, plan_scoring
 
@@ -108,6 +108,7 @@ class E2LMVLLM(TemplateLM):
             subfolder=self.args.subfolder,
             tokenizer=self.args.tokenizer,
         )
+        check_finite_weights(self.checkpoint.model_path)  # a diverged checkpoint is an error, never a score
         tokenizer_kwargs: dict[str, Any] = {"use_fast": True, "trust_remote_code": self.args.trust_remote_code}
         if self.args.add_bos_token is not None:
             tokenizer_kwargs["add_bos_token"] = self.args.add_bos_token
@@ -155,6 +156,7 @@ class E2LMVLLM(TemplateLM):
         is needed then). Returns the modules the engine refreshed beyond vLLM's reload (tied heads).
         """
         checkpoint = resolve_checkpoint(pretrained, revision=revision, subfolder=subfolder, tokenizer=self.args.tokenizer)
+        check_finite_weights(checkpoint.model_path)
         signature = swap_signature(checkpoint)
         if signature != self.swap_signature:
             raise CheckpointMismatchError(

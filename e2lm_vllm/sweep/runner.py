@@ -30,9 +30,10 @@ from tqdm import tqdm
 from e2lm_vllm.results.schema import FAILURES_SCHEMA, METRICS_SCHEMA, SAMPLES_SCHEMA
 from e2lm_vllm.results.store import write_table_atomic
 from e2lm_vllm.sweep.config import SweepConfig, SweepConfigError, config_hash
+from e2lm_vllm.sweep.lock import output_lock
 from e2lm_vllm.sweep.plan import Cell, Plan, WorkUnit, build_plan
 from e2lm_vllm.sweep.pool import InProcessWorker, RayWorkers
-from e2lm_vllm.sweep.worker import CellResult, UnitResult
+from e2lm_vllm.sweep.worker import CellResult, UnitResult, failure_kind
 
 log = logging.getLogger("e2lm_vllm.sweep")
 
@@ -58,7 +59,7 @@ class SweepSummary:
         ]
         for failure in self.failures:
             first_line = failure["error"].strip().splitlines()[-1] if failure["error"].strip() else "?"
-            lines.append(f"  FAILED {failure['model']} step {failure['step']} {failure['task']}: {first_line}")
+            lines.append(f"  FAILED {failure['model']} step {failure['step']} {failure['task']} [{failure['kind']}]: {first_line}")
         return "\n".join(lines)
 
 
@@ -127,13 +128,17 @@ def run_sweep(
     in_process: bool = False,
 ) -> SweepSummary:
     """Evaluate every missing cell of `config` and write the tables; on Ray, or in this process (`in_process`)."""
-    started = time.time()
-    output = Path(config.output)
-    if in_ray_job() and not output.is_absolute():
+    if in_ray_job() and not Path(config.output).is_absolute():
         raise SweepConfigError(
             f"output: expected an absolute path inside a Ray job (its working dir is a temporary copy), got {config.output!r}"
         )
-    output = output.absolute()
+    with output_lock(Path(config.output).absolute()):  # one running sweep per output folder
+        return _run_sweep(config, force, address, progress, in_process)
+
+
+def _run_sweep(config: SweepConfig, force: bool, address: str | None, progress: bool, in_process: bool) -> SweepSummary:
+    started = time.time()
+    output = Path(config.output).absolute()
     output.mkdir(parents=True, exist_ok=True)
     plan = build_plan(config, output, force=force)
     digest = config_hash(config)
@@ -186,13 +191,14 @@ def run_sweep(
 
 
 def _record_failure(
-    failures: list[dict[str, Any]], cell: Cell, error: str, attempts: int, output: Path
+    failures: list[dict[str, Any]], cell: Cell, error: str, attempts: int, output: Path, kind: str = "error"
 ) -> None:
     failures.append(
         {
             **_cell_columns(cell),
             "task": cell.task.name,
             "error": error,
+            "kind": kind,
             "attempts": attempts,
             "config_hash": cell.cell_hash,
         }
@@ -246,12 +252,13 @@ def _evaluate(
                     loaded[index] = None
                     workers.replace_if_dead(index, error)
                     message = _failure_error(error)
-                    if attempts[unit.label] < config.max_attempts:
+                    kind = failure_kind(error)
+                    if kind == "error" and attempts[unit.label] < config.max_attempts:
                         log.warning("%s: attempt %d failed, retrying: %s", unit.label, attempts[unit.label], message.splitlines()[0])
                         pending.insert(0, unit)
                         continue
                     for cell in unit.cells:
-                        _record_failure(failures, cell, message, attempts[unit.label], output)
+                        _record_failure(failures, cell, message, attempts[unit.label], output, kind)
                     log.error("%s: failed after %d attempts: %s", unit.label, attempts[unit.label], message.splitlines()[0])
                 else:
                     loaded[index] = unit.engine_key
@@ -284,7 +291,7 @@ def _write_unit(
     for cell_result in result.cells:
         cell = by_key[cell_result.key]
         if cell_result.error is not None:
-            _record_failure(failures, cell, cell_result.error, 1, output)
+            _record_failure(failures, cell, cell_result.error, 1, output, cell_result.error_kind or "error")
         else:
             write_cell(cell, cell_result, result, output, engine_share)
             summary.evaluated += 1

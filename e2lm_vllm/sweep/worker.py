@@ -52,6 +52,12 @@ PHASES = (
 )
 
 
+def failure_kind(error: BaseException) -> str:
+    """``non_finite`` for NaN/inf weights or scores (a result about the checkpoint: retrying repeats it), else ``error``."""
+    cause = getattr(error, "cause", None) or error  # Ray wraps a worker's exception
+    return getattr(cause, "kind", None) or getattr(error, "kind", None) or "error"
+
+
 def build_lm(lm_name: str, model_args: dict[str, Any]) -> Any:
     """One lm-eval model for one checkpoint. ``lm_name`` is ``e2lm_vllm`` (ours) or ``hf`` (lm-eval's)."""
     if lm_name == "e2lm_vllm":
@@ -80,6 +86,7 @@ class CellResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    error_kind: str | None = None  # `failure_kind` of the error
     eval_seconds: float = 0.0
 
 
@@ -259,9 +266,9 @@ class SweepWorker:
             log.info("%s: evaluating %s", unit.label, names)
             try:
                 results, seconds, build = self._run(unit, cells)
-            except Exception:  # noqa: BLE001 - one bad task must not sink its neighbours: retry one by one
+            except Exception as error:  # noqa: BLE001 - one bad task must not sink its neighbours: retry one by one
                 if len(cells) == 1:
-                    out.append(CellResult(key=cells[0].key, error=traceback.format_exc(limit=8)))
+                    out.append(CellResult(key=cells[0].key, error=traceback.format_exc(limit=8), error_kind=failure_kind(error)))
                     log.error("%s: %s failed:\n%s", unit.label, names, out[-1].error)
                     continue
                 log.warning("%s: evaluating %s together failed; evaluating one by one", unit.label, names)
@@ -270,8 +277,8 @@ class SweepWorker:
                         results, seconds, build = self._run(unit, [cell])
                         out.append(self._cell_result(cell, results, seconds))
                         timings["task_build"] = timings.get("task_build", 0.0) + build
-                    except Exception:  # noqa: BLE001
-                        out.append(CellResult(key=cell.key, error=traceback.format_exc(limit=8)))
+                    except Exception as cell_error:  # noqa: BLE001
+                        out.append(CellResult(key=cell.key, error=traceback.format_exc(limit=8), error_kind=failure_kind(cell_error)))
                         log.error("%s: %s failed:\n%s", unit.label, cell.task.name, out[-1].error)
                 continue
             timings["task_build"] = timings.get("task_build", 0.0) + build
