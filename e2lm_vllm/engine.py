@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from e2lm_vllm.checkpoint import NonFiniteError
 from e2lm_vllm.planner import (

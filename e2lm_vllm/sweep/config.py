@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
@@ -106,11 +106,7 @@ def _source_kind(value: Any) -> str | None:
 
 
 CheckpointSource = Annotated[
-    Union[
-        Annotated[LocalCheckpoints, Tag("paths")],
-        Annotated[HFRevisions, Tag("revisions")],
-        Annotated[HFSubfolders, Tag("subfolders")],
-    ],
+    Annotated[LocalCheckpoints, Tag("paths")] | Annotated[HFRevisions, Tag("revisions")] | Annotated[HFSubfolders, Tag("subfolders")],
     Discriminator(
         _source_kind,
         custom_error_type="checkpoint_source",
