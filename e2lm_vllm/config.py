@@ -61,6 +61,9 @@ class ModelArgs(BaseModel):
     backend: Literal["auto", "vllm", "hf"] = "auto"
     add_bos_token: bool | None = Field(None, description="as lm-eval's HF model: None keeps the tokenizer's default")
     trust_remote_code: bool = False
+    check_weights: bool = Field(
+        True, description="refuse a checkpoint with NaN/inf weights before scoring it (one read of the weights)"
+    )
     max_gen_toks: int = Field(256, gt=0, description="default generation budget when a task sets none")
     device: str | None = Field(None, description="HF backend only; default cpu when no CUDA is present")
     batch_size: int | str = Field(1, description="HF backend batch size; the vLLM engine schedules itself")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from collections import Counter
 from typing import Any
 
@@ -55,6 +56,10 @@ def vllm_importable() -> bool:
 def build_hf_lm(args: ModelArgs) -> Any:
     """lm-eval's own HFLM with the same checkpoint and context length: the parity reference."""
     from lm_eval.models.huggingface import HFLM
+
+    local = Path(args.pretrained).expanduser() / (args.subfolder or "")
+    if args.check_weights and local.is_dir():
+        check_finite_weights(local)
 
     kwargs: dict[str, Any] = {
         "pretrained": args.pretrained,
@@ -108,7 +113,8 @@ class E2LMVLLM(TemplateLM):
             subfolder=self.args.subfolder,
             tokenizer=self.args.tokenizer,
         )
-        check_finite_weights(self.checkpoint.model_path)  # a diverged checkpoint is an error, never a score
+        if self.args.check_weights:  # a diverged checkpoint is an error, never a score
+            check_finite_weights(self.checkpoint.model_path)
         tokenizer_kwargs: dict[str, Any] = {"use_fast": True, "trust_remote_code": self.args.trust_remote_code}
         if self.args.add_bos_token is not None:
             tokenizer_kwargs["add_bos_token"] = self.args.add_bos_token
@@ -156,7 +162,8 @@ class E2LMVLLM(TemplateLM):
         is needed then). Returns the modules the engine refreshed beyond vLLM's reload (tied heads).
         """
         checkpoint = resolve_checkpoint(pretrained, revision=revision, subfolder=subfolder, tokenizer=self.args.tokenizer)
-        check_finite_weights(checkpoint.model_path)
+        if self.args.check_weights:
+            check_finite_weights(checkpoint.model_path)
         signature = swap_signature(checkpoint)
         if signature != self.swap_signature:
             raise CheckpointMismatchError(

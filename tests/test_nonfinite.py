@@ -182,7 +182,8 @@ def test_a_nan_rung_is_an_error_on_every_scoring_path(nan_rung):
 
     from e2lm_vllm.lm import E2LMVLLM
 
-    lm = E2LMVLLM(pretrained=str(nan_rung), dtype="float32", max_model_len=256, backend="vllm")
+    # check_weights=False: past the weight check, to reach the engine's own checks.
+    lm = E2LMVLLM(pretrained=str(nan_rung), dtype="float32", max_model_len=256, backend="vllm", check_weights=False)
     try:
         letter = [Instance("loglikelihood", {}, ("Question: 2 + 2 = ?\nAnswer:", " B"), 0)]
         cloze = [Instance("loglikelihood", {}, ("The capital of France is", " the city of Paris"), 0)]
@@ -198,3 +199,36 @@ def test_a_nan_rung_is_an_error_on_every_scoring_path(nan_rung):
                 call(requests, disable_tqdm=True)
     finally:
         lm.engine.shutdown()
+
+
+def test_a_nan_rung_is_refused_before_any_engine_starts(nan_rung):
+    from e2lm_vllm.lm import E2LMVLLM
+
+    with pytest.raises(NonFiniteWeightsError, match=f"holds NaN in weight tensor {BAD_TENSOR}"):
+        E2LMVLLM(pretrained=str(nan_rung), dtype="float32", backend="vllm")
+
+
+def test_a_sweep_records_a_nan_rung_once_as_non_finite(ladder_dirs, nan_rung, tmp_path):
+    """In this process (no Ray): the NaN rung fails once, without retries; the finite rung is evaluated."""
+    import pandas as pd
+
+    from e2lm_vllm.sweep.config import config_from_flags
+    from e2lm_vllm.sweep.runner import run_sweep
+
+    config = config_from_flags(
+        checkpoints=[str(ladder_dirs[0]), str(nan_rung)],
+        model_name="diverging",
+        tasks="sweep_arc_easy",
+        include_path=[str(Path(__file__).parent / "data" / "sweep_tasks")],
+        limit=2,
+        output=str(tmp_path / "sweep"),
+        lm="e2lm_vllm",
+        model_args={"dtype": "float32", "backend": "hf"},  # our model on lm-eval's HFLM: no engine to start
+    )
+    summary = run_sweep(config, progress=False, in_process=True)
+    failures = pd.read_parquet(tmp_path / "sweep" / "failures.parquet")
+    assert summary.exit_code == 1
+    assert list(failures.kind) == ["non_finite"] and list(failures.attempts) == [1]
+    assert f"NaN in weight tensor {BAD_TENSOR}" in failures.error[0]
+    assert "[non_finite]" in summary.describe()
+    assert len(pd.read_parquet(tmp_path / "sweep" / "metrics.parquet").checkpoint.unique()) == 1
