@@ -98,11 +98,27 @@ def _read_parts(paths: list[Path], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
+def _with_current_tokens(plan: Plan, table: pa.Table) -> pa.Table:
+    """The `tokens` column from the config's token schedule now, not from when a cell was written.
+
+    Tokens label a checkpoint and do not change its results, so they are not in the cell hash: a
+    corrected schedule (the E2LM batch ramp-up, say) relabels every cell without recomputing any.
+    """
+    if "tokens" not in table.column_names or table.num_rows == 0:
+        return table
+    tokens = {cell.checkpoint.id: cell.checkpoint.tokens for cell in plan.cells}
+    current = [tokens.get(checkpoint) for checkpoint in table.column("checkpoint").to_pylist()]
+    index = table.column_names.index("tokens")
+    return table.set_column(index, table.schema.field(index), pa.array(current, type=table.schema.field(index).type))
+
+
 def consolidate(plan: Plan, output: Path) -> tuple[int, int]:
     """``metrics.parquet`` and ``samples.parquet`` from the parts of this plan's cells (atomic)."""
-    metrics = _read_parts([cell.metrics_part(output) for cell in plan.cells], METRICS_SCHEMA)
+    metrics = _with_current_tokens(plan, _read_parts([cell.metrics_part(output) for cell in plan.cells], METRICS_SCHEMA))
     done = {cell.key for cell in plan.cells if cell.metrics_part(output).is_file()}
-    samples = _read_parts([cell.samples_part(output) for cell in plan.cells if cell.key in done], SAMPLES_SCHEMA)
+    samples = _with_current_tokens(
+        plan, _read_parts([cell.samples_part(output) for cell in plan.cells if cell.key in done], SAMPLES_SCHEMA)
+    )
     write_table_atomic(metrics, output / "metrics.parquet", METRICS_SCHEMA)
     write_table_atomic(samples, output / "samples.parquet", SAMPLES_SCHEMA)
     return metrics.num_rows, samples.num_rows
