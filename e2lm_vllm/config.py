@@ -28,6 +28,12 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 # without), while the scheduler waits during forward passes. Larger machines keep vLLM's default.
 SMALL_CPU_MACHINE_CORES = 4
 
+# A long-lived sweep worker keeps vLLM's engine core in its own process: a new engine (the first, or
+# one for another model family) then skips spawning and importing a second process (8-11 s each
+# measured), and the worker's memory is one process to watch.
+LONG_LIVED_WORKER_ENVIRONMENT = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
 @dataclasses.dataclass(frozen=True)
 class RefusedArg:
     """A model arg of lm-eval's `vllm` model that `e2lm_vllm` does not implement (yet).

@@ -1,7 +1,9 @@
 """The vLLM engine: the only module that talks to vLLM.
 
 It runs a `ScoringPlan` wave by wave, checks every prompt-logprob row it returns was computed
-rather than read from the cache, and generates (greedily, or sampled with a seed per request). Token ids in, numbers out: no text, no I/O.
+rather than read from the cache, and generates (greedily, or sampled with a seed per request). Token ids
+in, numbers out: no text, no I/O. It can also change its weights in place (`swap_weights`), so a
+sweep pays engine start once per device instead of once per checkpoint.
 """
 
 from __future__ import annotations
@@ -39,6 +41,30 @@ class EngineStats:
     decoded_rows: int = 0
 
 
+def refresh_shared_modules(worker: Any) -> list[str]:
+    """Rebuild the derived state of every module whose parameters another module also holds.
+
+    Runs inside vLLM's worker (`collective_rpc`). vLLM's `reload_weights` re-processes each layer it
+    loads (on CPU: packs it into a oneDNN/SGL handler), but a module whose weight is tied to another's
+    (`lm_head` = `embed_tokens` in SmolLM2 and Gemma 3) is never loaded itself, so its handler keeps
+    the old weights: measured 5.35 nats off a fresh engine on SmolLM2 (vLLM 0.32 CPU), 0.0 after this.
+    Processing a tied module again is safe because its weight stays in place (the embedding keeps it).
+    """
+    model = worker.get_model()
+    holders: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for parameter in module.parameters(recurse=False):
+            holders.setdefault(id(parameter), []).append(name)
+    refreshed = []
+    for name in sorted({name for names in holders.values() if len(names) > 1 for name in names}):
+        module = model.get_submodule(name)
+        method = getattr(module, "quant_method", None)
+        if method is not None and hasattr(method, "process_weights_after_loading"):
+            method.process_weights_after_loading(module)
+            refreshed.append(name)
+    return refreshed
+
+
 def vllm_counter_totals(llm: Any) -> dict[str, float]:
     """Totals of vLLM's own metrics by name (a histogram counts by its sum)."""
     totals: dict[str, float] = {}
@@ -65,6 +91,24 @@ class VLLMEngine:
         self.block_size = int(self.llm.llm_engine.vllm_config.cache_config.block_size)
         self.max_model_len = int(self.llm.llm_engine.vllm_config.model_config.max_model_len)
         self.stats = EngineStats()
+
+    # -- weights -------------------------------------------------------------------------------
+
+    def swap_weights(self, model_path: str) -> list[str]:
+        """Load another checkpoint of the same architecture into this engine, in place.
+
+        vLLM's `reload_weights` re-processes every layer it loads; `refresh_shared_modules` does the
+        tied ones it skips; the prefix cache holds keys and values of the old weights, so it is reset.
+        Exact on CPU (0.0 nats against a fresh engine, SmolLM2 and Gemma 3); a sweep still verifies
+        its first swap per worker, since GPU kernels keep other derived state. Returns the refreshed
+        modules' names.
+        """
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_path})
+        refreshed = self.llm.collective_rpc(refresh_shared_modules)
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM refused to reset the prefix cache after a weight swap")
+        self.llm_kwargs["model"] = model_path
+        return sorted({name for names in refreshed for name in names})
 
     # -- scoring -------------------------------------------------------------------------------
 

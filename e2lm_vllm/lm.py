@@ -12,7 +12,8 @@ import hashlib
 import json
 import logging
 import os
-from functools import lru_cache
+import time
+from collections import Counter
 from typing import Any
 
 from lm_eval import utils as lm_utils
@@ -32,9 +33,9 @@ from lm_eval.models.utils import (
 from lm_eval.utils import warning_once
 from tqdm import tqdm
 
-from e2lm_vllm.checkpoint import check_tokenizer_fits, resolve_checkpoint
+from e2lm_vllm.checkpoint import CheckpointMismatchError, check_tokenizer_fits, resolve_checkpoint, swap_signature
 from e2lm_vllm.config import ModelArgs, ModelArgsError, cuda_available, engine_environment, engine_kwargs
-from e2lm_vllm.planner import ScoreRequest, plan_scoring
+from e2lm_vllm.planner import ScoreRequest, ScoringPlan, plan_scoring
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,34 @@ class E2LMVLLM(TemplateLM):
             ),
             engine_environment(on_cpu=on_cpu, cpu_count=len(os.sched_getaffinity(0))),
         )
+        self.swap_signature = swap_signature(self.checkpoint)
         self.truncated_requests = 0
+        # Weight-independent work, kept for the life of this lm (one tokenizer, max_length and block
+        # size), so that a sweep that swaps checkpoints pays it once per model family: the tokens of
+        # each (context, continuation) pair, and the plan of each chunk of tokenized requests.
+        self._pair_tokens: dict[tuple[str, str], tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._plans: dict[tuple[ScoreRequest, ...], ScoringPlan] = {}
+        self._stop_tokens: dict[tuple[str, ...], list[int]] = {}
+        # Seconds spent tokenizing, planning and in the engine; the sweep reports them per checkpoint.
+        self.timings: Counter[str] = Counter()
+
+    def load_checkpoint(self, pretrained: str, *, revision: str | None = None, subfolder: str | None = None) -> list[str]:
+        """Score another checkpoint of the same model family: only the engine's weights change.
+
+        Raises `CheckpointMismatchError` when its architecture, dtype or tokenizer differ (a new lm
+        is needed then). Returns the modules the engine refreshed beyond vLLM's reload (tied heads).
+        """
+        checkpoint = resolve_checkpoint(pretrained, revision=revision, subfolder=subfolder, tokenizer=self.args.tokenizer)
+        signature = swap_signature(checkpoint)
+        if signature != self.swap_signature:
+            raise CheckpointMismatchError(
+                f"{checkpoint.model_path} is not of the family of {self.checkpoint.model_path} "
+                "(config.json or tokenizer differ): it needs an engine of its own"
+            )
+        refreshed = self.engine.swap_weights(str(checkpoint.model_path))
+        self.checkpoint = checkpoint
+        self.args = self.args.model_copy(update={"pretrained": pretrained, "revision": revision, "subfolder": subfolder})
+        return refreshed
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> Any:
@@ -257,6 +285,27 @@ class E2LMVLLM(TemplateLM):
     def tok_decode(self, tokens: list[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """HFLM's split of a request into tokens (lm-eval's own), computed once per lm."""
+        tokens = self._pair_tokens.get((context, continuation))
+        if tokens is None:
+            started = time.perf_counter()
+            context_tokens, continuation_tokens = super()._encode_pair(context, continuation)
+            tokens = self._pair_tokens[(context, continuation)] = (tuple(context_tokens), tuple(continuation_tokens))
+            self.timings["tokenize"] += time.perf_counter() - started
+        return list(tokens[0]), list(tokens[1])
+
+    def _plan(self, requests: tuple[ScoreRequest, ...]) -> ScoringPlan:
+        """The plan of one chunk; pure in the tokens, max_length and block size, so computed once per lm."""
+        plan = self._plans.get(requests)
+        if plan is None:
+            started = time.perf_counter()
+            plan = self._plans[requests] = plan_scoring(
+                list(requests), max_length=self.max_length, block_size=self.engine.block_size
+            )
+            self.timings["plan"] += time.perf_counter() - started
+        return plan
+
     # -- loglikelihood ---------------------------------------------------------------------------
 
     def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -284,13 +333,13 @@ class E2LMVLLM(TemplateLM):
         results: list[tuple[float, bool]] = []
         with tqdm(total=len(requests), disable=disable_tqdm, desc="e2lm_vllm loglikelihood") as bar:
             for chunk in collator.get_batched(n=PLAN_CHUNK_REQUESTS):
-                plan = plan_scoring(
-                    [ScoreRequest(tuple(context), tuple(continuation)) for _, context, continuation in chunk],
-                    max_length=self.max_length,
-                    block_size=self.engine.block_size,
+                plan = self._plan(
+                    tuple(ScoreRequest(tuple(context), tuple(continuation)) for _, context, continuation in chunk)
                 )
                 self.truncated_requests += plan.num_truncated
+                started = time.perf_counter()
                 scored = self.engine.run_plan(plan, progress=bar.update)
+                self.timings["engine"] += time.perf_counter() - started
                 for (key, _, _), result in zip(chunk, scored):
                     answer = (result.logprob, result.is_greedy)
                     results.append(answer)
@@ -358,6 +407,7 @@ class E2LMVLLM(TemplateLM):
                 # engine, stops are applied after the thinking is cut (as lm-eval's vllm model does).
                 stops = () if self.args.think_end_token is not None else tuple(until)
                 stop_token_ids = sorted({self.eot_token_id, *self._stop_token_ids(stops)})
+                started = time.perf_counter()
                 if float(gen_kwargs.get("temperature") or 0.0) > 0.0:
                     warning_once(logger, SAMPLING_WARNING)
                     options = {key: value for key, value in gen_kwargs.items() if key not in ("do_sample", "seed")}
@@ -369,6 +419,7 @@ class E2LMVLLM(TemplateLM):
                     generations = self.engine.generate_greedy(
                         prompts, max_tokens=max_gen_toks, stop_token_ids=stop_token_ids
                     )
+                self.timings["engine"] += time.perf_counter() - started
                 for context, tokens in zip(contexts, generations):
                     text = self._generated_text(tokens, until)
                     results.append(text)
@@ -387,23 +438,23 @@ class E2LMVLLM(TemplateLM):
             return postprocess_generated_text(self.tok_decode(tokens).lstrip(), stop=until, think_end_token=None)
         return postprocess_generated_text(self.tok_decode(tokens), stop=until, think_end_token=think_end)
 
-    @lru_cache(maxsize=16)
     def _stop_token_ids(self, until: tuple[str, ...]) -> list[int]:
         """Tokens whose text contains a stop sequence: generation may stop right after them.
 
         HFLM cuts the decoded text at the first stop sequence, so everything after such a token is
         discarded anyway; stopping there only saves work. Stop sequences spanning several tokens are
-        still cut by `postprocess_generated_text`, as in HFLM.
+        still cut by `postprocess_generated_text`, as in HFLM. Cached on the instance (a method
+        `lru_cache` would keep every lm a long-lived sweep worker drops alive).
         """
-        stops = [term for term in until if term]
-        if not stops:
-            return []
-        vocabulary = range(len(self.tokenizer))
-        return [
-            token
-            for token, text in zip(vocabulary, self.tokenizer.batch_decode([[t] for t in vocabulary]))
-            if any(term in text for term in stops)
-        ]
+        if until not in self._stop_tokens:
+            stops = [term for term in until if term]
+            vocabulary = range(len(self.tokenizer)) if stops else range(0)
+            self._stop_tokens[until] = [
+                token
+                for token, text in zip(vocabulary, self.tokenizer.batch_decode([[t] for t in vocabulary]))
+                if any(term in text for term in stops)
+            ]
+        return self._stop_tokens[until]
 
     # -- engine statistics -----------------------------------------------------------------------
 

@@ -42,6 +42,8 @@ SUBJECTS = ["astronomy", "high_school_geography", "marketing", "nutrition", "soc
 ITEMS_PER_SUBJECT = 3
 TINY_RULES = CompetitionRules(min_samples=4)
 PYTHON = sys.executable
+# Tests on the ladder fixtures: lm-eval's HF model scores 3 rungs (minutes on 2 cores); no vLLM engine.
+slow = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +77,7 @@ def built_task(ladder_samples: pd.DataFrame, tmp_path_factory: pytest.TempPathFa
 # --------------------------------------------------------------------------- difficulty and selection
 
 
+@slow
 def test_item_statistics_match_the_raw_rows(ladder_samples: pd.DataFrame) -> None:
     difficulty = measure_difficulty(ladder_samples, HoldOut("all"), margin="raw")
     items = difficulty.items
@@ -105,6 +108,7 @@ def test_item_statistics_match_the_raw_rows(ladder_samples: pd.DataFrame) -> Non
     )
 
 
+@slow
 def test_hold_out_keeps_held_rungs_out_of_selection(ladder_samples: pd.DataFrame) -> None:
     even = measure_difficulty(ladder_samples, HoldOut("even"))
     assert even.selection_steps["smollm2-135m-3"] == [0, 2000]
@@ -118,6 +122,7 @@ def test_hold_out_keeps_held_rungs_out_of_selection(ladder_samples: pd.DataFrame
         measure_difficulty(ladder_samples, HoldOut("odd"))
 
 
+@slow
 def test_selection_keeps_rising_items_and_orders_tiers(ladder_samples: pd.DataFrame, tmp_path: Path) -> None:
     config = SelectionConfig(min_rho=0.5, n_tiers=2, min_items_per_subject=1)
     selection, manifest = build(ladder_samples, tmp_path / "task", hold_out=HoldOut("all"), config=config, rules=CompetitionRules(min_samples=1))
@@ -132,11 +137,13 @@ def test_selection_keeps_rising_items_and_orders_tiers(ladder_samples: pd.DataFr
     assert manifest.n_items == len(kept) == sum(tier.n_items for tier in manifest.tiers)
 
 
+@slow
 def test_build_refuses_a_curriculum_below_the_minimum(ladder_samples: pd.DataFrame, tmp_path: Path) -> None:
     with pytest.raises(DifficultyError, match="the competition needs 100 to 15000"):
         build(ladder_samples, tmp_path / "task", hold_out=HoldOut("all"))
 
 
+@slow
 def test_compare_uses_only_held_out_rungs(ladder_samples: pd.DataFrame, tmp_path: Path) -> None:
     from e2lm_vllm.curriculum.compare import BASELINE, accuracy_table, held_out_samples
 
@@ -186,6 +193,7 @@ def test_validate_catches_each_rule(smollm2_path: Path) -> None:
     assert report.failed() == ["english"] and report.results[3].offending == ["astronomy/2"]
 
 
+@slow
 def test_task_folder_is_pure_yaml_and_validates(built_task: Path, tmp_path: Path) -> None:
     files = task_yaml_files(built_task)
     assert files and all(load_task_yaml(path)[1] == 0 for path in files)
@@ -203,6 +211,7 @@ def test_task_folder_is_pure_yaml_and_validates(built_task: Path, tmp_path: Path
     assert cli.returncode == 1 and "FAIL pure_yaml" in cli.stdout
 
 
+@slow
 def test_task_loads_and_runs_in_lm_eval(built_task: Path, smollm2_path: Path, tmp_path: Path) -> None:
     from lm_eval.tasks import TaskManager
 
@@ -230,6 +239,7 @@ def test_task_loads_and_runs_in_lm_eval(built_task: Path, smollm2_path: Path, tm
 # --------------------------------------------------------------------------- submission
 
 
+@slow
 def test_submission_needs_hf_token_from_the_environment(built_task: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(SubmissionError, match="HF_TOKEN is not set"):
@@ -246,6 +256,7 @@ def test_submission_needs_hf_token_from_the_environment(built_task: Path, tmp_pa
         write_submission(built_task, "mmlu_curriculum_test", "acc", "not a dataset id", tmp_path / "s.zip")
 
 
+@slow
 def test_submission_patch_applies_to_lm_eval_and_runs(
     built_task: Path, smollm2_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

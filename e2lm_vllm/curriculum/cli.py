@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from e2lm_vllm.curriculum.difficulty import DEFAULT_TASK_PREFIX, DifficultyError, HoldOut, attach_items, measure_difficulty
+from e2lm_vllm.curriculum.difficulty import (
+    DEFAULT_TASK_PREFIX,
+    DifficultyError,
+    HoldOut,
+    attach_items,
+    measure_difficulty,
+)
+from e2lm_vllm.curriculum.layout import DATA_DIR, DEFAULT_NAME, Manifest, TierEntry
 from e2lm_vllm.curriculum.select import Selection, SelectionConfig, select_items
 from e2lm_vllm.curriculum.validate import (
     CompetitionRules,
@@ -22,7 +29,7 @@ from e2lm_vllm.curriculum.validate import (
     tokenizer_counter,
     validate_task_dir,
 )
-from e2lm_vllm.curriculum.writer import DATA_DIR, DEFAULT_NAME, Manifest, TierEntry, prompt_format, write_task
+from e2lm_vllm.curriculum.writer import REPO_ROOT, prompt_format, write_task
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -142,8 +149,6 @@ def difficulty_hold_out_text(hold_out: HoldOut, difficulty) -> str:
 
 def _default_dataset_path(output: Path) -> str:
     """The data folder relative to the repo root when the output is inside the repo, else absolute."""
-    from e2lm_vllm.curriculum.writer import REPO_ROOT
-
     data = (output / DATA_DIR).resolve()
     try:
         return str(data.relative_to(REPO_ROOT))

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from e2lm_vllm.curriculum.difficulty import DEFAULT_TASK_PREFIX
-from e2lm_vllm.curriculum.writer import Manifest, read_items
+from e2lm_vllm.curriculum.layout import Manifest, read_items
 
 BASELINE = "mmlu_cloze"
 RANDOM_SEED = 1234

@@ -39,6 +39,8 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from e2lm_vllm.curriculum.layout import Manifest, read_items
+
 
 class CompetitionRules(BaseModel):
     """Limits of the competition; tests lower ``min_samples`` to build tiny curricula."""
@@ -310,8 +312,6 @@ def validate_task_dir(
     ``count_tokens`` None: the embedded SmolLM2 tokenizer, loaded only if some text is longer
     than ``max_tokens`` bytes (bytes are only an upper bound on tokens).
     """
-    from e2lm_vllm.curriculum.writer import Manifest, read_items
-
     if count_tokens is None:
         count_tokens = _lazy_smollm2_counter()
 

@@ -178,6 +178,11 @@ class SweepConfig(_Strict):
     workers: int | None = Field(default=None, ge=1, description="engines at once; default: GPUs, else 1")
     cpus_per_worker: int | None = Field(default=None, ge=1, description="default: the cluster's CPUs / workers")
     max_attempts: int = Field(default=3, ge=1, description="tries per checkpoint before it is recorded as failed")
+    worker_lifetime: Literal["sweep", "checkpoint"] = Field(
+        default="sweep",
+        description="sweep: one worker per device evaluates checkpoint after checkpoint, swapping weights; "
+        "checkpoint: a fresh worker process and engine per checkpoint (slower; for comparison)",
+    )
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -210,7 +215,7 @@ class SweepConfig(_Strict):
 
 
 # Fields that decide how a sweep runs, not what it computes: left out of the config hash.
-_EXECUTION_FIELDS = {"output", "workers", "cpus_per_worker", "max_attempts"}
+_EXECUTION_FIELDS = {"output", "workers", "cpus_per_worker", "max_attempts", "worker_lifetime"}
 
 
 def stable_hash(payload: Any, length: int = 12) -> str:

@@ -98,6 +98,8 @@ class WorkUnit:
     model_args: dict[str, Any]
     lm: str
     include_paths: list[str]
+    # Same key, same engine settings: the worker may swap weights (the lm still checks config and tokenizer).
+    engine_key: str = ""
 
     @property
     def label(self) -> str:
@@ -141,6 +143,7 @@ def build_plan(config: SweepConfig, output: Path, force: bool = False) -> Plan:
     plan = Plan(cells=[])
     for family in config.models:
         args = family_model_args(config, family)
+        engine_key = stable_hash({"lm": config.engine.lm, "args": args})
         checkpoints = resolve_checkpoints(family)
         for checkpoint in checkpoints:
             unit_cells = []
@@ -161,8 +164,9 @@ def build_plan(config: SweepConfig, output: Path, force: bool = False) -> Plan:
                         model_args={**args, **checkpoint.model_args()},
                         lm=config.engine.lm,
                         include_paths=include_paths,
+                        engine_key=engine_key,
                     )
                 )
-    # Same architecture back to back, in step order: what an in-place weight swap will want.
+    # One family's checkpoints back to back, in step order: a worker swaps weights between them.
     plan.units.sort(key=lambda u: (u.checkpoint.architecture or "", u.checkpoint.model, u.checkpoint.step))
     return plan

@@ -1,4 +1,8 @@
-"""The sweep driver: plan the cells, farm checkpoints out to Ray workers, write results as they land.
+"""The sweep driver: plan the cells, hand checkpoints to Ray workers, write results as they land.
+
+Workers live as long as the sweep (one per GPU, or per CPU slot): the driver gives each the next
+checkpoint of the family it already has loaded, so that it swaps weights instead of starting an
+engine (`e2lm_vllm.sweep.worker`).
 
 Each finished cell is written at once as its own Parquet parts under ``OUTPUT/cells/`` (atomic),
 so a killed driver loses only the checkpoints in flight and a rerun computes only the missing
@@ -23,11 +27,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from e2lm_vllm.config import LONG_LIVED_WORKER_ENVIRONMENT
 from e2lm_vllm.results.schema import FAILURES_SCHEMA, METRICS_SCHEMA, SAMPLES_SCHEMA
 from e2lm_vllm.results.store import write_table_atomic
 from e2lm_vllm.sweep.config import SweepConfig, SweepConfigError, config_hash
 from e2lm_vllm.sweep.plan import Cell, Plan, WorkUnit, build_plan
-from e2lm_vllm.sweep.worker import CellResult, UnitResult, evaluate_unit
+from e2lm_vllm.sweep.worker import CellResult, RaySweepWorker, UnitResult, evaluate_unit
 
 log = logging.getLogger("e2lm_vllm.sweep")
 
@@ -131,10 +136,16 @@ def _init_ray(address: str | None) -> Any:
 
 
 def _worker_options(config: SweepConfig, ray: Any) -> tuple[int, dict[str, Any]]:
+    """How many workers, and the Ray options of each: GPUs for one engine, its share of the CPUs."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     cpus = int(resources.get("CPU", 1))
-    workers = config.workers or (gpus if gpus else 1)
+    gpus_per_worker = config.engine.tensor_parallel_size if gpus else 0
+    if gpus_per_worker > gpus:
+        raise SweepConfigError(
+            f"engine.tensor_parallel_size: expected at most the cluster's {gpus} GPUs, got {gpus_per_worker}"
+        )
+    workers = config.workers or (gpus // gpus_per_worker if gpus else 1)
     cpus_per_worker = config.cpus_per_worker or max(1, cpus // workers)
     if cpus_per_worker > cpus:
         raise SweepConfigError(f"cpus_per_worker: expected at most the cluster's {cpus} CPUs, got {cpus_per_worker}")
@@ -147,14 +158,9 @@ def _worker_options(config: SweepConfig, ray: Any) -> tuple[int, dict[str, Any]]
             "TOKENIZERS_PARALLELISM": "false",
         }
     )
-    options = {
-        "num_cpus": cpus_per_worker,
-        "num_gpus": 1 if gpus else 0,
-        # Worker deaths and load errors alike: retry, then the checkpoint is recorded as failed.
-        "max_retries": config.max_attempts - 1,
-        "retry_exceptions": True,
-        "runtime_env": {"env_vars": env},
-    }
+    if config.worker_lifetime == "sweep":
+        env.update(LONG_LIVED_WORKER_ENVIRONMENT)
+    options = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker, "runtime_env": {"env_vars": env}}
     return workers, options
 
 
@@ -233,6 +239,48 @@ def _record_failure(
     write_table_atomic(_table(failures, FAILURES_SCHEMA), output / "failures.parquet", FAILURES_SCHEMA)
 
 
+class _Workers:
+    """Where units run: long-lived Ray actors (`worker_lifetime: sweep`) or a Ray task per unit.
+
+    The driver retries, not Ray, so that both kinds count attempts alike and a unit that killed its
+    actor goes back to the queue (Ray restarts the actor: `max_restarts=-1`).
+    """
+
+    def __init__(self, config: SweepConfig, ray: Any):
+        self.ray = ray
+        self.count, options = _worker_options(config, ray)
+        self.options = options
+        self.lifetime = config.worker_lifetime
+        if self.lifetime == "sweep":
+            actor = ray.remote(RaySweepWorker)
+            self.slots: list[Any] = [
+                actor.options(max_restarts=-1, max_task_retries=0, **options).remote()
+                for _ in range(self.count)
+            ]
+        else:
+            # max_calls=1: a fresh process per checkpoint, so memory is released between engines.
+            self.task = ray.remote(max_calls=1, max_retries=0)(evaluate_unit)
+            self.slots = list(range(self.count))
+
+    def submit(self, slot: Any, unit: WorkUnit) -> Any:
+        if self.lifetime == "sweep":
+            return slot.evaluate.remote(unit)
+        return self.task.options(name=f"sweep {unit.label}", **self.options).remote(unit)
+
+    def shutdown(self) -> None:
+        if self.lifetime == "sweep":
+            for actor in self.slots:
+                self.ray.kill(actor)
+
+
+def _next_unit(pending: list[WorkUnit], engine_key: str | None) -> WorkUnit:
+    """The next unit of the family a worker already has loaded (a weight swap), else the next in order."""
+    for index, unit in enumerate(pending):
+        if unit.engine_key == engine_key:
+            return pending.pop(index)
+    return pending.pop(0)
+
+
 def _evaluate(
     plan: Plan,
     config: SweepConfig,
@@ -243,58 +291,51 @@ def _evaluate(
     summary: SweepSummary,
 ) -> None:
     ray = _init_ray(address)
-    workers, options = _worker_options(config, ray)
-    # max_calls=1: a fresh process per checkpoint, so memory is released between engines.
-    remote = ray.remote(max_calls=1)(evaluate_unit)
+    workers = _Workers(config, ray)
     log.info(
-        "%d workers x %d CPUs%s; %d checkpoints to evaluate",
-        workers,
-        options["num_cpus"],
-        " + 1 GPU" if options["num_gpus"] else "",
+        "%d %s workers x %d CPUs%s; %d checkpoints to evaluate",
+        workers.count,
+        "long-lived" if config.worker_lifetime == "sweep" else "per-checkpoint",
+        workers.options["num_cpus"],
+        f" + {workers.options['num_gpus']} GPU" if workers.options["num_gpus"] else "",
         len(plan.units),
     )
     pending: list[WorkUnit] = list(plan.units)
-    in_flight: dict[Any, WorkUnit] = {}
+    idle: list[Any] = list(workers.slots)
+    loaded: dict[int, str | None] = {}  # slot index -> engine key of its last unit
+    in_flight: dict[Any, tuple[int, WorkUnit, float]] = {}
+    attempts: dict[str, int] = {}
     total = len(plan.missing)
     done_cells = 0
     started = time.time()
     bar = tqdm(total=total, unit="cell", desc="sweep", disable=not progress, mininterval=2.0, file=sys.stderr)
     try:
         while pending or in_flight:
-            while pending and len(in_flight) < workers:
-                unit = pending.pop(0)
-                ref = remote.options(name=f"sweep {unit.label}", **options).remote(unit)
-                in_flight[ref] = unit
+            while pending and idle:
+                slot = idle.pop(0)
+                index = workers.slots.index(slot)
+                unit = _next_unit(pending, loaded.get(index))
+                attempts[unit.label] = attempts.get(unit.label, 0) + 1
+                in_flight[workers.submit(slot, unit)] = (index, unit, time.time())
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:
-                unit = in_flight.pop(ref)
+                index, unit, submitted = in_flight.pop(ref)
+                idle.append(workers.slots[index])
                 try:
                     result: UnitResult = ray.get(ref)
                 except Exception as error:  # noqa: BLE001 - every failure of a checkpoint is recorded, the sweep goes on
+                    loaded[index] = None
                     message = _failure_error(error)
+                    if attempts[unit.label] < config.max_attempts:
+                        log.warning("%s: attempt %d failed, retrying: %s", unit.label, attempts[unit.label], message.splitlines()[0])
+                        pending.insert(0, unit)
+                        continue
                     for cell in unit.cells:
-                        _record_failure(failures, cell, message, config.max_attempts, output)
-                    log.error("%s: failed after %d attempts: %s", unit.label, config.max_attempts, message.splitlines()[0])
+                        _record_failure(failures, cell, message, attempts[unit.label], output)
+                    log.error("%s: failed after %d attempts: %s", unit.label, attempts[unit.label], message.splitlines()[0])
                 else:
-                    by_key = {cell.key: cell for cell in unit.cells}
-                    engine_share = result.engine_seconds / max(1, len(result.cells))
-                    for cell_result in result.cells:
-                        cell = by_key[cell_result.key]
-                        if cell_result.error is not None:
-                            _record_failure(failures, cell, cell_result.error, 1, output)
-                        else:
-                            write_cell(cell, cell_result, result, output, engine_share)
-                            summary.evaluated += 1
-                    log.info(
-                        "%s: %d/%d tasks ok on %s pid %d (engine %.1f s, eval %.1f s)",
-                        unit.label,
-                        sum(c.error is None for c in result.cells),
-                        len(result.cells),
-                        result.host,
-                        result.pid,
-                        result.engine_seconds,
-                        sum(c.eval_seconds for c in result.cells),
-                    )
+                    loaded[index] = unit.engine_key
+                    _write_unit(unit, result, output, failures, summary, wall=time.time() - submitted)
                 done_cells += len(unit.cells)
                 bar.update(len(unit.cells))
                 bar.set_postfix(failed=len(failures))
@@ -310,3 +351,47 @@ def _evaluate(
                 )
     finally:
         bar.close()
+        workers.shutdown()
+
+
+def _write_unit(
+    unit: WorkUnit, result: UnitResult, output: Path, failures: list[dict[str, Any]], summary: SweepSummary, wall: float
+) -> None:
+    """Write a finished unit's cells, and its timing record in ``runs.jsonl``."""
+    writing_started = time.perf_counter()
+    by_key = {cell.key: cell for cell in unit.cells}
+    engine_share = result.engine_seconds / max(1, len(result.cells))
+    for cell_result in result.cells:
+        cell = by_key[cell_result.key]
+        if cell_result.error is not None:
+            _record_failure(failures, cell, cell_result.error, 1, output)
+        else:
+            write_cell(cell, cell_result, result, output, engine_share)
+            summary.evaluated += 1
+    writing = time.perf_counter() - writing_started
+    _append_run_record(
+        output,
+        {
+            "event": "unit",
+            "unit": unit.label,
+            "checkpoint": unit.checkpoint.id,
+            "host": result.host,
+            "pid": result.pid,
+            "engine": result.engine,
+            "wall_seconds": round(wall, 4),
+            "timings": {**result.timings, "writing": round(writing, 4)},
+            "swap_check": result.swap_check,
+            "rss_bytes": result.rss_bytes,
+        },
+    )
+    log.info(
+        "%s: %d/%d tasks ok on %s pid %d (engine %s in %.1f s, eval %.1f s)",
+        unit.label,
+        sum(c.error is None for c in result.cells),
+        len(result.cells),
+        result.host,
+        result.pid,
+        result.engine,
+        result.engine_seconds,
+        sum(c.eval_seconds for c in result.cells),
+    )

