@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 # config.json keys that describe where a checkpoint came from, not what the network is: two
@@ -52,10 +53,21 @@ def resolve_checkpoint(
         from huggingface_hub import snapshot_download
 
         patterns = None if not subfolder else [f"{subfolder}/*", *TOKENIZER_FILES, "special_tokens_map.json"]
-        root = Path(snapshot_download(pretrained, revision=revision, allow_patterns=patterns))
+        try:
+            root = Path(snapshot_download(pretrained, revision=revision, allow_patterns=patterns))
+        except Exception as error:  # noqa: BLE001 - hub errors (offline, unknown repo, bad id) all mean "not found"
+            raise FileNotFoundError(
+                f"pretrained={pretrained!r} is neither a local checkpoint folder nor a Hugging Face repo that "
+                f"could be fetched ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+            ) from None
     model_path = root / subfolder if subfolder else root
+    if not model_path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder not found: {model_path}")
     if not (model_path / "config.json").exists():
-        raise FileNotFoundError(f"no config.json in checkpoint folder {model_path}")
+        raise FileNotFoundError(
+            f"no config.json in checkpoint folder {model_path}: not a Hugging Face checkpoint "
+            f"(the folder holds {', '.join(sorted(child.name for child in model_path.iterdir())[:8]) or 'nothing'})"
+        )
     if tokenizer:
         tokenizer_path = Path(tokenizer).expanduser()
         if not tokenizer_path.is_dir():
@@ -146,4 +158,20 @@ def check_finite_weights(model_dir: str | os.PathLike) -> None:
         raise NonFiniteWeightsError(
             f"checkpoint {model_dir} holds {what} in weight tensor {name} (file {shard.name}): "
             "a diverged checkpoint, not evaluated"
+        )
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be evaluated as given (found before any engine starts)."""
+
+
+def check_tokenizer_fits(tokenizer: Any, config: Any, checkpoint: LocalCheckpoint) -> None:
+    """The tokenizer's ids must index the model's embedding: a larger vocabulary is an error."""
+    vocab_size = getattr(getattr(config, "text_config", None) or config, "vocab_size", None)
+    if vocab_size is not None and len(tokenizer) > int(vocab_size):
+        raise CheckpointError(
+            f"the tokenizer in {checkpoint.tokenizer_path} has {len(tokenizer)} tokens but the model in "
+            f"{checkpoint.model_path} has an embedding of {vocab_size} (config.json vocab_size): token ids "
+            f"{vocab_size} and above have no embedding. Use the checkpoint's own tokenizer (drop tokenizer=...) "
+            f"or one with the same vocabulary"
         )

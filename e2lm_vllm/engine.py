@@ -1,9 +1,9 @@
 """The vLLM engine: the only module that talks to vLLM.
 
 It runs a `ScoringPlan` wave by wave, checks every prompt-logprob row it returns was computed
-rather than read from the cache, and generates greedily. Token ids in, numbers out: no text, no I/O.
-It can also change its weights in place (`swap_weights`), so a sweep pays engine start once per
-device instead of once per checkpoint.
+rather than read from the cache, and generates (greedily, or sampled with a seed per request). Token ids
+in, numbers out: no text, no I/O. It can also change its weights in place (`swap_weights`), so a
+sweep pays engine start once per device instead of once per checkpoint.
 """
 
 from __future__ import annotations
@@ -268,13 +268,39 @@ class VLLMEngine:
     def generate_greedy(
         self, prompts: Sequence[Sequence[int]], *, max_tokens: int, stop_token_ids: Sequence[int]
     ) -> list[list[int]]:
-        """Greedy continuations of `prompts`, stopped at EOS, at `stop_token_ids`, or after `max_tokens`.
+        """Greedy continuations of `prompts`, stopped at EOS, at `stop_token_ids`, or after `max_tokens`."""
+        return self._generate_tokens(prompts, self._sampling(max_tokens=max_tokens, stop_token_ids=list(stop_token_ids), logprobs=0))
 
-        Each generated token's logprob is returned too (``logprobs=0``: the chosen token only) and
-        checked: logits with NaN or inf still yield token ids, so only the logprobs show it.
+    def generate_sampled(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_tokens: int,
+        stop_token_ids: Sequence[int],
+        seeds: Sequence[int],
+        options: dict[str, Any],
+    ) -> list[list[int]]:
+        """Sampled continuations through vLLM's sampler, one seed per prompt (reruns repeat).
+
+        `options` are `vllm.SamplingParams` fields (temperature, top_p, top_k, min_p, ...).
         """
+        from vllm import SamplingParams
+
+        try:
+            params = [
+                SamplingParams(
+                    max_tokens=max_tokens, stop_token_ids=list(stop_token_ids), seed=seed, detokenize=False, logprobs=0, **options
+                )
+                for seed in seeds
+            ]
+        except TypeError as error:
+            raise ValueError(f"generation kwargs {sorted(options)} are not all vLLM SamplingParams: {error}") from None
+        return self._generate_tokens(prompts, params)
+
+    def _generate_tokens(self, prompts: Sequence[Sequence[int]], params: Any) -> list[list[int]]:
+        """Generated token ids; each generated token's logprob (``logprobs=0``: the chosen token only) is
+        checked, since logits with NaN or inf still yield token ids and only the logprobs show it."""
         before = vllm_counter_totals(self.llm)
-        params = self._sampling(max_tokens=max_tokens, stop_token_ids=list(stop_token_ids), logprobs=0)
         outputs = self._generate(prompts, params)
         self._account(before)
         for prompt, output in zip(prompts, outputs):
