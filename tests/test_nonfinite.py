@@ -232,3 +232,18 @@ def test_a_sweep_records_a_nan_rung_once_as_non_finite(ladder_dirs, nan_rung, tm
     assert f"NaN in weight tensor {BAD_TENSOR}" in failures.error[0]
     assert "[non_finite]" in summary.describe()
     assert len(pd.read_parquet(tmp_path / "sweep" / "metrics.parquet").checkpoint.unique()) == 1
+
+
+def test_lm_eval_cli_on_a_nan_rung_exits_non_zero_naming_the_tensor(nan_rung):
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    tasks = Path(__file__).parent / "data" / "sweep_tasks"
+    run = subprocess.run(
+        [str(bin_dir / "lm_eval"), "--model", "e2lm_vllm", "--model_args", f"pretrained={nan_rung},dtype=float32",
+         "--tasks", "sweep_arc_easy", "--include_path", str(tasks), "--limit", "1"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert f"holds NaN in weight tensor {BAD_TENSOR}" in run.stderr.strip().splitlines()[-1]

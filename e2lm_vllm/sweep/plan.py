@@ -100,6 +100,8 @@ class WorkUnit:
     include_paths: list[str]
     # Same key, same engine settings: the worker may swap weights (the lm still checks config and tokenizer).
     engine_key: str = ""
+    # Model args of another checkpoint of the family: what a worker's swap check swaps to and back.
+    partner_args: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -133,6 +135,14 @@ def family_model_args(config: SweepConfig, family: ModelFamily) -> dict[str, Any
     return {key: value for key, value in args.items() if value is not None}
 
 
+def _partner_args(args: dict[str, Any], checkpoints: list[Checkpoint], position: int) -> dict[str, Any] | None:
+    """A neighbouring checkpoint of the family (the next, else the previous); None for a lone checkpoint."""
+    if len(checkpoints) < 2:
+        return None
+    partner = checkpoints[position + 1] if position + 1 < len(checkpoints) else checkpoints[position - 1]
+    return {**args, **partner.model_args()}
+
+
 def build_plan(config: SweepConfig, output: Path, force: bool = False) -> Plan:
     """Every cell of the sweep, split into done and missing; missing cells grouped per checkpoint."""
     tasks = [CellTask(task_name_of(t), config.task_fewshot(t), config.task_limit(t)) for t in config.tasks]
@@ -145,7 +155,7 @@ def build_plan(config: SweepConfig, output: Path, force: bool = False) -> Plan:
         args = family_model_args(config, family)
         engine_key = stable_hash({"lm": config.engine.lm, "args": args})
         checkpoints = resolve_checkpoints(family)
-        for checkpoint in checkpoints:
+        for position, checkpoint in enumerate(checkpoints):
             unit_cells = []
             for task in tasks:
                 cell_hash = stable_hash({"lm": config.engine.lm, "args": args, "task": task.__dict__})
@@ -165,6 +175,7 @@ def build_plan(config: SweepConfig, output: Path, force: bool = False) -> Plan:
                         lm=config.engine.lm,
                         include_paths=include_paths,
                         engine_key=engine_key,
+                        partner_args=_partner_args(args, checkpoints, position),
                     )
                 )
     # One family's checkpoints back to back, in step order: a worker swaps weights between them.

@@ -7,9 +7,9 @@ architecture, dtype and tokenizer) it only swaps the weights (`E2LMVLLM.load_che
 measured); a checkpoint of another family gets a new lm. lm-eval's tasks and requests are built
 once (`taskcache`), tokens and plans once per lm.
 
-The first swap of each worker is checked against fresh engines (`SweepWorker._check_swap`,
-`swapcheck`); if they differ, the worker warns once and builds a fresh engine per checkpoint from
-then on. A swap that fails midway (a corrupt checkpoint) drops the engine, whose weights are then
+Before its first swap, each worker checks that swaps are exact against fresh engines
+(`SweepWorker._check_swap`, `swapcheck`); if not, it warns once and builds a fresh engine per
+checkpoint from then on. A swap that fails midway (a corrupt checkpoint) drops the engine, whose weights are then
 half old, half new, and the error goes to the driver, which retries the checkpoint.
 
 `SweepWorker.evaluate` *returns* its rows; it writes nothing, so a worker on another node needs
@@ -105,18 +105,8 @@ class UnitResult:
     rss_bytes: int = 0  # the worker's resident memory after this checkpoint
 
 
-@dataclass(frozen=True)
-class _Reference:
-    """Probe scores of a fresh engine on one checkpoint."""
-
-    engine_key: str
-    checkpoint: str
-    location: dict[str, Any]
-    scores: list[float]
-
-
-def _location(unit: WorkUnit) -> dict[str, Any]:
-    return {name: unit.model_args.get(name) for name in LOCATION_ARGS}
+def _location(model_args: dict[str, Any]) -> dict[str, Any]:
+    return {name: model_args.get(name) for name in LOCATION_ARGS}
 
 
 def _rss() -> int:
@@ -151,7 +141,6 @@ class SweepWorker:
         self.lm_key: str | None = None
         self.tasks = TaskCache()
         self.swap_check: SwapCheck | None = None
-        self.reference: _Reference | None = None
         self.units = 0
 
     # -- engine lifecycle --------------------------------------------------------------------------
@@ -163,30 +152,27 @@ class SweepWorker:
             engine.shutdown()
         gc.collect()
 
-    def _build(self, unit: WorkUnit) -> None:
+    def _build(self, lm_name: str, model_args: dict[str, Any], engine_key: str) -> None:
         self._drop_lm()
-        self.lm = build_lm(unit.lm, unit.model_args)
-        self.lm_key = unit.engine_key
-        if self.swap_check is None and hasattr(self.lm, "load_checkpoint"):
-            # A fresh engine's probe scores: the reference the first swap back to this checkpoint must hit.
-            self.reference = _Reference(unit.engine_key, unit.checkpoint.id, _location(unit), probe_scores(self.lm))
+        self.lm = build_lm(lm_name, model_args)
+        self.lm_key = engine_key
 
     def _swaps_allowed(self) -> bool:
-        return self.swap_check is None or self.swap_check.passed
+        return self.swap_check is not None and self.swap_check.passed
 
     def _load(self, unit: WorkUnit, timings: dict[str, float]) -> str:
         """Put `unit`'s checkpoint into an lm: swap the weights when the family allows, else build."""
         from e2lm_vllm.checkpoint import CheckpointMismatchError
 
         started = time.perf_counter()
+        if self.swap_check is None and unit.lm == "e2lm_vllm" and unit.partner_args is not None:
+            if self._check_swap(unit):
+                timings["swap_check"] = time.perf_counter() - started
+                return "checked"
         swappable = self.lm is not None and self.lm_key == unit.engine_key and hasattr(self.lm, "load_checkpoint")
-        if swappable and self.swap_check is None and self.reference is not None:
-            self._check_swap(unit)
-            timings["swap_check"] = time.perf_counter() - started
-            return "checked"
         if swappable and self._swaps_allowed():
             try:
-                refreshed = self.lm.load_checkpoint(**_location(unit))
+                refreshed = self.lm.load_checkpoint(**_location(unit.model_args))
             except CheckpointMismatchError as error:
                 log.info("%s: %s", unit.label, error)
             except Exception:
@@ -196,49 +182,53 @@ class SweepWorker:
                 timings["weight_swap"] = time.perf_counter() - started
                 log.info("%s: weights swapped in %.2f s (refreshed %s)", unit.label, timings["weight_swap"], refreshed)
                 return "swapped"
-        self._build(unit)
+        self._build(unit.lm, unit.model_args, unit.engine_key)
         timings["engine_build"] = time.perf_counter() - started
         return "built"
 
-    def _check_swap(self, unit: WorkUnit) -> None:
-        """Is a swap exact here? A swap *into* the checkpoint of the first fresh engine, against it.
+    def _check_swap(self, unit: WorkUnit) -> bool:
+        """Are weight swaps exact here? Checked once per worker, before it relies on them.
 
-        The engine is rebuilt fresh on `unit`'s checkpoint, then swapped to the reference checkpoint
-        and back. Swapping into a checkpoint other than the one an engine was built on is what
-        exposes derived state a swap forgot (a stale tied head keeps the build's weights, so a
-        round trip to the built checkpoint would hide it). Also checked: the swap back equals the
-        fresh engine. Rebuilding before any swap keeps the worker's memory flat (measured: a rebuild
-        after swaps retained 0.5-0.7 GB more).
+        Fresh engines on a neighbouring checkpoint P and on `unit`'s checkpoint A give reference
+        probe scores; the engine on A is then swapped to P and back to A, and both must score as
+        the fresh engines did. Swapping *into* a checkpoint the engine was not built on is what
+        exposes derived state a swap forgot (a stale tied head keeps the weights the engine was
+        built with: a round trip alone would hide it). Leaves a fresh or verified engine on A.
+        Returns False when P turns out not to be swappable with A (the check waits for a later unit).
         """
         from e2lm_vllm.checkpoint import CheckpointMismatchError
 
-        reference = self.reference
-        assert reference is not None
-        self._build(unit)  # takes this checkpoint's fresh probe scores as the next reference
-        fresh = self.reference.scores
+        assert unit.partner_args is not None
+        self._build(unit.lm, unit.partner_args, unit.engine_key)
+        partner_fresh = probe_scores(self.lm)
+        self._build(unit.lm, unit.model_args, unit.engine_key)
+        fresh = probe_scores(self.lm)
         try:
-            self.lm.load_checkpoint(**reference.location)
-        except CheckpointMismatchError as error:  # another architecture under one engine key: check later
+            self.lm.load_checkpoint(**_location(unit.partner_args))
+        except CheckpointMismatchError as error:
             log.info("%s: swap check postponed: %s", unit.label, error)
-            return
-        swapped_to_reference = probe_scores(self.lm)
-        self.lm.load_checkpoint(**_location(unit))
+            self._build(unit.lm, unit.model_args, unit.engine_key)
+            return False
+        swapped_to_partner = probe_scores(self.lm)
+        self.lm.load_checkpoint(**_location(unit.model_args))
         swapped_back = probe_scores(self.lm)
-        self.swap_check = compare(reference.checkpoint, swapped_to_reference + swapped_back, reference.scores + fresh)
+        partner = unit.partner_args.get("subfolder") or unit.partner_args.get("revision") or unit.partner_args["pretrained"]
+        self.swap_check = compare(str(partner), swapped_to_partner + swapped_back, partner_fresh + fresh)
         if self.swap_check.passed:
             log.info(
                 "%s: weight swaps verified against fresh engines (max |diff| %.3g nats)",
                 unit.label,
                 self.swap_check.max_difference,
             )
-            return
+            return True
         log.warning(
             "weight swaps are NOT exact on this machine: a swap to %s scored the probes up to %.3g nats away from "
             "a fresh engine; this worker starts a fresh engine for every checkpoint instead",
-            reference.checkpoint,
+            partner,
             self.swap_check.max_difference,
         )
-        self._build(unit)
+        self._build(unit.lm, unit.model_args, unit.engine_key)
+        return True
 
     # -- evaluation --------------------------------------------------------------------------------
 
