@@ -44,6 +44,7 @@ demo: install
 
 bench: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.run
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.sweep
 
 clean:
 	rm -rf $(VENV) results runs bench/results/*.json
