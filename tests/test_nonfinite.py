@@ -208,8 +208,10 @@ def test_a_nan_rung_is_refused_before_any_engine_starts(nan_rung):
         E2LMVLLM(pretrained=str(nan_rung), dtype="float32", backend="vllm")
 
 
+@pytest.mark.engine
 def test_a_sweep_records_a_nan_rung_once_as_non_finite(ladder_dirs, nan_rung, tmp_path):
-    """In this process (no Ray): the NaN rung fails once, without retries; the finite rung is evaluated."""
+    """In this process (no Ray), on vLLM: the NaN rung fails once, without retries; the finite rung is
+    evaluated, although its worker's swap check first tried the NaN rung as its neighbour."""
     import pandas as pd
 
     from e2lm_vllm.sweep.config import config_from_flags
@@ -223,7 +225,7 @@ def test_a_sweep_records_a_nan_rung_once_as_non_finite(ladder_dirs, nan_rung, tm
         limit=2,
         output=str(tmp_path / "sweep"),
         lm="e2lm_vllm",
-        model_args={"dtype": "float32", "backend": "hf"},  # our model on lm-eval's HFLM: no engine to start
+        model_args={"dtype": "float32"},
     )
     summary = run_sweep(config, progress=False, in_process=True)
     failures = pd.read_parquet(tmp_path / "sweep" / "failures.parquet")

@@ -114,6 +114,8 @@ class InProcessWorker:
     count = 1
 
     def __init__(self) -> None:
+        for name, value in LONG_LIVED_WORKER_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)  # before vLLM starts its first engine in this process
         self.worker = SweepWorker()
         self.slots = [self.worker]
         self.done: dict[int, tuple[UnitResult | None, BaseException | None]] = {}

@@ -105,6 +105,14 @@ class UnitResult:
     rss_bytes: int = 0  # the worker's resident memory after this checkpoint
 
 
+def _swappable_lm(model_args: dict[str, Any], lm_name: str) -> bool:
+    """Our lm on vLLM (not lm-eval's HF model, nor ours falling back to it): weights can be swapped."""
+    from e2lm_vllm.lm import vllm_importable
+
+    backend = model_args.get("backend", "auto")
+    return lm_name == "e2lm_vllm" and backend != "hf" and (backend == "vllm" or vllm_importable())
+
+
 def _location(model_args: dict[str, Any]) -> dict[str, Any]:
     return {name: model_args.get(name) for name in LOCATION_ARGS}
 
@@ -165,7 +173,7 @@ class SweepWorker:
         from e2lm_vllm.checkpoint import CheckpointMismatchError
 
         started = time.perf_counter()
-        if self.swap_check is None and unit.lm == "e2lm_vllm" and unit.partner_args is not None:
+        if self.swap_check is None and unit.partner_args is not None and _swappable_lm(unit.model_args, unit.lm):
             if self._check_swap(unit):
                 timings["swap_check"] = time.perf_counter() - started
                 return "checked"
@@ -199,7 +207,12 @@ class SweepWorker:
         from e2lm_vllm.checkpoint import CheckpointMismatchError
 
         assert unit.partner_args is not None
-        self._build(unit.lm, unit.partner_args, unit.engine_key)
+        try:
+            self._build(unit.lm, unit.partner_args, unit.engine_key)
+        except Exception as error:  # noqa: BLE001 - the neighbour is not this unit: its failure is its own
+            log.warning("%s: swap check postponed, the neighbouring checkpoint did not load: %s", unit.label, error)
+            self._drop_lm()
+            return False
         partner_fresh = probe_scores(self.lm)
         self._build(unit.lm, unit.model_args, unit.engine_key)
         fresh = probe_scores(self.lm)
