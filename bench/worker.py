@@ -32,8 +32,8 @@ def run_backend(
 
     from bench.backends import BUILDERS, EngineSettings, shutdown, vllm_llm_of
     from bench.measure import ScoringProbe, account_tokens, counter_deltas, sample_scores
-    from e2lm_vllm.engine import vllm_counter_totals
     from bench.workloads import WORKLOADS
+    from e2lm_vllm.engine import vllm_counter_totals
 
     settings = EngineSettings()
     report: dict[str, Any] = {
