@@ -22,14 +22,24 @@ the wrong place is off by 1e-2 nats or far more).
 **Tolerances** (`TOLERANCES`, nats per request; a continuation of n > `TOKENS_PER_TOLERANCE` tokens
 may differ by tolerance x n / TOKENS_PER_TOLERANCE; rolling log-likelihoods are compared per token):
 - float32: 2.5e-5. Measured against lm-eval's `vllm` on CPU (vLLM 0.32): at most 8.3e-6 on
-  Gemma 3 270M (SmolLM2-135M: see the figures in the issue report), the reduction-order noise of
-  float32 (a few ulps of logits of size ~10, summed over a continuation's tokens); 3x margin.
-- bfloat16 / float16: 0 (bit-equal). Measured bit-identical on CPU (144 of 144 requests on
-  SmolLM2-135M): the prefix keys and values are rounded to 16 bits in both paths, and the logits
-  and log-softmax are computed in float32 from the same inputs. Sums of the same rows may still
-  differ by float64 rounding, so every request may differ by `SUM_ROUNDING` x |its log-likelihood|.
-  Not yet measured on GPU: a GPU kernel that changes its reduction order with the batch shape may
-  need a tolerance there (`--tolerance`); `e2lm-vllm doctor` is the command that finds out.
+  Gemma 3 270M (the project's first measurement), and 0.0 (bit-equal) on the bundled samples at
+  max_model_len 2048 for SmolLM2-135M (95 requests) and Gemma 3 270M (47). That is float32
+  reduction-order noise (a prefix's keys and values computed in a forward pass of another shape:
+  a few ulps of logits of size ~10, summed over a continuation's tokens); 3x margin, so a machine
+  whose kernels are a little noisier still passes, while a planner bug (>= 1e-2 nats) stays 400x
+  above it.
+- bfloat16 / float16: 5e-2. Measured on CPU: bit-equal on SmolLM2-135M (144 of 144 requests in
+  the project's first measurement, 63 of 63 on the bundled samples), but not on Gemma 3 270M:
+  47 bundled-sample requests differ by 1.4e-3 nats on average and 1.68e-2 at most, while their
+  greedy flags and every metric stay equal. A prefix's keys and values computed in another forward
+  pass are rounded to 16 bits: one flipped rounding moves a logit by a bf16 ulp (2^-8 relative),
+  i.e. 1e-3 to 1e-2 nats. 3x the measured maximum, as for float32. A planner bug (a row read from
+  the wrong place, a token dropped) is off by a token's log-probability, typically 0.1 to several
+  nats; it is float32 parity that sees the small ones, and `e2lm-vllm doctor` runs both.
+  Sums of the same rows in another order differ by float64 rounding: a request may always differ
+  by `SUM_ROUNDING` x |its log-likelihood|. Not yet measured on GPU, whose kernels change their
+  reduction order with the batch shape: `e2lm-vllm doctor` is the command that finds out
+  (`--tolerance` overrides).
 
 **The distance to HF** is reported (mean and max |Δ| per request type, for `e2lm_vllm` and for the
 reference) and checked: ours may be no farther from HF than the reference is, plus a slack of the
@@ -50,8 +60,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# nats per request (see the module docstring); half precision must be bit-equal
-TOLERANCES = {"float32": 2.5e-5, "bfloat16": 0.0, "float16": 0.0}
+# nats per request (see the module docstring): 3x the largest difference measured in each dtype
+TOLERANCES = {"float32": 2.5e-5, "bfloat16": 5e-2, "float16": 5e-2}
 # A continuation of n tokens may differ by tolerance * max(1, n / TOKENS_PER_TOLERANCE) nats.
 TOKENS_PER_TOLERANCE = 10
 # Relative float64 rounding of a sum of the same rows added in another order; equal beyond it.

@@ -1,10 +1,10 @@
-"""bfloat16 fidelity: `e2lm_vllm` in bf16 is bit-equal to lm-eval's own `vllm` model in bf16.
+"""bfloat16 fidelity: `e2lm_vllm` in bf16 equals lm-eval's own `vllm` model in bf16.
 
 Pinned on a small held-out set of the bundled samples (subjects and tasks that neither the doctor's
 parity run nor the other engine tests read), through `e2lm_vllm.parity.run_parity`: two engines,
 one after the other (ours, then lm-eval's `vllm` with the same settings and prefix caching off),
-no HF. The criterion is `TOLERANCES["bfloat16"]`, 0 nats: not one request may differ beyond the
-float64 rounding of a sum.
+no HF. The criterion is `TOLERANCES["bfloat16"]` per request (SmolLM2-135M measured bit-equal
+on CPU; Gemma 3 270M within 1.68e-2 nats), with equal greedy flags and equal metrics.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ HELD_OUT_TASKS = {  # task -> shots
 LIMIT = 3
 
 
-def test_bf16_is_bit_equal_to_lm_evals_vllm(smollm2_path, monkeypatch):
+def test_bf16_equals_lm_evals_vllm_within_the_bf16_tolerance(smollm2_path, monkeypatch):
     from e2lm_vllm.parity import run_parity
     from e2lm_vllm.taskdata import include_path_for
 
@@ -43,10 +43,13 @@ def test_bf16_is_bit_equal_to_lm_evals_vllm(smollm2_path, monkeypatch):
     )
     summary = json.dumps(report.to_json()["request_types"])
     assert report.dtype == "bfloat16" and report.reference == "vllm"
-    assert report.tolerance == TOLERANCES["bfloat16"] == 0.0
+    assert report.tolerance == TOLERANCES["bfloat16"]
     assert sorted(report.tasks) == sorted(HELD_OUT_TASKS)
     (scored,) = report.request_types
     assert scored.n >= LIMIT * (4 + 4 + 3 + 2), summary  # every choice of every document
-    assert report.max_abs_diff == 0.0, summary  # bit-equal
+    assert report.max_abs_diff <= TOLERANCES["bfloat16"], summary
+    # rounding flips are rare: on average far below the per-request bound (Gemma 3 measured 1.4e-3)
+    assert scored.mean_abs_diff <= TOLERANCES["bfloat16"] / 10, summary
     assert scored.is_greedy_agreement == 1.0, summary
-    assert report.metrics_equal and report.ok, summary
+    assert report.metrics_equal and report.within_tolerance and report.ok, summary
+    print(f"bf16 held-out set: max |Δ| {report.max_abs_diff:.3g} nats, mean {scored.mean_abs_diff:.3g}, n {scored.n}")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,8 @@ from e2lm_vllm.doctor import (
     verdict,
 )
 from e2lm_vllm.parity import HFDistance, ParityReport, RequestTypeParity
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _parity(*, diff: float, allowed_share: float, ours_to_hf: float = 0.1, theirs_to_hf: float = 0.1) -> ParityReport:
@@ -107,7 +110,8 @@ def test_doctor_on_the_embedded_model_passes(smollm2_path):
     environment = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     command = [sys.executable, "-m", "e2lm_vllm.cli", "doctor", "--json", "--dtypes", "float32", "--limit", "1",
                "--bench-seconds", "1", "--pretrained", str(smollm2_path)]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=1200)
+    # `python -m` from the repo root imports this checkout's package
+    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=environment, timeout=1200)
     assert completed.stdout, completed.stderr[-3000:]
     report = json.loads(completed.stdout)
     names = [check["name"] for check in report["checks"]]
