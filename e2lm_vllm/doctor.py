@@ -229,11 +229,9 @@ class Benchmark:
     seconds: float = BENCH_SECONDS
     with_reference: bool = True
     times: dict[str, list[float]] = field(default_factory=dict)
-    block_size: int | None = None
 
     def run(self, backend: str, lm: Any) -> None:
         if backend == "e2lm_vllm":
-            self.block_size = lm.engine.block_size
             lm.engine.llm.reset_prefix_cache()  # the parity requests must not make it look faster
             self.times[backend] = time_rounds(lm, self.rounds, self.seconds)
         elif self.with_reference and "e2lm_vllm" in self.times:
@@ -308,7 +306,13 @@ def run_doctor(
         if dtype == "bfloat16" and not facts.get("bf16"):
             checks.append(Check(f"parity {dtype}", SKIP, "this device has no bfloat16"))
             continue
-        hook = bench.run if bench is not None and dtype == bench_dtype else None
+
+        def hook(backend: str, lm: Any, benchmark: bool = dtype == bench_dtype) -> None:
+            if backend == "e2lm_vllm":  # the engine's own block size replaces our default for the device
+                facts["block_size"] = lm.engine.block_size
+            if benchmark and bench is not None:
+                bench.run(backend, lm)
+
         try:
             report = run_parity(
                 {**model_args, "dtype": dtype},
@@ -323,9 +327,7 @@ def run_doctor(
             checks.append(Check(f"parity {dtype}", FAIL, f"{type(error).__name__}: {error}"))
             continue
         checks.append(parity_check(report))
-    if bench is not None and bench.block_size is not None:
-        facts["block_size"] = bench.block_size
-        checks[0] = platform_check(facts)
+    checks[0] = platform_check(facts)  # with the engine's block size
     if bench_seconds > 0:
         checks.append(benchmark_check(bench, bench_error))
     return DoctorReport(facts, checks)

@@ -127,5 +127,7 @@ def test_doctor_on_the_embedded_model_passes(smollm2_path):
     }  # fmt: skip
     bench = report["checks"][2]["data"]
     assert bench["e2lm_vllm"]["requests"] > 0 and bench["vllm"]["requests"] > 0 and bench["speedup_vs_vllm"] > 0
+    for check in report["checks"]:
+        print(f"{check['name']:<16}{check['status']:<6}{check['detail']}")
     assert report["verdict"] == PASS and report["ok"], json.dumps(report["checks"], indent=1)[:4000]
     assert completed.returncode == 0
