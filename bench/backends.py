@@ -11,8 +11,9 @@
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from e2lm_vllm.config import CPU_BLOCK_SIZE, CPU_KV_CACHE_BYTES, cuda_available
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 # config.json keys that describe where a checkpoint came from, not what the network is: two
@@ -51,10 +53,21 @@ def resolve_checkpoint(
         from huggingface_hub import snapshot_download
 
         patterns = None if not subfolder else [f"{subfolder}/*", *TOKENIZER_FILES, "special_tokens_map.json"]
-        root = Path(snapshot_download(pretrained, revision=revision, allow_patterns=patterns))
+        try:
+            root = Path(snapshot_download(pretrained, revision=revision, allow_patterns=patterns))
+        except Exception as error:  # noqa: BLE001 - hub errors (offline, unknown repo, bad id) all mean "not found"
+            raise FileNotFoundError(
+                f"pretrained={pretrained!r} is neither a local checkpoint folder nor a Hugging Face repo that "
+                f"could be fetched ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+            ) from None
     model_path = root / subfolder if subfolder else root
+    if not model_path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder not found: {model_path}")
     if not (model_path / "config.json").exists():
-        raise FileNotFoundError(f"no config.json in checkpoint folder {model_path}")
+        raise FileNotFoundError(
+            f"no config.json in checkpoint folder {model_path}: not a Hugging Face checkpoint "
+            f"(the folder holds {', '.join(sorted(child.name for child in model_path.iterdir())[:8]) or 'nothing'})"
+        )
     if tokenizer:
         tokenizer_path = Path(tokenizer).expanduser()
         if not tokenizer_path.is_dir():
@@ -78,3 +91,87 @@ def swap_signature(checkpoint: LocalCheckpoint) -> str:
         if path.is_file():
             digest.update(name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+# --- non-finite weights ---------------------------------------------------------------------------
+
+
+class NonFiniteError(FloatingPointError):
+    """A checkpoint whose weights or scores hold NaN or inf: a result about that checkpoint, never a number.
+
+    Recorded once as a failure of kind ``non_finite`` (retrying gives the same answer).
+    """
+
+    kind = "non_finite"
+
+
+class NonFiniteWeightsError(NonFiniteError):
+    """A weight tensor of the checkpoint holds NaN or inf; the message names the first such tensor."""
+
+
+def _safetensors_shards(model_dir: Path) -> list[Path]:
+    """The checkpoint's safetensors files: those its index names (in order), else every one in the folder."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map") or {}
+        return [model_dir / name for name in sorted(set(weight_map.values()))]
+    return sorted(model_dir.glob("*.safetensors"))
+
+
+def _first_non_finite(model_dir: Path) -> tuple[Path, str, str] | None:
+    """(shard, tensor name, "NaN" / "inf") of the first non-finite weight tensor, None if all are finite."""
+    import torch
+    from safetensors import safe_open
+
+    for shard in _safetensors_shards(model_dir):
+        with safe_open(str(shard), framework="pt") as handle:
+            for name in handle.keys():
+                tensor = handle.get_tensor(name)
+                if not tensor.is_floating_point():
+                    continue
+                total = tensor.sum(dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+                if not bool(torch.isfinite(total)) and not bool(torch.isfinite(tensor).all()):
+                    return shard, name, "NaN" if bool(torch.isnan(tensor).any()) else "inf"
+    return None
+
+
+def first_non_finite_tensor(model_dir: str | os.PathLike) -> str | None:
+    """The name of the first weight tensor holding NaN or inf, or None when every weight is finite.
+
+    Reads every floating-point tensor of the safetensors shards (memory-mapped; shards in index
+    order, tensors in file order) once: a float32 sum per tensor, finite unless some element is
+    NaN or inf (IEEE arithmetic never turns either back into a finite number), then
+    ``torch.isfinite`` on a tensor whose sum is not, since a sum of large finite values can
+    overflow. Measured on SmolLM2-135M in float32 (538 MB, page cache warm), 2 shared CPU cores
+    at nice 19: 0.25-0.5 s at load average 4.5, 0.6-4.2 s at load 7 (about one pass over the
+    bytes). A checkpoint without safetensors files (``.bin`` only) is not checked: None.
+    """
+    found = _first_non_finite(Path(model_dir))
+    return None if found is None else found[1]
+
+
+def check_finite_weights(model_dir: str | os.PathLike) -> None:
+    """Raise ``NonFiniteWeightsError`` naming the first non-finite weight tensor of the checkpoint in ``model_dir``."""
+    found = _first_non_finite(Path(model_dir))
+    if found is not None:
+        shard, name, what = found
+        raise NonFiniteWeightsError(
+            f"checkpoint {model_dir} holds {what} in weight tensor {name} (file {shard.name}): "
+            "a diverged checkpoint, not evaluated"
+        )
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be evaluated as given (found before any engine starts)."""
+
+
+def check_tokenizer_fits(tokenizer: Any, config: Any, checkpoint: LocalCheckpoint) -> None:
+    """The tokenizer's ids must index the model's embedding: a larger vocabulary is an error."""
+    vocab_size = getattr(getattr(config, "text_config", None) or config, "vocab_size", None)
+    if vocab_size is not None and len(tokenizer) > int(vocab_size):
+        raise CheckpointError(
+            f"the tokenizer in {checkpoint.tokenizer_path} has {len(tokenizer)} tokens but the model in "
+            f"{checkpoint.model_path} has an embedding of {vocab_size} (config.json vocab_size): token ids "
+            f"{vocab_size} and above have no embedding. Use the checkpoint's own tokenizer (drop tokenizer=...) "
+            f"or one with the same vocabulary"
+        )

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,50 @@ SMALL_CPU_MACHINE_CORES = 4
 # measured), and the worker's memory is one process to watch.
 LONG_LIVED_WORKER_ENVIRONMENT = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
-# Keys lm-eval's CLI adds to every model's arguments that neither we nor a vLLM engine use.
-LM_EVAL_IGNORED_KEYS = frozenset({"max_batch_size"})
+
+@dataclasses.dataclass(frozen=True)
+class RefusedArg:
+    """A model arg of lm-eval's `vllm` model that `e2lm_vllm` does not implement (yet).
+
+    `default` is lm-eval's default for it: passing that value changes nothing and is accepted.
+    """
+
+    default: Any
+    reason: str
+
+
+_LORA_REASON = (
+    "LoRA adapters are not applied by e2lm_vllm's engine; merge the adapter into the weights "
+    "(peft: `PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(folder)`) "
+    "and pass that folder as pretrained=..."
+)
+
+# The one place that says which of lm-eval's `vllm` model args are refused, and why. Every other arg
+# of `lm_eval.models.vllm_causallms.VLLM.__init__` is a `ModelArgs` field with lm-eval's meaning
+# (tests/test_lm_eval_compat.py walks the live signature), and docs/lm_eval_compat.md lists them all.
+REFUSED_VLLM_ARGS: dict[str, RefusedArg] = {
+    "data_parallel_size": RefusedArg(
+        1,
+        "e2lm_vllm runs one engine per process; to use several GPUs, run the sweep, which places one "
+        "engine per GPU (`e2lm-vllm sweep --checkpoints ... --tasks ...` or ray_jobs/sweep.py), or use "
+        "tensor_parallel_size=N for one model over N GPUs",
+    ),
+    "lora_local_path": RefusedArg(None, _LORA_REASON),
+    "max_lora_rank": RefusedArg(16, _LORA_REASON),
+    "tokenizer_revision": RefusedArg(
+        None,
+        "the tokenizer is read from a local folder: download the revision you want "
+        "(`huggingface-cli download REPO --revision REV --local-dir DIR`) and pass tokenizer=DIR",
+    ),
+}
+
+# Args lm-eval's `vllm` model accepts and ignores with a warning; we do the same.
+IGNORED_ARGS: dict[str, str] = {
+    "swap_space": "swap_space is no longer supported by vLLM; ignoring it (as lm-eval's vllm model does)",
+}
+
+# lm-eval's name for the context length (its `vllm` and `hf` models take either, not both).
+MAX_LENGTH_ALIAS = "max_length"
 
 
 class ModelArgsError(ValueError):
@@ -61,9 +103,25 @@ class ModelArgs(BaseModel):
     backend: Literal["auto", "vllm", "hf"] = "auto"
     add_bos_token: bool | None = Field(None, description="as lm-eval's HF model: None keeps the tokenizer's default")
     trust_remote_code: bool = False
+    check_weights: bool = Field(
+        True, description="refuse a checkpoint with NaN/inf weights before scoring it (one read of the weights)"
+    )
     max_gen_toks: int = Field(256, gt=0, description="default generation budget when a task sets none")
     device: str | None = Field(None, description="HF backend only; default cpu when no CUDA is present")
     batch_size: int | str = Field(1, description="HF backend batch size; the vLLM engine schedules itself")
+    max_batch_size: int | None = Field(
+        None, gt=0, description="vLLM: max_num_seqs unless that is given (as lm-eval's vllm model); HF: its cap"
+    )
+    tokenizer_mode: Literal["auto", "slow"] = Field("auto", description="slow: the slow (Python) HF tokenizer")
+    prefix_token_id: int | None = Field(None, ge=0, description="token before an empty context (default BOS, else EOS)")
+    truncation_side: Literal["left", "right", "middle"] = Field(
+        "left", description="how a too-long generation context is cut (loglikelihood always keeps its end)"
+    )
+    enable_thinking: bool | None = Field(None, description="passed to the chat template (generation tasks only)")
+    chat_template_args: dict[str, Any] = Field(default_factory=dict, description="extra chat-template variables")
+    think_end_token: str | None = Field(
+        None, description="generations keep only the text after its last occurrence (a digit string: a token id)"
+    )
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="other vLLM EngineArgs")
 
     @field_validator("dtype")
@@ -71,8 +129,30 @@ class ModelArgs(BaseModel):
     def _known_dtype(cls, value: str) -> str:
         allowed = {"auto", "float32", "float", "bfloat16", "float16", "half"}
         if value not in allowed:
-            raise ValueError(f"dtype must be one of {sorted(allowed)}, got {value!r}")
+            raise ValueError(f"dtype must be one of {sorted(allowed)}")  # the error formatter adds (got ...)
         return value
+
+    @field_validator("chat_template_args", mode="before")
+    @classmethod
+    def _parse_dict(cls, value: Any) -> Any:
+        """`chat_template_args={'enable_thinking': False}` arrives from the CLI as a string."""
+        if isinstance(value, str):
+            import ast
+
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                raise ValueError(f"expected a dict literal, got {value!r}") from None
+        return {} if value is None else value
+
+    @model_validator(mode="after")
+    def _thinking_needs_its_end_token(self) -> ModelArgs:
+        if self.enable_thinking and self.think_end_token is None:
+            raise ValueError(
+                "enable_thinking=True needs think_end_token (e.g. think_end_token=</think>), as in lm-eval's "
+                "hf and vllm models: the answer is the text after it"
+            )
+        return self
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> ModelArgs:
@@ -80,11 +160,16 @@ class ModelArgs(BaseModel):
 
         An unknown key that is not a vLLM `EngineArgs` field either is an error listing the valid keys.
         """
+        kwargs = _without_refused_and_ignored(kwargs)
+        if kwargs.get(MAX_LENGTH_ALIAS) is not None and kwargs.get("max_model_len") is not None:
+            raise ModelArgsError("give max_length or max_model_len, not both (they are the same: the context length)")
         own = set(cls.model_fields) - {"engine_kwargs"}
         known = {key: value for key, value in kwargs.items() if key in own and value is not None}
-        rest = {key: value for key, value in kwargs.items() if key not in own and key not in LM_EVAL_IGNORED_KEYS}
-        if "max_length" in rest:  # lm-eval's name for the context length
-            known.setdefault("max_model_len", rest.pop("max_length"))
+        rest = {key: value for key, value in kwargs.items() if key not in own}
+        if MAX_LENGTH_ALIAS in rest:
+            length = rest.pop(MAX_LENGTH_ALIAS)
+            if length is not None:
+                known["max_model_len"] = length
         if rest:
             engine_fields = vllm_engine_arg_names()
             unknown = sorted(key for key in rest if key not in engine_fields)
@@ -103,6 +188,26 @@ class ModelArgs(BaseModel):
                 for item in error.errors()
             )
             raise ModelArgsError(f"invalid e2lm_vllm model args: {problems}") from None
+
+
+def _same_value(given: Any, default: Any) -> bool:
+    return given == default or str(given) == str(default)
+
+
+def _without_refused_and_ignored(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` less the refused args given at lm-eval's default and the ignored ones; a refused arg
+    given at any other value is an error saying why and what to use instead."""
+    kept = {}
+    for key, value in kwargs.items():
+        if key in REFUSED_VLLM_ARGS:
+            refused = REFUSED_VLLM_ARGS[key]
+            if value is not None and not _same_value(value, refused.default):
+                raise ModelArgsError(f"e2lm_vllm does not support {key}={value!r}: {refused.reason}")
+        elif key in IGNORED_ARGS:
+            logger.warning("e2lm_vllm: %s", IGNORED_ARGS[key])
+        else:
+            kept[key] = value
+    return kept
 
 
 def vllm_engine_arg_names() -> frozenset[str]:
@@ -153,6 +258,8 @@ def engine_kwargs(
         kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
     else:
         kwargs["gpu_memory_utilization"] = DEFAULT_GPU_MEMORY_UTILIZATION
+    if args.max_batch_size is not None:  # as lm-eval's vllm model: max_num_seqs wins when both are given
+        kwargs["max_num_seqs"] = args.max_batch_size
     kwargs.update(args.engine_kwargs)
     return {key: value for key, value in kwargs.items() if value is not None}
 

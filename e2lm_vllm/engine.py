@@ -1,9 +1,9 @@
 """The vLLM engine: the only module that talks to vLLM.
 
 It runs a `ScoringPlan` wave by wave, checks every prompt-logprob row it returns was computed
-rather than read from the cache, and generates greedily. Token ids in, numbers out: no text, no I/O.
-It can also change its weights in place (`swap_weights`), so a sweep pays engine start once per
-device instead of once per checkpoint.
+rather than read from the cache, and generates (greedily, or sampled with a seed per request). Token ids
+in, numbers out: no text, no I/O. It can also change its weights in place (`swap_weights`), so a
+sweep pays engine start once per device instead of once per checkpoint.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
+from e2lm_vllm.checkpoint import NonFiniteError
 from e2lm_vllm.planner import (
     NextTokenQuery,
     PrefixPrimer,
@@ -26,6 +28,20 @@ logger = logging.getLogger(__name__)
 
 # vLLM accepts at most this many `logprob_token_ids` per request (vllm.sampling_params).
 MAX_TOKEN_IDS_PER_REQUEST = 128
+
+
+class NonFiniteScoreError(NonFiniteError):
+    """A log-probability came out NaN or inf: the checkpoint is diverged, its scores are not numbers.
+
+    Raised by every scoring path (decode-step and prompt logprobs, so rolling too) and by greedy
+    generation; the message names the request (prompt length and first tokens).
+    """
+
+
+def describe_prompt(tokens: Sequence[int], shown: int = 8) -> str:
+    """``a prompt of 1234 tokens [1, 2, 3, ...]``: enough to find the request again."""
+    head = ", ".join(str(token) for token in tokens[:shown])
+    return f"a prompt of {len(tokens)} tokens [{head}{', ...' if len(tokens) > shown else ''}]"
 
 
 @dataclass
@@ -169,7 +185,13 @@ class VLLMEngine:
             completion = output.outputs[0]
             greedy_token = completion.token_ids[0]
             step = completion.logprobs[0]
-            answers[query_index] += [(step[token].logprob, token == greedy_token) for token in token_ids]
+            answer = [(step[token].logprob, token == greedy_token) for token in token_ids]
+            for token, (logprob, _) in zip(token_ids, answer):
+                if not math.isfinite(logprob):
+                    raise NonFiniteScoreError(
+                        f"log-probability {logprob} of token {token} after {describe_prompt(queries[query_index].context)}"
+                    )
+            answers[query_index] += answer
         return answers
 
     def _score_next_tokens(self, queries: list[NextTokenQuery], results: list[ScoreResult | None]) -> None:
@@ -213,8 +235,14 @@ class VLLMEngine:
                 for position in range(query.first_scored, len(query.tokens))
             ]
             total = sum(logprob for logprob, _ in answers)
-            if math.isnan(total):
-                raise FloatingPointError(f"NaN log-likelihood for a prompt of {len(query.tokens)} tokens")
+            if not math.isfinite(total):
+                position, logprob = next(
+                    (query.first_scored + i, lp) for i, (lp, _) in enumerate(answers) if not math.isfinite(lp)
+                )
+                raise NonFiniteScoreError(
+                    f"log-probability {logprob} of token {query.tokens[position]} at position {position} of "
+                    f"{describe_prompt(query.tokens)}"
+                )
             for request_index in query.readers:
                 results[request_index] = ScoreResult(total, all(greedy for _, greedy in answers))
 
@@ -241,10 +269,48 @@ class VLLMEngine:
         self, prompts: Sequence[Sequence[int]], *, max_tokens: int, stop_token_ids: Sequence[int]
     ) -> list[list[int]]:
         """Greedy continuations of `prompts`, stopped at EOS, at `stop_token_ids`, or after `max_tokens`."""
+        return self._generate_tokens(prompts, self._sampling(max_tokens=max_tokens, stop_token_ids=list(stop_token_ids), logprobs=0))
+
+    def generate_sampled(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_tokens: int,
+        stop_token_ids: Sequence[int],
+        seeds: Sequence[int],
+        options: dict[str, Any],
+    ) -> list[list[int]]:
+        """Sampled continuations through vLLM's sampler, one seed per prompt (reruns repeat).
+
+        `options` are `vllm.SamplingParams` fields (temperature, top_p, top_k, min_p, ...).
+        """
+        from vllm import SamplingParams
+
+        try:
+            params = [
+                SamplingParams(
+                    max_tokens=max_tokens, stop_token_ids=list(stop_token_ids), seed=seed, detokenize=False, logprobs=0, **options
+                )
+                for seed in seeds
+            ]
+        except TypeError as error:
+            raise ValueError(f"generation kwargs {sorted(options)} are not all vLLM SamplingParams: {error}") from None
+        return self._generate_tokens(prompts, params)
+
+    def _generate_tokens(self, prompts: Sequence[Sequence[int]], params: Any) -> list[list[int]]:
+        """Generated token ids; each generated token's logprob (``logprobs=0``: the chosen token only) is
+        checked, since logits with NaN or inf still yield token ids and only the logprobs show it."""
         before = vllm_counter_totals(self.llm)
-        params = self._sampling(max_tokens=max_tokens, stop_token_ids=list(stop_token_ids))
         outputs = self._generate(prompts, params)
         self._account(before)
+        for prompt, output in zip(prompts, outputs):
+            completion = output.outputs[0]
+            for index, (token, step) in enumerate(zip(completion.token_ids, completion.logprobs or [])):
+                if not math.isfinite(step[token].logprob):
+                    raise NonFiniteScoreError(
+                        f"log-probability {step[token].logprob} of generated token {index} ({token}) "
+                        f"after {describe_prompt(prompt)}"
+                    )
         return [list(output.outputs[0].token_ids) for output in outputs]
 
     # -- bookkeeping ---------------------------------------------------------------------------

@@ -8,11 +8,13 @@ passes run on vLLM, planned by `e2lm_vllm.planner` so that shared prefixes are c
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
 from collections import Counter
-from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from lm_eval import utils as lm_utils
@@ -24,14 +26,22 @@ from lm_eval.models.utils import (
     _add_special_kwargs,
     handle_stop_sequences,
     has_bos_prefix,
+    maybe_truncate,
     normalize_gen_kwargs,
     postprocess_generated_text,
     resolve_max_length,
 )
+from lm_eval.utils import warning_once
 from tqdm import tqdm
 
-from e2lm_vllm.checkpoint import CheckpointMismatchError, resolve_checkpoint, swap_signature
-from e2lm_vllm.config import ModelArgs, cuda_available, engine_environment, engine_kwargs
+from e2lm_vllm.checkpoint import (
+    CheckpointMismatchError,
+    check_finite_weights,
+    check_tokenizer_fits,
+    resolve_checkpoint,
+    swap_signature,
+)
+from e2lm_vllm.config import ModelArgs, ModelArgsError, cuda_available, engine_environment, engine_kwargs
 from e2lm_vllm.planner import ScoreRequest, ScoringPlan, plan_scoring
 
 logger = logging.getLogger(__name__)
@@ -42,6 +52,13 @@ PLAN_CHUNK_REQUESTS = 512
 # vLLM scores a prompt of up to max_model_len tokens and must emit one token after it; HFLM's
 # window is max_length + 1 tokens (it drops the last from its input). The engine needs both.
 ENGINE_EXTRA_POSITIONS = 2
+# Per-request sampling seeds stay below this (vLLM seeds a torch generator with them).
+SEED_MODULUS = 2**31
+SAMPLING_WARNING = (
+    "e2lm_vllm: sampled generation (temperature > 0) runs through vLLM's sampler with a per-request seed "
+    "derived from the model's seed (or gen_kwargs seed), the request and its repeat index: reruns repeat, "
+    "but the samples are not those of lm-eval's HF model. Greedy generation is exact."
+)
 
 
 def vllm_importable() -> bool:
@@ -57,6 +74,10 @@ def build_hf_lm(args: ModelArgs) -> Any:
     """lm-eval's own HFLM with the same checkpoint and context length: the parity reference."""
     from lm_eval.models.huggingface import HFLM
 
+    local = Path(args.pretrained).expanduser() / (args.subfolder or "")
+    if args.check_weights and local.is_dir():
+        check_finite_weights(local)
+
     kwargs: dict[str, Any] = {
         "pretrained": args.pretrained,
         "dtype": args.dtype,
@@ -70,7 +91,15 @@ def build_hf_lm(args: ModelArgs) -> Any:
         "tokenizer": args.tokenizer,
         "max_length": args.max_model_len,
         "add_bos_token": args.add_bos_token,
+        "max_batch_size": args.max_batch_size,
+        "prefix_token_id": args.prefix_token_id,
+        "think_end_token": args.think_end_token,
+        "enable_thinking": args.enable_thinking,
+        "chat_template_args": args.chat_template_args or None,
+        "use_fast_tokenizer": False if args.tokenizer_mode == "slow" else None,
     }
+    if args.truncation_side != "left":
+        raise ModelArgsError(f"truncation_side={args.truncation_side!r} needs backend=vllm: lm-eval's HF model cuts left")
     kwargs.update({key: value for key, value in optional.items() if value is not None})
     return HFLM(**kwargs)
 
@@ -82,6 +111,22 @@ def resolve_backend(args: ModelArgs) -> str:
         return "vllm"
     logger.warning("e2lm_vllm: vLLM is not importable here; falling back to lm-eval's HF backend (backend=hf)")
     return "hf"
+
+
+def sampling_seeds(arguments: list[tuple[str, dict]], model_seed: int) -> list[int]:
+    """One seed per generation request: from the base seed (gen_kwargs `seed`, else the model's), the
+    request, and its repeat index (a task's `repeats` lists a request N times), so that reruns repeat
+    and repeats differ."""
+    seen: dict[str, int] = {}
+    seeds = []
+    for context, gen_kwargs in arguments:
+        base = gen_kwargs.get("seed", model_seed) if isinstance(gen_kwargs, dict) else model_seed
+        key = json.dumps([base, context, gen_kwargs], sort_keys=True, default=str)
+        repeat = seen.get(key, 0)
+        seen[key] = repeat + 1
+        digest = hashlib.sha256(f"{key}\x00{repeat}".encode()).digest()
+        seeds.append(int.from_bytes(digest[:8], "big") % SEED_MODULUS)
+    return seeds
 
 
 @register_model("e2lm_vllm")
@@ -109,7 +154,12 @@ class E2LMVLLM(TemplateLM):
             subfolder=self.args.subfolder,
             tokenizer=self.args.tokenizer,
         )
-        tokenizer_kwargs: dict[str, Any] = {"use_fast": True, "trust_remote_code": self.args.trust_remote_code}
+        if self.args.check_weights:  # a diverged checkpoint is an error, never a score
+            check_finite_weights(self.checkpoint.model_path)
+        tokenizer_kwargs: dict[str, Any] = {
+            "use_fast": self.args.tokenizer_mode != "slow",
+            "trust_remote_code": self.args.trust_remote_code,
+        }
         if self.args.add_bos_token is not None:
             tokenizer_kwargs["add_bos_token"] = self.args.add_bos_token
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(
@@ -119,7 +169,14 @@ class E2LMVLLM(TemplateLM):
         config = transformers.AutoConfig.from_pretrained(
             str(self.checkpoint.model_path), trust_remote_code=self.args.trust_remote_code
         )
+        check_tokenizer_fits(self.tokenizer, config, self.checkpoint)
         model_limit = resolve_max_length(config, self.tokenizer)
+        if self.args.max_model_len and self.args.max_model_len > model_limit:
+            raise ModelArgsError(
+                f"max_model_len={self.args.max_model_len} is above the model's limit of {model_limit} positions "
+                f"(config.json of {self.checkpoint.model_path}); use at most {model_limit - ENGINE_EXTRA_POSITIONS}, "
+                f"or leave it unset"
+            )
         # HFLM's window is max_length + 1 tokens; the engine must hold it (see ENGINE_EXTRA_POSITIONS).
         self._max_length = min(self.args.max_model_len or model_limit, model_limit - ENGINE_EXTRA_POSITIONS)
         if self.args.max_model_len and self.args.max_model_len > self._max_length:
@@ -145,6 +202,7 @@ class E2LMVLLM(TemplateLM):
         # each (context, continuation) pair, and the plan of each chunk of tokenized requests.
         self._pair_tokens: dict[tuple[str, str], tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self._plans: dict[tuple[ScoreRequest, ...], ScoringPlan] = {}
+        self._stop_tokens: dict[tuple[str, ...], list[int]] = {}
         # Seconds spent tokenizing, planning and in the engine; the sweep reports them per checkpoint.
         self.timings: Counter[str] = Counter()
 
@@ -155,6 +213,8 @@ class E2LMVLLM(TemplateLM):
         is needed then). Returns the modules the engine refreshed beyond vLLM's reload (tied heads).
         """
         checkpoint = resolve_checkpoint(pretrained, revision=revision, subfolder=subfolder, tokenizer=self.args.tokenizer)
+        if self.args.check_weights:
+            check_finite_weights(checkpoint.model_path)
         signature = swap_signature(checkpoint)
         if signature != self.swap_signature:
             raise CheckpointMismatchError(
@@ -184,6 +244,8 @@ class E2LMVLLM(TemplateLM):
 
     @property
     def prefix_token_id(self) -> int:
+        if self.args.prefix_token_id is not None:
+            return self.args.prefix_token_id
         if self.tokenizer.bos_token_id is not None:
             return self.tokenizer.bos_token_id
         return self.tokenizer.eos_token_id
@@ -195,6 +257,25 @@ class E2LMVLLM(TemplateLM):
     @property
     def max_gen_toks(self) -> int:
         return self.args.max_gen_toks
+
+    # -- chat templates, as lm-eval's HFLM (its own methods, on our tokenizer) -------------------
+
+    @property
+    def tokenizer_name(self) -> str:
+        from lm_eval.models.huggingface import HFLM
+
+        return HFLM.tokenizer_name.fget(self)
+
+    @property
+    def chat_template_args(self) -> dict[str, Any]:
+        """What HFLM passes to `tokenizer.apply_chat_template`: chat_template_args, plus enable_thinking if set."""
+        extra = {} if self.args.enable_thinking is None else {"enable_thinking": self.args.enable_thinking}
+        return {**self.args.chat_template_args, **extra}
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        from lm_eval.models.huggingface import HFLM
+
+        return HFLM.apply_chat_template(self, chat_history, add_generation_prompt)
 
     def tok_encode(
         self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None, **kwargs: Any
@@ -241,6 +322,15 @@ class E2LMVLLM(TemplateLM):
         return plan
 
     # -- loglikelihood ---------------------------------------------------------------------------
+
+    def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        if self.args.enable_thinking:
+            tasks = sorted({request.task_name for request in requests if request.task_name})
+            raise ValueError(
+                "enable_thinking=True is not compatible with loglikelihood tasks (as in lm-eval's hf and vllm "
+                f"models); use generative tasks only. Triggered by task(s): {', '.join(tasks)}"
+            )
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
 
     def _loglikelihood_tokens(
         self,
@@ -301,55 +391,85 @@ class E2LMVLLM(TemplateLM):
     # -- generation ------------------------------------------------------------------------------
 
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
+        """Greedy: exact against lm-eval's HFLM. Sampled (temperature > 0): vLLM's sampler, seeded per request."""
+        arguments = [request.args for request in requests]
+        seeds = sampling_seeds(arguments, self.args.seed)
         collator = Collator(
-            [request.args for request in requests],
-            sort_fn=lambda args: (-len(self.tok_encode(args[0])), args[0]),
+            [(context, gen_kwargs, seed) for (context, gen_kwargs), seed in zip(arguments, seeds)],
+            sort_fn=lambda item: (-len(self.tok_encode(item[0])), item[0]),
             group_by="gen_kwargs",
-            group_fn=lambda args: args[1],
+            group_fn=lambda item: item[1],
         )
         eos = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
         results: list[str] = []
         with tqdm(total=len(requests), disable=disable_tqdm, desc="e2lm_vllm generate_until") as bar:
             for chunk in collator.get_batched(n=0):
-                contexts, all_gen_kwargs = zip(*chunk)
+                contexts, all_gen_kwargs, chunk_seeds = zip(*chunk)
                 gen_kwargs = normalize_gen_kwargs(dict(all_gen_kwargs[0]), self.max_gen_toks)
                 until = handle_stop_sequences(gen_kwargs.pop("until", None), eos=eos)
                 max_gen_toks = int(gen_kwargs.pop("max_gen_toks"))
-                if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature") or 0.0) > 0.0:
-                    raise ValueError(
-                        f"e2lm_vllm generates greedily only (exact against HF); the task asks for sampling: {gen_kwargs}"
-                    )
-                max_context = self.max_length - max_gen_toks
-                if max_context <= 0:
+                if self.max_length - max_gen_toks <= 0:
                     raise ValueError(f"max_gen_toks={max_gen_toks} leaves no room in max_length={self.max_length}")
-                prompts = [self._generation_context_tokens(context)[-max_context:] for context in contexts]
+                prompts = [
+                    maybe_truncate(
+                        self._generation_context_tokens(context), max_gen_toks, self.max_length,
+                        side=self.args.truncation_side, verbose=False,
+                    )[0]
+                    for context in contexts
+                ]  # fmt: skip
                 # The engine has no tokenizer, so it learns EOS from us (HF's generate stops there too).
-                stop_token_ids = sorted({self.eot_token_id, *self._stop_token_ids(tuple(until))})
+                # With think_end_token, task stops may occur inside the thinking: only EOS stops the
+                # engine, stops are applied after the thinking is cut (as lm-eval's vllm model does).
+                stops = () if self.args.think_end_token is not None else tuple(until)
+                stop_token_ids = sorted({self.eot_token_id, *self._stop_token_ids(stops)})
                 started = time.perf_counter()
-                generations = self.engine.generate_greedy(prompts, max_tokens=max_gen_toks, stop_token_ids=stop_token_ids)
+                if float(gen_kwargs.get("temperature") or 0.0) > 0.0:
+                    warning_once(logger, SAMPLING_WARNING)
+                    options = {key: value for key, value in gen_kwargs.items() if key not in ("do_sample", "seed")}
+                    generations = self.engine.generate_sampled(
+                        prompts, max_tokens=max_gen_toks, stop_token_ids=stop_token_ids, seeds=chunk_seeds,
+                        options=options,
+                    )  # fmt: skip
+                else:
+                    generations = self.engine.generate_greedy(
+                        prompts, max_tokens=max_gen_toks, stop_token_ids=stop_token_ids
+                    )
                 self.timings["engine"] += time.perf_counter() - started
                 for context, tokens in zip(contexts, generations):
-                    text = postprocess_generated_text(self.tok_decode(tokens), stop=until, think_end_token=None)
+                    text = self._generated_text(tokens, until)
                     results.append(text)
                     self.cache_hook.add_partial("generate_until", (context, all_gen_kwargs[0]), text)
                     bar.update(1)
         return collator.get_original(results)
 
-    @lru_cache(maxsize=16)
+    def _generated_text(self, tokens: list[int], until: list[str]) -> str:
+        """HFLM's post-processing: a numeric think_end_token is a token id (keep the tokens after its
+        last occurrence), any other is text (`postprocess_generated_text` keeps what follows it)."""
+        think_end = self.args.think_end_token
+        if think_end is not None and think_end.isdigit():
+            marks = [index for index, token in enumerate(tokens) if token == int(think_end)]
+            if marks:
+                tokens = tokens[marks[-1] + 1 :]
+            return postprocess_generated_text(self.tok_decode(tokens).lstrip(), stop=until, think_end_token=None)
+        return postprocess_generated_text(self.tok_decode(tokens), stop=until, think_end_token=think_end)
+
     def _stop_token_ids(self, until: tuple[str, ...]) -> list[int]:
         """Tokens whose text contains a stop sequence: generation may stop right after them.
 
         HFLM cuts the decoded text at the first stop sequence, so everything after such a token is
         discarded anyway; stopping there only saves work. Stop sequences spanning several tokens are
-        still cut by `postprocess_generated_text`, as in HFLM.
+        still cut by `postprocess_generated_text`, as in HFLM. Cached on the instance (a method
+        `lru_cache` would keep every lm a long-lived sweep worker drops alive).
         """
-        stops = [term for term in until if term]
-        vocabulary = range(len(self.tokenizer))
-        return [
-            token
-            for token, text in zip(vocabulary, self.tokenizer.batch_decode([[t] for t in vocabulary]))
-            if any(term in text for term in stops)
-        ]
+        if until not in self._stop_tokens:
+            stops = [term for term in until if term]
+            vocabulary = range(len(self.tokenizer)) if stops else range(0)
+            self._stop_tokens[until] = [
+                token
+                for token, text in zip(vocabulary, self.tokenizer.batch_decode([[t] for t in vocabulary]))
+                if any(term in text for term in stops)
+            ]
+        return self._stop_tokens[until]
 
     # -- engine statistics -----------------------------------------------------------------------
 

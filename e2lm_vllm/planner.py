@@ -13,8 +13,9 @@ Two exact paths:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+
 
 @dataclass(frozen=True)
 class ScoreRequest:

@@ -6,6 +6,9 @@ an import hook: right after lm-eval imports its own `lm_eval.models` (which regi
 models lazily), we register `e2lm_vllm` the same lazy way. Nothing is imported before lm-eval
 itself is, and vLLM is imported only when the model is actually built.
 
+The wheel carries that `.pth` at its top level (setup.py), so `pip install` alone sets it up; an
+editable install has no such step, so `make install` writes the same file.
+
     python -m e2lm_vllm.plugin install     # done by `make install`
     python -m e2lm_vllm.plugin uninstall
 """
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     action = (argv if argv is not None else sys.argv[1:]) or ["install"]
     path = _pth_path()
     if action[0] == "install":
-        path.write_text("import e2lm_vllm.plugin as _p; _p.install_import_hook()\n")
+        path.write_text((Path(__file__).with_name(PTH_NAME)).read_text())
         print(f"lm-eval plugin hook installed: {path}")
     elif action[0] == "uninstall":
         path.unlink(missing_ok=True)

@@ -40,3 +40,26 @@ def ladder_dirs(smollm2_path: Path, e2lm_home: Path) -> list[Path]:
     from e2lm_vllm.models.ladder import write_ladder
 
     return write_ladder("smollm2-135m", 3, e2lm_home / "ladders" / "smollm2-135m-3", seed=0)
+
+
+# -- one vLLM engine and one HFLM per engine-test module (engine start dominates on 2 cores) -------
+
+
+@pytest.fixture(scope="module")
+def vllm_lm(request, smollm2_path):
+    """`e2lm_vllm` on the real model, float32, with the module's `MAX_LENGTH` (default 512)."""
+    from e2lm_vllm.lm import E2LMVLLM
+
+    max_length = getattr(request.module, "MAX_LENGTH", 512)
+    lm = E2LMVLLM(pretrained=str(smollm2_path), dtype="float32", max_model_len=max_length, backend="vllm")
+    yield lm
+    lm.engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def hf_lm(request, smollm2_path):
+    """lm-eval's own HFLM on the same model and context length: the parity reference."""
+    from e2lm_vllm.lm import E2LMVLLM
+
+    max_length = getattr(request.module, "MAX_LENGTH", 512)
+    return E2LMVLLM(pretrained=str(smollm2_path), dtype="float32", max_model_len=max_length, backend="hf", batch_size=8)

@@ -27,7 +27,6 @@ from e2lm_vllm.curriculum.select import SelectionConfig
 from e2lm_vllm.curriculum.submission import SubmissionError, write_submission
 from e2lm_vllm.curriculum.validate import (
     CompetitionRules,
-    PromptFormat,
     load_task_yaml,
     smollm2_token_counter,
     task_yaml_files,

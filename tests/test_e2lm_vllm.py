@@ -28,20 +28,7 @@ MAX_LENGTH = 512  # small, so that the rolling task's documents really roll over
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module")
-def vllm_lm(smollm2_path):
-    from e2lm_vllm.lm import E2LMVLLM
-
-    lm = E2LMVLLM(pretrained=str(smollm2_path), dtype="float32", max_model_len=MAX_LENGTH, backend="vllm")
-    yield lm
-    lm.engine.shutdown()
-
-
-@pytest.fixture(scope="module")
-def hf_lm(smollm2_path):
-    from e2lm_vllm.lm import E2LMVLLM
-
-    return E2LMVLLM(pretrained=str(smollm2_path), dtype="float32", max_model_len=MAX_LENGTH, backend="hf", batch_size=8)
+# `vllm_lm` and `hf_lm` (tests/conftest.py): one engine and one HFLM for the module, at MAX_LENGTH.
 
 
 @pytest.fixture(scope="module")

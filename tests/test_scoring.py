@@ -397,3 +397,30 @@ def test_metric_selection_by_name_or_filter_label():
     assert [row.metric for row in score_results(table, metrics=["exact_match,strict-match"]).tasks] == ["exact_match,strict-match"]
     with pytest.raises(ScoringInputError, match="unknown metric"):
         score_results(table, metrics=["acc"])
+
+
+def test_failed_cells_are_listed_by_kind_under_the_scores_and_in_the_report(tmp_path, capsys):
+    """A failed cell is missing from the metrics; the score table and the report say so, by kind."""
+    import pyarrow as pa
+
+    from e2lm_vllm.results.schema import FAILURES_SCHEMA
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    long_table({"m": [0.3, 0.4, 0.5]}, task="mc", steps=[100, 200, 300]).to_parquet(sweep / "metrics.parquet")
+    assert main(["score", str(sweep)]) == 0
+    assert "Failed cells" not in capsys.readouterr().out
+    failures = [
+        {"model": "m", "checkpoint": "c400", "step": 400, "task": "mc", "kind": "non_finite", "attempts": 1,
+         "error": "NonFiniteWeightsError: checkpoint c400 holds NaN in weight tensor w"},
+        {"model": "m", "checkpoint": "c500", "step": 500, "task": "mc", "kind": "error", "attempts": 3,
+         "error": "Traceback ...\nOSError: corrupt"},
+    ]  # fmt: skip
+    pa.Table.from_pylist(failures, schema=FAILURES_SCHEMA).to_pandas().to_parquet(sweep / "failures.parquet")
+    assert main(["score", str(sweep)]) == 0
+    assert "Failed cells (not in the scores above): 2 (error: 1, non_finite: 1)" in capsys.readouterr().out
+    assert main(["report", str(sweep), "-o", str(tmp_path / "out")]) == 0
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "## Failures" in markdown
+    assert "| m | 400 | mc | non_finite | NonFiniteWeightsError: checkpoint c400 holds NaN in weight tensor w |" in markdown
+    assert "| m | 500 | mc | error | OSError: corrupt |" in markdown

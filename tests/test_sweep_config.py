@@ -227,3 +227,34 @@ def test_flags_override_a_config_file(tmp_path):
     assert config.engine.lm == "hf" and config.engine.extra == {"dtype": "float32"}
     assert config.models[0].name == "fam"
 
+
+
+def test_consolidation_labels_cells_with_the_current_token_schedule(tmp_path):
+    """Tokens label a checkpoint (not in the cell hash): a corrected schedule relabels cells already written."""
+    import pandas as pd
+
+    from e2lm_vllm.sweep.runner import consolidate, write_cell
+    from e2lm_vllm.sweep.worker import CellResult, UnitResult
+
+    for step in (1000, 2000):
+        (tmp_path / "run" / f"step_{step}").mkdir(parents=True)
+    output = tmp_path / "out"
+
+    def plan_with(tokens_per_step: float):
+        data = {
+            "models": [{"name": "m", "checkpoints": {"paths": [str(tmp_path / "run" / "step_*")]}, "tokens_per_step": tokens_per_step}],
+            "tasks": ["a"],
+            "output": str(output),
+        }
+        return build_plan(validate_config(data), output)
+
+    old = plan_with(1.0)
+    for cell in old.missing:
+        result = CellResult(key=cell.key, metrics=[{"task": "a", "metric": "acc", "filter": "none", "value": 0.5}])
+        write_cell(cell, result, UnitResult("x", [result], 1.0, "vllm", {}, 1, "h"), output, engine_share=1.0)
+    consolidate(old, output)
+    assert sorted(pd.read_parquet(output / "metrics.parquet").tokens) == [1000.0, 2000.0]
+    corrected = plan_with(4.0)
+    assert not corrected.missing  # nothing to recompute
+    consolidate(corrected, output)
+    assert sorted(pd.read_parquet(output / "metrics.parquet").tokens) == [4000.0, 8000.0]

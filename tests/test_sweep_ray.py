@@ -221,7 +221,9 @@ def _wait_job(address: str, job_id: str, timeout: float = 400) -> str:
 
 
 def _runs(output: Path) -> list[dict]:
-    return [json.loads(line) for line in (output / "runs.jsonl").read_text().splitlines()]
+    """The start and finish records of `runs.jsonl` (it also holds one timing record per checkpoint)."""
+    records = [json.loads(line) for line in (output / "runs.jsonl").read_text().splitlines()]
+    return [record for record in records if record["event"] in ("start", "finish")]
 
 
 def _metric_parts(output: Path) -> dict[Path, float]:

@@ -1,6 +1,6 @@
 """Results storage: the one schema of every table we write, and atomic Parquet I/O."""
 
 from e2lm_vllm.results.schema import FAILURES_SCHEMA, METRICS_SCHEMA, SAMPLES_SCHEMA
-from e2lm_vllm.results.store import read_table, write_table_atomic
+from e2lm_vllm.results.store import ResultsWriteError, read_table, write_table_atomic
 
-__all__ = ["METRICS_SCHEMA", "SAMPLES_SCHEMA", "FAILURES_SCHEMA", "read_table", "write_table_atomic"]
+__all__ = ["METRICS_SCHEMA", "SAMPLES_SCHEMA", "FAILURES_SCHEMA", "ResultsWriteError", "read_table", "write_table_atomic"]

@@ -65,6 +65,8 @@ FAILURES_SCHEMA = pa.schema(
         pa.field("step", pa.int64(), nullable=False),
         pa.field("task", pa.string(), nullable=False),
         pa.field("error", pa.string(), nullable=False),
+        # "non_finite" (NaN/inf weights or scores: recorded once, never retried) or "error"
+        pa.field("kind", pa.string()),
         pa.field("attempts", pa.int64()),
         pa.field("config_hash", pa.string()),
     ]

@@ -9,6 +9,7 @@ import sys
 from pydantic import ValidationError
 
 from e2lm_vllm.scoring.api import ScoreReport, ScoreWeights, ScoringConfig, score_path
+from e2lm_vllm.scoring.failures import failure_line, read_failures
 from e2lm_vllm.scoring.formatting import model_rows, task_rows, text_table
 from e2lm_vllm.scoring.table import ScoringInputError
 
@@ -73,7 +74,7 @@ def load_report(args: argparse.Namespace) -> ScoreReport:
     return score_path(args.results, config_from_args(args), tasks=args.task, metrics=args.metric)
 
 
-def render_text(report: ScoreReport) -> str:
+def render_text(report: ScoreReport, failures: str | None = None) -> str:
     """The human-readable output of `score`."""
     weights = report.config.weights
     pair = ",".join(report.reference_pair) if report.reference_pair else "none"
@@ -81,6 +82,7 @@ def render_text(report: ScoreReport) -> str:
         f"Tasks, best first. score = {weights.signal_quality:g}*SQ + {weights.ranking_consistency:g}*RC + "
         f"{weights.compliance:g}*CS; reference pair (CS): {pair}",
         text_table(*task_rows(report)),
+        *([failures] if failures else []),
         "",
         "Signal quality per model (E2LM: mean of monotonicity and autocorrelation)",
         text_table(*model_rows(report)),
@@ -101,5 +103,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_json_dict(), indent=1))
     else:
-        print(render_text(report))
+        print(render_text(report, failure_line(read_failures(args.results))))
     return 0

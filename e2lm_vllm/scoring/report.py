@@ -24,6 +24,7 @@ import pandas as pd  # noqa: E402
 
 from e2lm_vllm.scoring.api import ScoreReport, TaskScore, prepare_table, score_results  # noqa: E402
 from e2lm_vllm.scoring.cli import add_scoring_arguments, config_from_args  # noqa: E402
+from e2lm_vllm.scoring.failures import failure_line, failure_rows, read_failures  # noqa: E402
 from e2lm_vllm.scoring.formatting import format_value, markdown_table, model_rows, task_rows  # noqa: E402
 from e2lm_vllm.scoring.samples import item_learnability  # noqa: E402
 from e2lm_vllm.scoring.table import ScoringInputError, load_results  # noqa: E402
@@ -48,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"e2lm-vllm report: error: {error}", file=sys.stderr)
         return 2
     learnability = item_learnability(results.samples) if results.samples is not None and not results.samples.empty else None
-    path = write_report(report, table, Path(args.output), source=str(args.results), learnability=learnability)
+    path = write_report(
+        report, table, Path(args.output), source=str(args.results), learnability=learnability,
+        failures=read_failures(args.results),
+    )  # fmt: skip
     print(f"wrote {path}")
     return 0
 
@@ -59,6 +63,7 @@ def write_report(
     output: Path,
     source: str,
     learnability: pd.DataFrame | None = None,
+    failures: pd.DataFrame | None = None,
 ) -> Path:
     """Write figures, ``scores.json`` and ``report.md`` into ``output``; returns the report's path.
 
@@ -73,7 +78,7 @@ def write_report(
     (output / "scores.json").write_text(json.dumps(report.to_json_dict(), indent=1))
     if learnability is not None:
         learnability.sort_values("slope", ascending=False).to_csv(output / "item_learnability.csv", index=False)
-    markdown = render_markdown(report, table, source, summary, curves, learnability)
+    markdown = render_markdown(report, table, source, summary, curves, learnability, failures)
     path = output / "report.md"
     path.write_text(markdown)
     return path
@@ -152,6 +157,7 @@ def render_markdown(
     summary: Path,
     curves: list[tuple[str, Path]],
     learnability: pd.DataFrame | None,
+    failures: pd.DataFrame | None = None,
 ) -> str:
     """The text of report.md."""
     weights = report.config.weights
@@ -190,6 +196,7 @@ def render_markdown(
         "",
         markdown_table(*task_rows(report)),
         "",
+        *([failure_line(failures), ""] if failures is not None and not failures.empty else []),
         "## Signal quality per model",
         "",
         markdown_table(*model_rows(report)),
@@ -213,6 +220,16 @@ def render_markdown(
                     for r in top.itertuples()
                 ],
             ),
+            "",
+        ]
+    if failures is not None and not failures.empty:
+        lines += [
+            "## Failures",
+            "",
+            "Cells the sweep could not evaluate; they are missing from every score above. `non_finite`: the "
+            "checkpoint's weights or scores hold NaN or inf (a diverged checkpoint, not retried).",
+            "",
+            markdown_table(*failure_rows(failures)),
             "",
         ]
     notes = report.notes + sorted({f"{row.task}/{row.metric}: {note}" for row in report.tasks for note in row.notes})

@@ -48,7 +48,7 @@ class BatchSchedule:
     def samples_per_increment(self) -> float:
         """Samples consumed at each ramp batch size before the next increment (Megatron's formula)."""
         increments = (self.global_batch_size - self.rampup_start) // self.rampup_increment
-        return self.rampup_samples / increments
+        return self.rampup_samples / increments if increments else 0.0  # no ramp: the full batch from step 0
 
 
 E2LM_SCHEDULE = BatchSchedule()

@@ -15,8 +15,10 @@ from typing import Any
 
 from e2lm_vllm.sweep.config import (
     CheckpointEntry,
+    ConstantTokens,
     HFRevisions,
     HFSubfolders,
+    ListedTokens,
     LocalCheckpoints,
     ModelFamily,
     SweepConfigError,
@@ -72,14 +74,35 @@ def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
+def schedule_tokens(family: ModelFamily, step: int) -> float | None:
+    """Tokens seen at ``step`` by the family's ``token_schedule`` (or ``tokens_per_step``); None without one.
+
+    A ramp-up goes through ``iteration_to_tokens``, the same function ``e2lm-vllm score`` uses.
+    """
+    schedule = family.token_schedule
+    if schedule is None:
+        return None if family.tokens_per_step is None else float(step) * family.tokens_per_step
+    if isinstance(schedule, ConstantTokens):
+        return float(step) * schedule.tokens_per_step
+    if isinstance(schedule, ListedTokens):
+        if step not in schedule.tokens:
+            listed = ", ".join(str(s) for s in sorted(schedule.tokens))
+            raise SweepConfigError(
+                f"model {family.name}: token_schedule.tokens has no entry for step {step} (listed steps: {listed})"
+            )
+        return float(schedule.tokens[step])
+    from e2lm_vllm.scoring.tokens import BatchSchedule, iteration_to_tokens
+
+    batches = BatchSchedule(**schedule.model_dump(exclude={"kind", "method"}))  # the same field names
+    return float(iteration_to_tokens([step], batches, schedule.method)[0])
+
+
 def _tokens(entry_tokens: float | None, meta_tokens: Any, step: int, family: ModelFamily) -> float | None:
     if entry_tokens is not None:
         return float(entry_tokens)
     if meta_tokens is not None:
         return float(meta_tokens)
-    if family.tokens_per_step is not None:
-        return float(step) * family.tokens_per_step
-    return None
+    return schedule_tokens(family, step)
 
 
 def _local(family: ModelFamily, source: LocalCheckpoints) -> list[Checkpoint]:

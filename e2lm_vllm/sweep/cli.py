@@ -71,6 +71,7 @@ def build_config(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from e2lm_vllm.results.store import ResultsWriteError
     from e2lm_vllm.sweep.runner import run_sweep
 
     try:
@@ -79,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     except SweepConfigError as error:
         print(f"e2lm-vllm sweep: {error}", file=sys.stderr)
         return 2
+    except ResultsWriteError as error:  # disk full, read-only output: the cells written so far are kept
+        print(f"e2lm-vllm sweep: {error}; rerun once fixed to compute the remaining cells", file=sys.stderr)
+        return 1
     print(summary.describe(), file=sys.stderr if summary.failures else sys.stdout)
     return summary.exit_code
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
@@ -106,17 +106,79 @@ def _source_kind(value: Any) -> str | None:
 
 
 CheckpointSource = Annotated[
-    Union[
-        Annotated[LocalCheckpoints, Tag("paths")],
-        Annotated[HFRevisions, Tag("revisions")],
-        Annotated[HFSubfolders, Tag("subfolders")],
-    ],
+    Annotated[LocalCheckpoints, Tag("paths")] | Annotated[HFRevisions, Tag("revisions")] | Annotated[HFSubfolders, Tag("subfolders")],
     Discriminator(
         _source_kind,
         custom_error_type="checkpoint_source",
         custom_error_message="expected a checkpoint source with `paths`, `repo` + `revisions`, or `repo` + `subfolders`",
     ),
 ]
+
+
+# --- token schedule ----------------------------------------------------------------------------
+
+
+class ConstantTokens(_Strict):
+    """``tokens = step x tokens_per_step``: a run with one batch size throughout."""
+
+    kind: Literal["constant"]
+    tokens_per_step: float = Field(gt=0)
+
+
+class ListedTokens(_Strict):
+    """Tokens seen at each step, listed (``{2000: 2.097e9, 4000: ...}``); a checkpoint at a step not listed is an error."""
+
+    kind: Literal["list"]
+    tokens: dict[int, float] = Field(min_length=1)
+
+    @field_validator("tokens")
+    @classmethod
+    def _non_negative(cls, value: dict[int, float]) -> dict[int, float]:
+        bad = {step: tokens for step, tokens in value.items() if step < 0 or not tokens >= 0}
+        if bad:
+            raise ValueError(f"expected steps and token counts >= 0, got {bad}")
+        return value
+
+
+class RampupTokens(_Strict):
+    """Megatron batch-size ramp-up (``--global-batch-size``, ``--seq-length``,
+    ``--rampup-batch-size START INCREMENT SAMPLES``), converted by
+    ``e2lm_vllm.scoring.tokens.iteration_to_tokens``, the function ``score`` uses.
+
+    The E2LM models: ``global_batch_size: 1024, seq_length: 4096, rampup_start: 256,
+    rampup_increment: 256, rampup_samples: 4882812``.
+    """
+
+    kind: Literal["rampup"]
+    global_batch_size: int = Field(gt=0, description="final global batch, in sequences")
+    seq_length: int = Field(gt=0, description="tokens per sequence")
+    rampup_start: int = Field(gt=0, description="first global batch, in sequences")
+    rampup_increment: int = Field(gt=0, description="batch growth at each ramp step, in sequences")
+    rampup_samples: int = Field(ge=0, description="samples consumed over the whole ramp")
+    method: Literal["e2lm", "megatron"] = Field(
+        default="e2lm", description="e2lm: the organisers' conversion (their gtokens); megatron: the samples Megatron consumed"
+    )
+
+    def model_post_init(self, _context: Any) -> None:
+        gap = self.global_batch_size - self.rampup_start
+        if gap < 0 or gap % self.rampup_increment:
+            raise ValueError(
+                "expected global_batch_size = rampup_start + k * rampup_increment for some k >= 0, got "
+                f"{self.global_batch_size} = {self.rampup_start} + k * {self.rampup_increment}"
+            )
+
+
+TOKEN_SCHEDULE_KINDS = ("constant", "list", "rampup")
+
+TokenSchedule = Annotated[ConstantTokens | ListedTokens | RampupTokens, Field(discriminator="kind")]
+
+
+def _schedule_kind(value: Any) -> Any:
+    # Named here rather than by pydantic's union error, so the message lists the valid kinds.
+    if isinstance(value, dict) and value.get("kind") not in TOKEN_SCHEDULE_KINDS:
+        kinds = ", ".join(repr(kind) for kind in TOKEN_SCHEDULE_KINDS)
+        raise ValueError(f"expected `kind` to be one of {kinds}, got {value.get('kind')!r}")
+    return value
 
 
 class ModelFamily(_Strict):
@@ -129,12 +191,21 @@ class ModelFamily(_Strict):
     )
     tokenizer: str | None = Field(default=None, description="tokenizer path or repo when checkpoints lack one")
     tokens_per_step: float | None = Field(default=None, gt=0, description="tokens = step * tokens_per_step")
+    token_schedule: TokenSchedule | None = Field(
+        default=None, description="tokens seen at each step: constant, list, or a batch ramp-up (`kind:`)"
+    )
     model_args: dict[str, Any] = Field(default_factory=dict, description="extra constructor kwargs for this family")
 
     @field_validator("checkpoints", mode="before")
     @classmethod
     def _one_source(cls, value: Any) -> Any:
         return [value] if isinstance(value, dict) else value
+
+    _kind = field_validator("token_schedule", mode="before")(_schedule_kind)
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.tokens_per_step is not None and self.token_schedule is not None:
+            raise ValueError("expected either `tokens_per_step` or `token_schedule`, not both")
 
 
 # --- tasks and engine --------------------------------------------------------------------------

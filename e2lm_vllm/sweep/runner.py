@@ -27,17 +27,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from e2lm_vllm.config import LONG_LIVED_WORKER_ENVIRONMENT
 from e2lm_vllm.results.schema import FAILURES_SCHEMA, METRICS_SCHEMA, SAMPLES_SCHEMA
 from e2lm_vllm.results.store import write_table_atomic
 from e2lm_vllm.sweep.config import SweepConfig, SweepConfigError, config_hash
+from e2lm_vllm.sweep.lock import output_lock
 from e2lm_vllm.sweep.plan import Cell, Plan, WorkUnit, build_plan
-from e2lm_vllm.sweep.worker import CellResult, RaySweepWorker, UnitResult, evaluate_unit
+from e2lm_vllm.sweep.pool import InProcessWorker, RayWorkers
+from e2lm_vllm.sweep.worker import CellResult, UnitResult, failure_kind
 
 log = logging.getLogger("e2lm_vllm.sweep")
 
-# Environment a worker inherits from the driver: offline switches, caches, vLLM and HF settings.
-_PASSED_ENV_PREFIXES = ("HF_", "VLLM_", "TRANSFORMERS_", "HUGGINGFACE_")
 
 
 @dataclass
@@ -60,7 +59,7 @@ class SweepSummary:
         ]
         for failure in self.failures:
             first_line = failure["error"].strip().splitlines()[-1] if failure["error"].strip() else "?"
-            lines.append(f"  FAILED {failure['model']} step {failure['step']} {failure['task']}: {first_line}")
+            lines.append(f"  FAILED {failure['model']} step {failure['step']} {failure['task']} [{failure['kind']}]: {first_line}")
         return "\n".join(lines)
 
 
@@ -99,11 +98,27 @@ def _read_parts(paths: list[Path], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
+def _with_current_tokens(plan: Plan, table: pa.Table) -> pa.Table:
+    """The `tokens` column from the config's token schedule now, not from when a cell was written.
+
+    Tokens label a checkpoint and do not change its results, so they are not in the cell hash: a
+    corrected schedule (the E2LM batch ramp-up, say) relabels every cell without recomputing any.
+    """
+    if "tokens" not in table.column_names or table.num_rows == 0:
+        return table
+    tokens = {cell.checkpoint.id: cell.checkpoint.tokens for cell in plan.cells}
+    current = [tokens.get(checkpoint) for checkpoint in table.column("checkpoint").to_pylist()]
+    index = table.column_names.index("tokens")
+    return table.set_column(index, table.schema.field(index), pa.array(current, type=table.schema.field(index).type))
+
+
 def consolidate(plan: Plan, output: Path) -> tuple[int, int]:
     """``metrics.parquet`` and ``samples.parquet`` from the parts of this plan's cells (atomic)."""
-    metrics = _read_parts([cell.metrics_part(output) for cell in plan.cells], METRICS_SCHEMA)
+    metrics = _with_current_tokens(plan, _read_parts([cell.metrics_part(output) for cell in plan.cells], METRICS_SCHEMA))
     done = {cell.key for cell in plan.cells if cell.metrics_part(output).is_file()}
-    samples = _read_parts([cell.samples_part(output) for cell in plan.cells if cell.key in done], SAMPLES_SCHEMA)
+    samples = _with_current_tokens(
+        plan, _read_parts([cell.samples_part(output) for cell in plan.cells if cell.key in done], SAMPLES_SCHEMA)
+    )
     write_table_atomic(metrics, output / "metrics.parquet", METRICS_SCHEMA)
     write_table_atomic(samples, output / "samples.parquet", SAMPLES_SCHEMA)
     return metrics.num_rows, samples.num_rows
@@ -121,57 +136,25 @@ def _append_run_record(output: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def _init_ray(address: str | None) -> Any:
-    import ray
-
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address)
-        elif os.environ.get("RAY_ADDRESS"):
-            ray.init()  # inside `ray job submit`, or a user-chosen cluster
-        else:
-            # A fresh local Ray for `e2lm-vllm sweep`, never someone else's cluster on this machine.
-            ray.init(address="local", include_dashboard=False)
-    return ray
-
-
-def _worker_options(config: SweepConfig, ray: Any) -> tuple[int, dict[str, Any]]:
-    """How many workers, and the Ray options of each: GPUs for one engine, its share of the CPUs."""
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    cpus = int(resources.get("CPU", 1))
-    gpus_per_worker = config.engine.tensor_parallel_size if gpus else 0
-    if gpus_per_worker > gpus:
-        raise SweepConfigError(
-            f"engine.tensor_parallel_size: expected at most the cluster's {gpus} GPUs, got {gpus_per_worker}"
-        )
-    workers = config.workers or (gpus // gpus_per_worker if gpus else 1)
-    cpus_per_worker = config.cpus_per_worker or max(1, cpus // workers)
-    if cpus_per_worker > cpus:
-        raise SweepConfigError(f"cpus_per_worker: expected at most the cluster's {cpus} CPUs, got {cpus_per_worker}")
-    env = {key: value for key, value in os.environ.items() if key.startswith(_PASSED_ENV_PREFIXES)}
-    # Ray pins workers to one thread unless told otherwise; a CPU engine needs all its cores.
-    env.update(
-        {
-            "OMP_NUM_THREADS": str(cpus_per_worker),
-            "MKL_NUM_THREADS": str(cpus_per_worker),
-            "TOKENIZERS_PARALLELISM": "false",
-        }
-    )
-    if config.worker_lifetime == "sweep":
-        env.update(LONG_LIVED_WORKER_ENVIRONMENT)
-    options = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker, "runtime_env": {"env_vars": env}}
-    return workers, options
-
-
-def run_sweep(config: SweepConfig, force: bool = False, address: str | None = None, progress: bool = True) -> SweepSummary:
-    started = time.time()
-    output = Path(config.output)
-    if in_ray_job() and not output.is_absolute():
+def run_sweep(
+    config: SweepConfig,
+    force: bool = False,
+    address: str | None = None,
+    progress: bool = True,
+    in_process: bool = False,
+) -> SweepSummary:
+    """Evaluate every missing cell of `config` and write the tables; on Ray, or in this process (`in_process`)."""
+    if in_ray_job() and not Path(config.output).is_absolute():
         raise SweepConfigError(
             f"output: expected an absolute path inside a Ray job (its working dir is a temporary copy), got {config.output!r}"
         )
-    output = output.absolute()
+    with output_lock(Path(config.output).absolute()):  # one running sweep per output folder
+        return _run_sweep(config, force, address, progress, in_process)
+
+
+def _run_sweep(config: SweepConfig, force: bool, address: str | None, progress: bool, in_process: bool) -> SweepSummary:
+    started = time.time()
+    output = Path(config.output).absolute()
     output.mkdir(parents=True, exist_ok=True)
     plan = build_plan(config, output, force=force)
     digest = config_hash(config)
@@ -204,7 +187,7 @@ def run_sweep(config: SweepConfig, force: bool = False, address: str | None = No
     )
     failures: list[dict[str, Any]] = []
     if plan.units:
-        _evaluate(plan, config, output, address, progress, failures, summary)
+        _evaluate(plan, config, output, address, progress, failures, summary, in_process)
     consolidate(plan, output)
     write_table_atomic(_table(failures, FAILURES_SCHEMA), output / "failures.parquet", FAILURES_SCHEMA)
     summary.failures = failures
@@ -224,53 +207,20 @@ def run_sweep(config: SweepConfig, force: bool = False, address: str | None = No
 
 
 def _record_failure(
-    failures: list[dict[str, Any]], cell: Cell, error: str, attempts: int, output: Path
+    failures: list[dict[str, Any]], cell: Cell, error: str, attempts: int, output: Path, kind: str = "error"
 ) -> None:
     failures.append(
         {
             **_cell_columns(cell),
             "task": cell.task.name,
             "error": error,
+            "kind": kind,
             "attempts": attempts,
             "config_hash": cell.cell_hash,
         }
     )
     # Written at once, so a driver killed later still leaves the failures seen so far.
     write_table_atomic(_table(failures, FAILURES_SCHEMA), output / "failures.parquet", FAILURES_SCHEMA)
-
-
-class _Workers:
-    """Where units run: long-lived Ray actors (`worker_lifetime: sweep`) or a Ray task per unit.
-
-    The driver retries, not Ray, so that both kinds count attempts alike and a unit that killed its
-    actor goes back to the queue (Ray restarts the actor: `max_restarts=-1`).
-    """
-
-    def __init__(self, config: SweepConfig, ray: Any):
-        self.ray = ray
-        self.count, options = _worker_options(config, ray)
-        self.options = options
-        self.lifetime = config.worker_lifetime
-        if self.lifetime == "sweep":
-            actor = ray.remote(RaySweepWorker)
-            self.slots: list[Any] = [
-                actor.options(max_restarts=-1, max_task_retries=0, **options).remote()
-                for _ in range(self.count)
-            ]
-        else:
-            # max_calls=1: a fresh process per checkpoint, so memory is released between engines.
-            self.task = ray.remote(max_calls=1, max_retries=0)(evaluate_unit)
-            self.slots = list(range(self.count))
-
-    def submit(self, slot: Any, unit: WorkUnit) -> Any:
-        if self.lifetime == "sweep":
-            return slot.evaluate.remote(unit)
-        return self.task.options(name=f"sweep {unit.label}", **self.options).remote(unit)
-
-    def shutdown(self) -> None:
-        if self.lifetime == "sweep":
-            for actor in self.slots:
-                self.ray.kill(actor)
 
 
 def _next_unit(pending: list[WorkUnit], engine_key: str | None) -> WorkUnit:
@@ -289,20 +239,13 @@ def _evaluate(
     progress: bool,
     failures: list[dict[str, Any]],
     summary: SweepSummary,
+    in_process: bool,
 ) -> None:
-    ray = _init_ray(address)
-    workers = _Workers(config, ray)
-    log.info(
-        "%d %s workers x %d CPUs%s; %d checkpoints to evaluate",
-        workers.count,
-        "long-lived" if config.worker_lifetime == "sweep" else "per-checkpoint",
-        workers.options["num_cpus"],
-        f" + {workers.options['num_gpus']} GPU" if workers.options["num_gpus"] else "",
-        len(plan.units),
-    )
+    workers: RayWorkers | InProcessWorker = InProcessWorker() if in_process else RayWorkers(config, address)
+    log.info("%s; %d checkpoints to evaluate", workers.describe(), len(plan.units))
     pending: list[WorkUnit] = list(plan.units)
-    idle: list[Any] = list(workers.slots)
-    loaded: dict[int, str | None] = {}  # slot index -> engine key of its last unit
+    idle: list[int] = list(range(workers.count))
+    loaded: dict[int, str | None] = {}  # worker index -> engine key of its last unit
     in_flight: dict[Any, tuple[int, WorkUnit, float]] = {}
     attempts: dict[str, int] = {}
     total = len(plan.missing)
@@ -312,26 +255,26 @@ def _evaluate(
     try:
         while pending or in_flight:
             while pending and idle:
-                slot = idle.pop(0)
-                index = workers.slots.index(slot)
+                index = idle.pop(0)
                 unit = _next_unit(pending, loaded.get(index))
                 attempts[unit.label] = attempts.get(unit.label, 0) + 1
-                in_flight[workers.submit(slot, unit)] = (index, unit, time.time())
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            for ref in ready:
+                in_flight[workers.submit(index, unit)] = (index, unit, time.time())
+            for ref in workers.wait(list(in_flight)):
                 index, unit, submitted = in_flight.pop(ref)
-                idle.append(workers.slots[index])
+                idle.append(index)
                 try:
-                    result: UnitResult = ray.get(ref)
+                    result = workers.get(ref)
                 except Exception as error:  # noqa: BLE001 - every failure of a checkpoint is recorded, the sweep goes on
                     loaded[index] = None
+                    workers.replace_if_dead(index, error)
                     message = _failure_error(error)
-                    if attempts[unit.label] < config.max_attempts:
+                    kind = failure_kind(error)
+                    if kind == "error" and attempts[unit.label] < config.max_attempts:
                         log.warning("%s: attempt %d failed, retrying: %s", unit.label, attempts[unit.label], message.splitlines()[0])
                         pending.insert(0, unit)
                         continue
                     for cell in unit.cells:
-                        _record_failure(failures, cell, message, attempts[unit.label], output)
+                        _record_failure(failures, cell, message, attempts[unit.label], output, kind)
                     log.error("%s: failed after %d attempts: %s", unit.label, attempts[unit.label], message.splitlines()[0])
                 else:
                     loaded[index] = unit.engine_key
@@ -364,7 +307,7 @@ def _write_unit(
     for cell_result in result.cells:
         cell = by_key[cell_result.key]
         if cell_result.error is not None:
-            _record_failure(failures, cell, cell_result.error, 1, output)
+            _record_failure(failures, cell, cell_result.error, 1, output, cell_result.error_kind or "error")
         else:
             write_cell(cell, cell_result, result, output, engine_share)
             summary.evaluated += 1

@@ -40,7 +40,7 @@ LOCATION_ARGS = ("pretrained", "revision", "subfolder")
 _VLLM_ONLY = {"backend", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "enforce_eager", "seed"}
 # The phases of a checkpoint's wall time, in the order they happen (`UnitResult.timings`).
 PHASES = (
-    "worker_start",  # process start and imports: the first checkpoint of a worker only
+    "imports",  # lm-eval, torch and vLLM: the first checkpoint of a worker only
     "engine_build",
     "weight_swap",
     "swap_check",  # a fresh engine and probes: the first swap of a worker only
@@ -50,6 +50,12 @@ PHASES = (
     "scoring",  # the engine's own time (for lm-eval's HF model: its whole evaluation)
     "lm_eval",  # lm-eval around the model: filters, metrics, our rows
 )
+
+
+def failure_kind(error: BaseException) -> str:
+    """``non_finite`` for NaN/inf weights or scores (a result about the checkpoint: retrying repeats it), else ``error``."""
+    cause = getattr(error, "cause", None) or error  # Ray wraps a worker's exception
+    return getattr(cause, "kind", None) or getattr(error, "kind", None) or "error"
 
 
 def build_lm(lm_name: str, model_args: dict[str, Any]) -> Any:
@@ -80,6 +86,7 @@ class CellResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    error_kind: str | None = None  # `failure_kind` of the error
     eval_seconds: float = 0.0
 
 
@@ -112,12 +119,6 @@ def _location(unit: WorkUnit) -> dict[str, Any]:
     return {name: unit.model_args.get(name) for name in LOCATION_ARGS}
 
 
-def _process_age() -> float:
-    import psutil
-
-    return time.time() - psutil.Process().create_time()
-
-
 def _rss() -> int:
     import psutil
 
@@ -139,12 +140,13 @@ class SweepWorker:
     """Evaluates work units one after the other, reusing its engine, tasks and plans."""
 
     def __init__(self) -> None:
-        import lm_eval  # noqa: F401 - imported once here rather than inside the first checkpoint's timing
+        started = time.perf_counter()
+        import lm_eval  # noqa: F401 - once per worker, measured apart from any checkpoint
 
         from e2lm_vllm.lm import vllm_importable
 
         vllm_importable()  # imports vLLM (and torch) when present
-        self.start_seconds = _process_age()
+        self.import_seconds = time.perf_counter() - started
         self.lm: Any = None
         self.lm_key: str | None = None
         self.tasks = TaskCache()
@@ -264,9 +266,9 @@ class SweepWorker:
             log.info("%s: evaluating %s", unit.label, names)
             try:
                 results, seconds, build = self._run(unit, cells)
-            except Exception:  # noqa: BLE001 - one bad task must not sink its neighbours: retry one by one
+            except Exception as error:  # noqa: BLE001 - one bad task must not sink its neighbours: retry one by one
                 if len(cells) == 1:
-                    out.append(CellResult(key=cells[0].key, error=traceback.format_exc(limit=8)))
+                    out.append(CellResult(key=cells[0].key, error=traceback.format_exc(limit=8), error_kind=failure_kind(error)))
                     log.error("%s: %s failed:\n%s", unit.label, names, out[-1].error)
                     continue
                 log.warning("%s: evaluating %s together failed; evaluating one by one", unit.label, names)
@@ -275,8 +277,8 @@ class SweepWorker:
                         results, seconds, build = self._run(unit, [cell])
                         out.append(self._cell_result(cell, results, seconds))
                         timings["task_build"] = timings.get("task_build", 0.0) + build
-                    except Exception:  # noqa: BLE001
-                        out.append(CellResult(key=cell.key, error=traceback.format_exc(limit=8)))
+                    except Exception as cell_error:  # noqa: BLE001
+                        out.append(CellResult(key=cell.key, error=traceback.format_exc(limit=8), error_kind=failure_kind(cell_error)))
                         log.error("%s: %s failed:\n%s", unit.label, cell.task.name, out[-1].error)
                 continue
             timings["task_build"] = timings.get("task_build", 0.0) + build
@@ -291,7 +293,7 @@ class SweepWorker:
     def evaluate(self, unit: WorkUnit) -> UnitResult:
         """Load the checkpoint (swap or build), evaluate its missing tasks, return the rows."""
         wall_started = time.perf_counter()
-        timings: dict[str, float] = {"worker_start": self.start_seconds} if self.units == 0 else {}
+        timings: dict[str, float] = {"imports": self.import_seconds} if self.units == 0 else {}
         self.units += 1
         pid = os.getpid()
         tasks = ",".join(cell.task.name for cell in unit.cells)

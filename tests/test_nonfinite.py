@@ -1,0 +1,234 @@
+"""Non-finite weights and scores: a diverged checkpoint is an error naming the tensor or request, never a number.
+
+The engine's checks run here against a stand-in for ``vllm.LLM`` (no engine); the weight scan on
+copies of a real ladder rung with a NaN or inf written into one MLP weight. The test marked
+``engine`` runs that rung through the real vLLM engine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from e2lm_vllm.checkpoint import (
+    NonFiniteError,
+    NonFiniteWeightsError,
+    check_finite_weights,
+    first_non_finite_tensor,
+)
+from e2lm_vllm.engine import EngineStats, NonFiniteScoreError, VLLMEngine
+from e2lm_vllm.planner import NextTokenQuery, ScoreResult, ScoringPlan, SequenceQuery
+
+BAD_TENSOR = "model.layers.7.mlp.up_proj.weight"
+
+
+# --- the engine's checks, on a stand-in for vllm.LLM -----------------------------------------------
+
+
+@dataclass
+class _Logprob:
+    logprob: float
+    rank: int = 1
+
+
+class _FakeEngine(VLLMEngine):
+    """The real scoring code over canned outputs: token ``t`` has logprob ``values.get(t, -1.0)``."""
+
+    def __init__(self, values: dict[int, float]):
+        self.values = values
+        self.llm = SimpleNamespace(get_metrics=lambda: [])
+        self.block_size = 16
+        self.max_model_len = 512
+        self.stats = EngineStats()
+
+    def _sampling(self, **kwargs):
+        return kwargs
+
+    def _generate(self, prompts, params):
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        outputs = []
+        for prompt, param in zip(prompts, params):
+            prompt = list(prompt)
+            if param.get("prompt_logprobs") is not None:  # prompt logprobs: one row per prompt position
+                rows = [None] + [{t: _Logprob(self.values.get(t, -1.0))} for t in prompt[1:]]
+                outputs.append(SimpleNamespace(prompt_logprobs=rows, num_cached_tokens=0, outputs=[]))
+                continue
+            if param.get("logprob_token_ids"):  # one decode step, logprobs of the asked tokens
+                step = {t: _Logprob(self.values.get(t, -1.0)) for t in param["logprob_token_ids"]}
+                completion = SimpleNamespace(token_ids=[param["logprob_token_ids"][0]], logprobs=[step])
+            else:  # greedy generation of tokens 5, 6, 7
+                generated = [5, 6, 7][: param["max_tokens"]]
+                logprobs = [{t: _Logprob(self.values.get(t, -0.5))} for t in generated] if param.get("logprobs") is not None else None
+                completion = SimpleNamespace(token_ids=generated, logprobs=logprobs)
+            outputs.append(SimpleNamespace(outputs=[completion], num_cached_tokens=0, prompt_logprobs=None))
+        return outputs
+
+
+def _plan(*queries) -> ScoringPlan:
+    return ScoringPlan(waves=[list(queries)], num_requests=1, num_truncated=0, submitted_tokens=0, trie_tokens=0)
+
+
+CONTEXT = tuple(range(100, 120))
+
+
+def test_finite_scores_pass_through():
+    engine = _FakeEngine({})
+    assert engine.run_plan(_plan(NextTokenQuery(CONTEXT, [9], readers=[(0, 0)]))) == [ScoreResult(-1.0, True)]
+    assert engine.run_plan(_plan(SequenceQuery(CONTEXT + (9, 10), 20, readers=[0]))) == [ScoreResult(-2.0, True)]
+    assert engine.generate_greedy([CONTEXT], max_tokens=3, stop_token_ids=[0]) == [[5, 6, 7]]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_decode_step_scores_refuse_non_finite(value):
+    engine = _FakeEngine({9: value})
+    with pytest.raises(NonFiniteScoreError) as error:
+        engine.run_plan(_plan(NextTokenQuery(CONTEXT, [8, 9], readers=[(0, 1)])))
+    assert str(error.value) == f"log-probability {value} of token 9 after a prompt of 20 tokens [100, 101, 102, 103, 104, 105, 106, 107, ...]"
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_prompt_logprob_scores_refuse_non_finite(value):
+    engine = _FakeEngine({10: value})
+    with pytest.raises(NonFiniteScoreError) as error:
+        engine.run_plan(_plan(SequenceQuery(CONTEXT + (9, 10, 11), 20, readers=[0])))
+    assert str(error.value) == (
+        f"log-probability {value} of token 10 at position 21 of a prompt of 23 tokens [100, 101, 102, 103, 104, 105, 106, 107, ...]"
+    )
+    assert isinstance(error.value, NonFiniteError) and isinstance(error.value, FloatingPointError)
+
+
+def test_greedy_generation_refuses_non_finite_logprobs():
+    engine = _FakeEngine({6: math.nan})
+    with pytest.raises(NonFiniteScoreError, match=r"log-probability nan of generated token 1 \(6\) after a prompt of 3 tokens \[1, 2, 3\]"):
+        engine.generate_greedy([(1, 2, 3)], max_tokens=3, stop_token_ids=[0])
+
+
+# --- the weight scan, on copies of a ladder rung ----------------------------------------------------
+
+
+def _poisoned_copy(rung: Path, folder: Path, value: float, tensor: str = BAD_TENSOR) -> Path:
+    """A copy of ``rung`` with ``value`` written into one element of one weight tensor."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(rung, folder)
+    weights = load_file(folder / "model.safetensors")
+    weights[tensor][3, 7] = value
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def nan_rung(ladder_dirs, tmp_path_factory):
+    return _poisoned_copy(ladder_dirs[1], tmp_path_factory.mktemp("diverged") / "step_001000", math.nan)
+
+
+def test_weight_scan_names_the_first_non_finite_tensor(ladder_dirs, nan_rung, tmp_path):
+    assert first_non_finite_tensor(ladder_dirs[1]) is None
+    assert first_non_finite_tensor(nan_rung) == BAD_TENSOR
+    inf_rung = _poisoned_copy(ladder_dirs[1], tmp_path / "inf", -math.inf, "model.layers.2.mlp.down_proj.weight")
+    assert first_non_finite_tensor(inf_rung) == "model.layers.2.mlp.down_proj.weight"
+    with pytest.raises(NonFiniteWeightsError) as error:
+        check_finite_weights(nan_rung)
+    assert str(error.value) == (
+        f"checkpoint {nan_rung} holds NaN in weight tensor {BAD_TENSOR} (file model.safetensors): "
+        "a diverged checkpoint, not evaluated"
+    )
+    with pytest.raises(NonFiniteWeightsError, match="holds inf in weight tensor model.layers.2.mlp.down_proj.weight"):
+        check_finite_weights(inf_rung)
+    check_finite_weights(ladder_dirs[1])  # finite: no error
+
+
+def test_weight_scan_reads_sharded_checkpoints_in_index_order(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    save_file({"a.weight": torch.ones(4, 4), "steps": torch.arange(3)}, folder / "model-00001-of-00002.safetensors")
+    save_file({"b.weight": torch.tensor([1.0, math.inf], dtype=torch.bfloat16)}, folder / "model-00002-of-00002.safetensors")
+    (folder / "model.safetensors.index.json").write_text(
+        '{"weight_map": {"a.weight": "model-00001-of-00002.safetensors", "steps": "model-00001-of-00002.safetensors",'
+        ' "b.weight": "model-00002-of-00002.safetensors"}}'
+    )
+    assert first_non_finite_tensor(folder) == "b.weight"
+    # Large finite values whose float32 sum overflows are not a false alarm.
+    save_file({"big": torch.full((4,), 3e38)}, folder / "model-00002-of-00002.safetensors")
+    assert first_non_finite_tensor(folder) is None
+
+
+def test_weight_scan_time_on_smollm2(smollm2_path):
+    first_non_finite_tensor(smollm2_path)  # page cache warm, as after the engine read the checkpoint
+    started = time.perf_counter()
+    assert first_non_finite_tensor(smollm2_path) is None
+    seconds = time.perf_counter() - started
+    print(f"weight scan of SmolLM2-135M float32 ({os.path.getsize(smollm2_path / 'model.safetensors') / 1e6:.0f} MB): {seconds:.2f} s")
+    assert seconds < 10
+
+
+# --- a diverged rung through the real engine --------------------------------------------------------
+
+
+@pytest.mark.engine
+def test_a_nan_rung_is_an_error_on_every_scoring_path(nan_rung):
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from lm_eval.api.instance import Instance
+
+    from e2lm_vllm.lm import E2LMVLLM
+
+    # check_weights=False: past the weight check, to reach the engine's own checks.
+    lm = E2LMVLLM(pretrained=str(nan_rung), dtype="float32", max_model_len=256, backend="vllm", check_weights=False)
+    try:
+        letter = [Instance("loglikelihood", {}, ("Question: 2 + 2 = ?\nAnswer:", " B"), 0)]
+        cloze = [Instance("loglikelihood", {}, ("The capital of France is", " the city of Paris"), 0)]
+        rolling = [Instance("loglikelihood_rolling", {}, ("Some text to score as a whole document.",), 0)]
+        generation = [Instance("generate_until", {}, ("Q: 2 + 2 =", {"until": ["\n"], "max_gen_toks": 4}), 0)]
+        for _path, call, requests in [
+            ("letter", lm.loglikelihood, letter),
+            ("cloze", lm.loglikelihood, cloze),
+            ("rolling", lm.loglikelihood_rolling, rolling),
+            ("generation", lm.generate_until, generation),
+        ]:
+            with pytest.raises(NonFiniteScoreError, match=r"log-probability nan .* a prompt of \d+ tokens \["):
+                call(requests, disable_tqdm=True)
+    finally:
+        lm.engine.shutdown()
+
+
+def test_a_nan_rung_is_refused_before_any_engine_starts(nan_rung):
+    from e2lm_vllm.lm import E2LMVLLM
+
+    with pytest.raises(NonFiniteWeightsError, match=f"holds NaN in weight tensor {BAD_TENSOR}"):
+        E2LMVLLM(pretrained=str(nan_rung), dtype="float32", backend="vllm")
+
+
+def test_a_sweep_records_a_nan_rung_once_as_non_finite(ladder_dirs, nan_rung, tmp_path):
+    """In this process (no Ray): the NaN rung fails once, without retries; the finite rung is evaluated."""
+    import pandas as pd
+
+    from e2lm_vllm.sweep.config import config_from_flags
+    from e2lm_vllm.sweep.runner import run_sweep
+
+    config = config_from_flags(
+        checkpoints=[str(ladder_dirs[0]), str(nan_rung)],
+        model_name="diverging",
+        tasks="sweep_arc_easy",
+        include_path=[str(Path(__file__).parent / "data" / "sweep_tasks")],
+        limit=2,
+        output=str(tmp_path / "sweep"),
+        lm="e2lm_vllm",
+        model_args={"dtype": "float32", "backend": "hf"},  # our model on lm-eval's HFLM: no engine to start
+    )
+    summary = run_sweep(config, progress=False, in_process=True)
+    failures = pd.read_parquet(tmp_path / "sweep" / "failures.parquet")
+    assert summary.exit_code == 1
+    assert list(failures.kind) == ["non_finite"] and list(failures.attempts) == [1]
+    assert f"NaN in weight tensor {BAD_TENSOR}" in failures.error[0]
+    assert "[non_finite]" in summary.describe()
+    assert len(pd.read_parquet(tmp_path / "sweep" / "metrics.parquet").checkpoint.unique()) == 1
