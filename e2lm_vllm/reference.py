@@ -25,7 +25,7 @@ def patch_vllm_version_lookup() -> None:
     (a bare version makes vLLM's platform detection fail: "Device string must not be empty").
     """
     lookup = importlib.metadata.version
-    if getattr(lookup, "_e2lm_patched", False) or getattr(lookup, "_bench_patched", False):
+    if getattr(lookup, "_e2lm_patched", False):
         return
 
     def version(distribution_name: str) -> str:
