@@ -57,16 +57,15 @@ class EngineStats:
     decoded_rows: int = 0
 
 
-def refresh_shared_modules(worker: Any) -> list[str]:
+def refresh_shared_modules(model: Any) -> list[str]:
     """Rebuild the derived state of every module whose parameters another module also holds.
 
-    Runs inside vLLM's worker (`collective_rpc`). vLLM's `reload_weights` re-processes each layer it
-    loads (on CPU: packs it into a oneDNN/SGL handler), but a module whose weight is tied to another's
-    (`lm_head` = `embed_tokens` in SmolLM2 and Gemma 3) is never loaded itself, so its handler keeps
-    the old weights: measured 5.35 nats off a fresh engine on SmolLM2 (vLLM 0.32 CPU), 0.0 after this.
-    Processing a tied module again is safe because its weight stays in place (the embedding keeps it).
+    vLLM's `reload_weights` re-processes each layer it loads (on CPU: packs it into a oneDNN/SGL
+    handler), but a module whose weight is tied to another's (`lm_head` = `embed_tokens` in SmolLM2
+    and Gemma 3) is never loaded itself, so its handler keeps the old weights: measured 5.35 nats off
+    a fresh engine on SmolLM2 (vLLM 0.32 CPU), 0.0 after this. Processing a tied module again is
+    safe because its weight stays in place (the embedding keeps it).
     """
-    model = worker.get_model()
     holders: dict[int, list[str]] = {}
     for name, module in model.named_modules():
         for parameter in module.parameters(recurse=False):
@@ -79,6 +78,15 @@ def refresh_shared_modules(worker: Any) -> list[str]:
             method.process_weights_after_loading(module)
             refreshed.append(name)
     return refreshed
+
+
+class WeightSwapExtension:
+    """Methods vLLM mixes into its workers (`worker_extension_cls`), called by name through
+    `collective_rpc`: a function object cannot cross to an engine core in another process (vLLM's
+    serializer refuses it), a method name can."""
+
+    def refresh_shared_modules(self) -> list[str]:
+        return refresh_shared_modules(self.get_model())  # type: ignore[attr-defined]
 
 
 def vllm_counter_totals(llm: Any) -> dict[str, float]:
@@ -120,7 +128,7 @@ class VLLMEngine:
         modules' names.
         """
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_path})
-        refreshed = self.llm.collective_rpc(refresh_shared_modules)
+        refreshed = self.llm.collective_rpc("refresh_shared_modules")
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM refused to reset the prefix cache after a weight swap")
         self.llm_kwargs["model"] = model_path

@@ -110,7 +110,7 @@ def test_swap_check_fails_when_the_tied_head_is_not_refreshed(
     """The defect that once made swaps 5.35 nats wrong: the tied lm_head keeps the old weights."""
     import e2lm_vllm.engine
 
-    monkeypatch.setattr(e2lm_vllm.engine, "refresh_shared_modules", lambda worker: [])
+    monkeypatch.setattr(e2lm_vllm.engine, "refresh_shared_modules", lambda model: [])
     results = _run(units[:2])
     assert [result.engine for result in results] == ["checked", "built"]
     check = results[0].swap_check

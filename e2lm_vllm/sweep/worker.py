@@ -18,6 +18,7 @@ no shared filesystem and a killed worker leaves nothing for a retry to duplicate
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -348,6 +349,6 @@ def evaluate_unit(unit: WorkUnit) -> UnitResult:
     configure_worker_process()
     worker = SweepWorker()
     try:
-        return worker.evaluate(unit)
+        return worker.evaluate(dataclasses.replace(unit, partner_args=None))  # never swaps: nothing to check
     finally:
         worker.shutdown()
