@@ -75,11 +75,10 @@ class RayWorkers:
         self.lifetime = config.worker_lifetime
         if self.lifetime == "sweep":
             self.actor = self.ray.remote(RaySweepWorker).options(max_restarts=0, max_task_retries=0, **options)
-            self.slots: list[Any] = [self.actor.remote() for _ in range(self.count)]
+            self.actors: list[Any] = [self.actor.remote() for _ in range(self.count)]
         else:
             # max_calls=1: a fresh process per checkpoint, so memory is released between engines.
             self.task = self.ray.remote(max_calls=1, max_retries=0)(evaluate_unit)
-            self.slots = list(range(self.count))
 
     def describe(self) -> str:
         gpus = f" + {self.options['num_gpus']} GPU" if self.options["num_gpus"] else ""
@@ -88,13 +87,13 @@ class RayWorkers:
 
     def submit(self, index: int, unit: WorkUnit) -> Any:
         if self.lifetime == "sweep":
-            return self.slots[index].evaluate.remote(unit)
+            return self.actors[index].evaluate.remote(unit)
         return self.task.options(name=f"sweep {unit.label}", **self.options).remote(unit)
 
     def replace_if_dead(self, index: int, error: BaseException) -> None:
         if self.lifetime == "sweep" and isinstance(error, self.ray.exceptions.RayActorError):
-            self.ray.kill(self.slots[index])
-            self.slots[index] = self.actor.remote()
+            self.ray.kill(self.actors[index])
+            self.actors[index] = self.actor.remote()
 
     def wait(self, refs: list[Any]) -> list[Any]:
         return self.ray.wait(refs, num_returns=1)[0]
@@ -104,7 +103,7 @@ class RayWorkers:
 
     def shutdown(self) -> None:
         if self.lifetime == "sweep":
-            for actor in self.slots:
+            for actor in self.actors:
                 self.ray.kill(actor)
 
 
@@ -117,7 +116,6 @@ class InProcessWorker:
         for name, value in LONG_LIVED_WORKER_ENVIRONMENT.items():
             os.environ.setdefault(name, value)  # before vLLM starts its first engine in this process
         self.worker = SweepWorker()
-        self.slots = [self.worker]
         self.done: dict[int, tuple[UnitResult | None, BaseException | None]] = {}
 
     def describe(self) -> str:
