@@ -318,3 +318,141 @@ def test_sampled_generation_is_seeded_and_differs_from_greedy(vllm_lm, caplog):
     assert "not those of lm-eval's HF model" in caplog.text
     with pytest.raises(ValueError, match="not all vLLM SamplingParams"):
         _generate(vllm_lm, {**sampled, "num_beamz": 2})
+
+
+# -- what lm-eval's own model tests check, on the module's engine -----------------------------------
+# lm-eval's repository, tests/models/: test_huggingface.py (loglikelihood values and the argmax of
+# each choice group, loglikelihood_rolling values, generate_until outputs with the task's stops and
+# max_gen_toks=10, tok_encode/tok_decode), test_vllm.py (the three request types; enable_thinking
+# refuses loglikelihood naming the task), test_bos_handling.py (BOS never doubled: chat-templated
+# text, an empty context), test_vllm_context_length.py (truncation), test_vllm_gen_kwargs.py (which
+# gen_kwargs are greedy). Their references are fixed numbers for pythia-70m from the Hub; ours is
+# lm-eval's HFLM on the same local model, computed here. Already covered elsewhere: task-level parity
+# of the three types (`e2lm::test_parity_with_hf_on_real_tasks`, needs ../shared/data), empty
+# context, non-ASCII and loglikelihood truncation (`e2lm::test_empty_context_...`,
+# `e2lm::test_context_longer_than_max_length_...`), chat-templated tasks (above).
+
+FEW_SHOT = "Question: What is 2 + 2?\nAnswer: 4\n\nQuestion: What is 3 + 5?\nAnswer: 8\n\nQuestion: What is 6 + 1?\nAnswer:"
+STORY = "Once upon a time, in a small village by the sea,"
+LONG_CONTEXT = "Astronomy is the study of the sky. " * 80  # > MAX_LENGTH tokens
+
+
+def _chat(lm, question: str) -> str:
+    return lm.apply_chat_template([{"role": "user", "content": question}], True)
+
+
+def _cut(text: str, stops: list[str]) -> str:
+    """lm-eval's stop rule: the text before the first occurrence of any stop."""
+    for stop in stops:
+        text = text.split(stop)[0]
+    return text
+
+
+def _assert_scores_equal(ours, reference, tolerance=TOLERANCE):
+    for (a, greedy_a), (b, greedy_b) in zip(ours, reference, strict=True):
+        assert abs(a - b) <= tolerance and greedy_a == greedy_b, (ours, reference)
+
+
+@pytest.mark.engine
+def test_is_greedy_marks_the_models_own_greedy_continuation_as_hf(vllm_lm, hf_lm):
+    contexts = ["The capital of France is", "1, 2, 3, 4, 5,", _chat(vllm_lm, "Name one planet.")]
+    greedy = vllm_lm.generate_until(
+        _instances("generate_until", [(context, {"until": [], "max_gen_toks": 6}) for context in contexts]),
+        disable_tqdm=True,
+    )
+    arguments = [*zip(contexts, greedy), (contexts[0], " a purple elephant"), (contexts[1], " 7, 8")]
+    ours = vllm_lm.loglikelihood(_instances("loglikelihood", arguments), disable_tqdm=True)
+    reference = hf_lm.loglikelihood(_instances("loglikelihood", arguments), disable_tqdm=True)
+    assert [is_greedy for _, is_greedy in ours] == [True, True, True, False, False], (greedy, ours)
+    _assert_scores_equal(ours, reference)
+
+
+@pytest.mark.engine
+def test_generate_until_stops_and_max_gen_toks_as_hf(vllm_lm, hf_lm):
+    chat = _chat(vllm_lm, "What is 2 + 2? Answer with a number only.")  # HF: "2 + 2 = 4", then EOS
+    free = {"until": [], "max_gen_toks": 24}  # only EOS stops it
+    stopped = [
+        (FEW_SHOT, {"until": ["Question:"], "max_gen_toks": 24}),  # a stop of several tokens
+        (FEW_SHOT, {"until": "\n", "max_gen_toks": 24}),  # a plain string, as a task may give it
+        (STORY, {"until": [".", ","], "max_gen_toks": 24}),  # the first of several stops
+        (LONG_CONTEXT + FEW_SHOT, {"until": ["Question:"], "max_gen_toks": 24}),  # context left-truncated
+    ]
+    budgets = [(STORY, {"until": [], "max_gen_toks": 5}), (STORY, {"until": [], "max_new_tokens": 5})]
+    unstopped = [(context, free) for context in (FEW_SHOT, STORY, LONG_CONTEXT + FEW_SHOT, chat)]
+    arguments = stopped + budgets + unstopped
+    assert len(vllm_lm.tok_encode(LONG_CONTEXT)) > MAX_LENGTH
+    ours = vllm_lm.generate_until(_instances("generate_until", arguments), disable_tqdm=True)
+    assert ours == hf_lm.generate_until(_instances("generate_until", arguments), disable_tqdm=True)
+
+    few_shot_free, story_free, long_free, chat_free = ours[len(stopped) + len(budgets) :]
+    for (context, gen_kwargs), text in zip(stopped, ours):
+        stops = gen_kwargs["until"] if isinstance(gen_kwargs["until"], list) else [gen_kwargs["until"]]
+        whole = {FEW_SHOT: few_shot_free, STORY: story_free}.get(context, long_free)
+        assert any(stop in whole for stop in stops) and text == _cut(whole, stops), (text, whole)
+    # max_gen_toks and its HF alias max_new_tokens: the same 5 tokens, the start of the longer run
+    assert ours[len(stopped)] == ours[len(stopped) + 1] and story_free.startswith(ours[len(stopped)])
+    assert len(ours[len(stopped)]) < len(story_free)
+    # the Instruct model's chat turn ends at its EOS (<|im_end|>), before the budget
+    assert chat_free and len(vllm_lm.tok_encode(chat_free)) < free["max_gen_toks"], chat_free
+    assert vllm_lm.tokenizer.eos_token not in chat_free
+
+
+@pytest.mark.engine
+def test_rolling_loglikelihood_as_hf_and_one_window_is_the_loglikelihood_after_the_prefix_token(vllm_lm, hf_lm):
+    from e2lm_vllm.parity import TOKENS_PER_TOLERANCE
+
+    short = "The Moon orbits the Earth about once every 27 days."
+    long = " ".join(f"Line {i}: the planets move around the Sun, each on its own path." for i in range(45))
+    assert MAX_LENGTH < len(vllm_lm.tok_encode(long)) < 2 * MAX_LENGTH  # two windows, the second overlapping
+    requests = _instances("loglikelihood_rolling", [(short,), (long,)])
+    ours = vllm_lm.loglikelihood_rolling(requests, disable_tqdm=True)
+    reference = hf_lm.loglikelihood_rolling(requests, disable_tqdm=True)
+    for text, a, b in zip((short, long), ours, reference, strict=True):
+        allowed = TOLERANCE * max(1.0, len(vllm_lm.tok_encode(text)) / TOKENS_PER_TOLERANCE)
+        assert isinstance(a, float) and abs(a - b) <= allowed, (a, b, allowed)
+    ((from_prefix, _),) = vllm_lm.loglikelihood(_instances("loglikelihood", [("", short)]), disable_tqdm=True)
+    assert abs(from_prefix - ours[0]) <= TOLERANCE, (from_prefix, ours[0])
+
+
+@pytest.mark.engine
+def test_bos_in_chat_templated_text_is_never_doubled_as_hf(vllm_lm, hf_lm):
+    bos, bos_id = vllm_lm.tokenizer.bos_token, vllm_lm.tokenizer.bos_token_id
+    chat = _chat(vllm_lm, "Is the Sun a star? Answer yes or no.")
+    assert chat.startswith(bos)  # SmolLM2's template opens every turn with its BOS, <|im_start|>
+    for text in ("foo bar", bos + "foo bar", chat):
+        tokens = vllm_lm.tok_encode(text)
+        assert tokens == hf_lm.tok_encode(text) and tokens[:2] != [bos_id, bos_id]
+        assert vllm_lm.tok_decode(tokens) == hf_lm.tok_decode(tokens)
+    arguments = [(chat, "Yes"), (chat, "No"), ("", bos + "Hello world"), (bos + "Question: Is the Sun a star?\nAnswer:", " Yes")]
+    ours = vllm_lm.loglikelihood(_instances("loglikelihood", arguments), disable_tqdm=True)
+    _assert_scores_equal(ours, hf_lm.loglikelihood(_instances("loglikelihood", arguments), disable_tqdm=True))
+
+
+@pytest.mark.engine
+def test_loglikelihood_with_enable_thinking_is_refused_naming_the_task_as_lm_eval(vllm_lm, hf_lm, monkeypatch):
+    request = Instance("loglikelihood", doc={}, arguments=("Question?", " Yes"), idx=0, metadata=("arc_easy", 0, 1))
+    thinking = {"enable_thinking": True, "think_end_token": "</think>"}
+    monkeypatch.setattr(vllm_lm, "args", vllm_lm.args.model_copy(update=thinking))
+    monkeypatch.setattr(hf_lm, "enable_thinking", True)
+    for lm in (vllm_lm, hf_lm):
+        with pytest.raises(ValueError) as error:
+            lm.loglikelihood([request], disable_tqdm=True)
+        assert "arc_easy" in str(error.value) and "enable_thinking=True" in str(error.value)
+
+
+@pytest.mark.engine
+@pytest.mark.xfail(
+    strict=True,
+    reason="e2lm_vllm/lm.py generate_until: the greedy branch calls engine.generate_greedy with max_tokens and "
+    "stop tokens only, dropping the request's other gen_kwargs (repetition_penalty here), which HF's generate "
+    "and lm-eval's vllm model (SamplingParams) apply to greedy decoding",
+)
+def test_greedy_generation_applies_the_other_gen_kwargs_as_hf(vllm_lm, hf_lm):
+    """Greedy is not only argmax: HF's `generate` (and lm-eval's `vllm` model, through SamplingParams)
+    apply the request's other gen_kwargs, such as `repetition_penalty`, to greedy decoding too."""
+    penalised = _instances("generate_until", [(STORY, {"until": [], "max_gen_toks": 16, "repetition_penalty": 1.5})])
+    plain = _instances("generate_until", [(STORY, {"until": [], "max_gen_toks": 16})])
+    reference = hf_lm.generate_until(penalised, disable_tqdm=True)
+    assert reference != hf_lm.generate_until(plain, disable_tqdm=True)  # the penalty changes HF's text
+    ours = vllm_lm.generate_until(penalised, disable_tqdm=True)
+    assert ours == reference, {"ours": ours, "hf": reference, "ours_without": vllm_lm.generate_until(plain)}
