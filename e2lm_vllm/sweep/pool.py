@@ -314,14 +314,14 @@ class RayWorkers:
             for slot, group in zip(self.slots, self.groups)
         ]
         if self.lifetime == "sweep":
-            self.actor = self.ray.remote(PlacedSweepWorker).options(max_restarts=0, max_task_retries=0)
+            self.actor = self.ray.remote(PlacedSweepWorker)
             self.actors: list[Any] = [self._start_actor(index) for index in range(self.count)]
         else:
             # max_calls=1: a fresh process per checkpoint, so memory is released between engines.
             self.task = self.ray.remote(max_calls=1, max_retries=0)(evaluate_placed_unit)
 
     def _start_actor(self, index: int) -> Any:
-        return self.actor.options(**self.options[index]).remote()
+        return self.actor.options(max_restarts=0, max_task_retries=0, **self.options[index]).remote()
 
     def describe(self) -> str:
         kind = "long-lived" if self.lifetime == "sweep" else "per-checkpoint"
