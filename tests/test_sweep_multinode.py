@@ -214,3 +214,17 @@ def test_a_worker_on_the_second_node_evaluates_and_every_cell_is_written_once(cl
     nodes = {node_id[:8] for node_id in _node_ids()}
     ran_on = {host.rsplit("Ray node ", 1)[1].rstrip(")") for host in hosts}
     assert ran_on == nodes, hosts  # one checkpoint on each node: the second node evaluated one
+
+
+def test_the_tp2_example_validates_and_places():
+    """ray_jobs/examples/tp2.yaml: 2 GPUs per engine; its extra engine arg is one vLLM accepts."""
+    from e2lm_vllm.config import ModelArgs
+    from e2lm_vllm.sweep.config import load_sweep_config
+    from e2lm_vllm.sweep.plan import family_model_args
+
+    config = load_sweep_config(REPO / "ray_jobs" / "examples" / "tp2.yaml")
+    assert config.engine.tensor_parallel_size == 2
+    args = ModelArgs.from_kwargs({**family_model_args(config, config.models[0]), "pretrained": "x"})
+    assert args.tensor_parallel_size == 2 and args.engine_kwargs == {"distributed_executor_backend": "ray"}
+    slots = plan_slots([_node("a", gpus=8, cpus=64), _node("b", gpus=3, cpus=16)], 2, config.workers, None)
+    assert [(slot.node.hostname, slot.cpus) for slot in slots] == [("host-a", 16)] * 4 + [("host-b", 16)]
