@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", metavar="DIR", help="results folder (absolute inside a Ray job)")
     parser.add_argument("--lm", choices=["e2lm_vllm", "hf"], help="lm-eval model (default e2lm_vllm)")
     parser.add_argument("--model-args", type=_model_args, metavar="K=V,...", help="extra lm constructor kwargs")
-    parser.add_argument("--workers", type=int, help="engines at once (default: GPUs, else 1)")
+    parser.add_argument("--workers", type=int, help="engines at once (default: all that fit, per node GPUs // tensor_parallel_size; no GPUs: 1)")
     parser.add_argument("--cpus-per-worker", type=int)
     parser.add_argument("--max-attempts", type=int, help="tries per checkpoint before it is recorded as failed")
     parser.add_argument("--force", action="store_true", help="recompute cells already in the output")

@@ -246,8 +246,10 @@ class SweepConfig(_Strict):
     limit: float | None = Field(default=None, gt=0, description="default for tasks that do not set it")
     engine: EngineArgs = Field(default_factory=EngineArgs)
     output: str = "results/sweep"
-    workers: int | None = Field(default=None, ge=1, description="engines at once; default: GPUs, else 1")
-    cpus_per_worker: int | None = Field(default=None, ge=1, description="default: the cluster's CPUs / workers")
+    workers: int | None = Field(
+        default=None, ge=1, description="engines at once; default: all that fit, per node GPUs // tensor_parallel_size (no GPUs: 1)"
+    )
+    cpus_per_worker: int | None = Field(default=None, ge=1, description="default: its node's CPUs / workers on that node")
     max_attempts: int = Field(default=3, ge=1, description="tries per checkpoint before it is recorded as failed")
     worker_lifetime: Literal["sweep", "checkpoint"] = Field(
         default="sweep",

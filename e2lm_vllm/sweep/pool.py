@@ -2,11 +2,25 @@
 
 All three take a unit and give back a `UnitResult` or the unit's error; the driver (`runner`)
 decides what runs where and retries.
+
+Placement follows the engine. A worker is one engine of `tensor_parallel_size` GPUs, and vLLM
+shards a model only across the GPUs of one node (its Ray executor refuses a placement group bundle
+of more than one GPU and puts one GPU worker in each bundle). So each worker gets a placement group
+of `tensor_parallel_size` one-GPU bundles, STRICT_PACK, pinned to a node (`WorkerSlot.bundles`);
+the worker itself runs in bundle 0 with that node's share of the CPUs. With one GPU the worker
+holds it and vLLM runs in the worker's process; with more, the worker holds none and vLLM's Ray
+executor finds the group (`get_current_placement_group`, which child tasks inherit) and starts
+one GPU worker per bundle. How many workers fit, and their CPUs, is counted per node
+(`plan_slots`): a node with 3 GPUs fits one worker of 2 GPUs, not 1.5.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import socket
+from dataclasses import dataclass
 from typing import Any
 
 from e2lm_vllm.config import LONG_LIVED_WORKER_ENVIRONMENT
@@ -16,6 +30,52 @@ from e2lm_vllm.sweep.worker import RaySweepWorker, SweepWorker, UnitResult, eval
 
 # Environment a worker inherits from the driver: offline switches, caches, vLLM and HF settings.
 PASSED_ENV_PREFIXES = ("HF_", "VLLM_", "TRANSFORMERS_", "HUGGINGFACE_")
+# ...but not what describes the driver's host: its addresses and ports (vLLM's VLLM_HOST_IP, side
+# channels, data-parallel master), ranks, bundle indices of the driver's own placement group, core
+# bindings, shared-memory names. A worker on another node given the driver's VLLM_HOST_IP would bind
+# or advertise an address that is not its own. Names from vLLM's envs.py (0.32); the suffix rule
+# catches later ones of the same kind. Device lists (CUDA_VISIBLE_DEVICES, ...) never match the
+# prefixes: Ray sets them per worker from the GPUs it was given.
+HOST_SPECIFIC_ENV = re.compile(r"^VLLM_\w*_(IP|IPS|HOST|PORT)$")
+HOST_SPECIFIC_ENV_NAMES = frozenset(
+    {
+        "VLLM_HOST_IP",
+        "VLLM_PORT",
+        "VLLM_LOOPBACK_IP",
+        "VLLM_RPC_BASE_PATH",
+        "VLLM_DP_RANK",
+        "VLLM_DP_RANK_LOCAL",
+        "VLLM_DP_SIZE",
+        "VLLM_DP_MASTER_IP",
+        "VLLM_DP_MASTER_PORT",
+        "VLLM_RAY_BUNDLE_INDICES",
+        "VLLM_RAY_DP_PLACEMENT_NODE_IPS",
+        "VLLM_CPU_OMP_THREADS_BIND",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU",
+        "VLLM_GPU_NIC_PCIE_MAPPING",
+        "VLLM_OBJECT_STORAGE_SHM_BUFFER_NAME",
+    }
+)
+
+
+def passed_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The driver's variables a worker on any node should see (`PASSED_ENV_PREFIXES`, less host-specific ones)."""
+    return {
+        key: value
+        for key, value in environ.items()
+        if key.startswith(PASSED_ENV_PREFIXES)
+        and key not in HOST_SPECIFIC_ENV_NAMES
+        and not HOST_SPECIFIC_ENV.match(key)
+    }
+
+
+def worker_environment(cpus: int, lifetime: str) -> dict[str, str]:
+    env = passed_environment(os.environ)
+    # Ray pins workers to one thread unless told otherwise; a CPU engine needs all its cores.
+    env.update({"OMP_NUM_THREADS": str(cpus), "MKL_NUM_THREADS": str(cpus), "TOKENIZERS_PARALLELISM": "false"})
+    if lifetime == "sweep":
+        env.update(LONG_LIVED_WORKER_ENVIRONMENT)
+    return env
 
 
 def init_ray(address: str | None) -> Any:
@@ -32,68 +92,267 @@ def init_ray(address: str | None) -> Any:
     return ray
 
 
-def worker_options(config: SweepConfig, ray: Any) -> tuple[int, dict[str, Any]]:
-    """How many workers, and the Ray options of each: GPUs for one engine, its share of the CPUs."""
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    cpus = int(resources.get("CPU", 1))
-    gpus_per_worker = config.engine.tensor_parallel_size if gpus else 0
-    if gpus_per_worker > gpus:
-        raise SweepConfigError(
-            f"engine.tensor_parallel_size: expected at most the cluster's {gpus} GPUs, got {gpus_per_worker}"
+# -- placement ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    """One live Ray node and what it declares (Ray's logical resources, not what is free now)."""
+
+    node_id: str
+    hostname: str
+    address: str
+    gpus: int
+    cpus: int
+
+    def describe(self) -> str:
+        return f"node {self.node_id[:8]} ({self.hostname}, {self.address}): {self.gpus} GPU, {self.cpus} CPU"
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """One worker's share of one node: the GPUs of one engine and some CPUs."""
+
+    node: NodeCapacity
+    gpus: int  # tensor_parallel_size, or 0 on a cluster without GPUs
+    cpus: int
+
+    def bundles(self) -> list[dict[str, float]]:
+        """Placement group bundles: one GPU each, as vLLM's Ray executor requires; the CPUs in the first."""
+        if not self.gpus:
+            return [{"CPU": self.cpus}]
+        return [{"CPU": self.cpus, "GPU": 1}] + [{"GPU": 1} for _ in range(self.gpus - 1)]
+
+    @property
+    def worker_gpus(self) -> int:
+        """GPUs the worker process holds: its one GPU; none for more, which vLLM's own Ray workers hold."""
+        return 1 if self.gpus == 1 else 0
+
+
+def cluster_nodes(ray: Any) -> list[NodeCapacity]:
+    return [
+        NodeCapacity(
+            node_id=node["NodeID"],
+            hostname=node.get("NodeManagerHostname", "?"),
+            address=node.get("NodeManagerAddress", "?"),
+            gpus=int(node["Resources"].get("GPU", 0)),
+            cpus=int(node["Resources"].get("CPU", 0)),
         )
-    workers = config.workers or (gpus // gpus_per_worker if gpus else 1)
-    cpus_per_worker = config.cpus_per_worker or max(1, cpus // workers)
-    if cpus_per_worker > cpus:
-        raise SweepConfigError(f"cpus_per_worker: expected at most the cluster's {cpus} CPUs, got {cpus_per_worker}")
-    env = {key: value for key, value in os.environ.items() if key.startswith(PASSED_ENV_PREFIXES)}
-    # Ray pins workers to one thread unless told otherwise; a CPU engine needs all its cores.
-    env.update(
-        {
-            "OMP_NUM_THREADS": str(cpus_per_worker),
-            "MKL_NUM_THREADS": str(cpus_per_worker),
-            "TOKENIZERS_PARALLELISM": "false",
-        }
-    )
-    if config.worker_lifetime == "sweep":
-        env.update(LONG_LIVED_WORKER_ENVIRONMENT)
-    options = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker, "runtime_env": {"env_vars": env}}
-    return workers, options
+        for node in ray.nodes()
+        if node.get("Alive")
+    ]
+
+
+def plan_slots(
+    nodes: list[NodeCapacity], tensor_parallel_size: int, workers: int | None, cpus_per_worker: int | None
+) -> list[WorkerSlot]:
+    """Which node each worker runs on, with how many GPUs and CPUs.
+
+    A node fits ``min(GPUs // tensor_parallel_size, CPUs // cpus_per_worker)`` workers (on a
+    cluster without GPUs, CPUs only). The default is every worker that fits where there are GPUs,
+    else one. Workers go one at a time to the node that would give each of its workers the most
+    CPUs, so they spread over nodes before they share one; then each worker gets its node's CPUs
+    divided by the workers on that node (unless `cpus_per_worker` says).
+    """
+    any_gpus = any(node.gpus for node in nodes)
+    gpus = tensor_parallel_size if any_gpus else 0
+    least_cpus = cpus_per_worker or 1
+    fits = {node.node_id: min(node.gpus // gpus if gpus else node.cpus, node.cpus // least_cpus) for node in nodes}
+    total = sum(fits.values())
+    need = f"{gpus} GPU + {least_cpus} CPU" if gpus else f"{least_cpus} CPU"
+    listing = "; ".join(node.describe() for node in nodes) or "no live nodes"
+    if total == 0:
+        raise SweepConfigError(
+            f"engine.tensor_parallel_size={tensor_parallel_size}, cpus_per_worker={cpus_per_worker}: no Ray node fits "
+            f"one worker ({need}, GPUs on one node); the cluster has {listing}"
+        )
+    wanted = workers or (total if gpus else 1)
+    if wanted > total:
+        raise SweepConfigError(
+            f"workers: expected at most {total} (workers of {need} that fit, counted per node: {listing}), got {wanted}"
+        )
+    placed = dict.fromkeys(fits, 0)
+    for _ in range(wanted):
+        open_nodes = [node for node in nodes if placed[node.node_id] < fits[node.node_id]]
+        best = max(open_nodes, key=lambda node: node.cpus / (placed[node.node_id] + 1))  # first of equals wins
+        placed[best.node_id] += 1
+    slots = []
+    for node in nodes:
+        for _ in range(placed[node.node_id]):
+            slots.append(
+                WorkerSlot(node=node, gpus=gpus, cpus=cpus_per_worker or max(1, node.cpus // placed[node.node_id]))
+            )
+    return slots
+
+
+def where_am_i() -> str:
+    """This process's host, address and Ray node: what a worker's errors and records name."""
+    host = socket.gethostname()
+    try:
+        import ray
+
+        if ray.is_initialized():
+            context = ray.get_runtime_context()
+            return f"{host} ({ray.util.get_node_ip_address()}, Ray node {context.get_node_id()[:8]})"
+    except Exception:  # noqa: BLE001 - a name for a message must never be the error
+        pass
+    return host
+
+
+def placement_report() -> dict[str, Any]:
+    """Where this worker runs and which GPUs its engine gets: its own, or (tensor parallel) those of
+    processes started in its placement group's GPU bundles exactly as vLLM's Ray executor starts its
+    workers (`num_cpus=0, num_gpus=1`, one per bundle)."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    def here() -> dict[str, Any]:
+        return {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": [str(i) for i in ray.get_gpu_ids()]}
+
+    report = {**here(), "where": where_am_i(), "engine_gpus": []}
+    group = ray.util.get_current_placement_group()
+    if report["gpu_ids"] or group is None:
+        report["engine_gpus"] = [here()] if report["gpu_ids"] else []
+        return report
+    probe = ray.remote(num_cpus=0, num_gpus=1)(here)
+    indices = [index for index, bundle in enumerate(group.bundle_specs) if bundle.get("GPU")]
+    strategies = [
+        PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=i) for i in indices
+    ]
+    report["engine_gpus"] = ray.get([probe.options(scheduling_strategy=s).remote() for s in strategies])
+    return report
+
+
+# -- paths a worker must see ------------------------------------------------------------------------
+
+
+class PathNotVisibleError(FileNotFoundError):
+    """A checkpoint, tokenizer or task folder that the driver planned with but this worker's node cannot read."""
+
+
+def check_paths_visible(unit: WorkUnit) -> None:
+    """Fail with the node and the path before lm-eval or vLLM meet a missing local path.
+
+    The driver plans on its own filesystem; a worker on another node reads the same absolute paths
+    and, without this, fails deep in lm-eval (a task not found) or the HF hub client (a repo id
+    that is not one).
+    """
+    paths = [("checkpoint", unit.checkpoint.path)]
+    tokenizer = unit.model_args.get("tokenizer")
+    if isinstance(tokenizer, str) and os.path.isabs(tokenizer):
+        paths.append(("tokenizer", tokenizer))
+    paths += [("task folder", folder) for folder in unit.include_paths]
+    for what, path in paths:
+        if path is None:
+            continue
+        try:
+            os.listdir(path)
+        except OSError as error:
+            raise PathNotVisibleError(
+                f"{what} {path} cannot be read on {where_am_i()}: {error.strerror or error}. Every node that runs "
+                f"workers must see it at the same path (a shared filesystem), or name the checkpoint by HF repo"
+            ) from None
+
+
+class PlacedSweepWorker(RaySweepWorker):
+    """The Ray actor of `worker_lifetime: sweep`: checks paths, and names its node in its results."""
+
+    def evaluate(self, unit: WorkUnit) -> UnitResult:
+        check_paths_visible(unit)
+        return dataclasses.replace(super().evaluate(unit), host=where_am_i())
+
+    def placement(self) -> dict[str, Any]:
+        return placement_report()
+
+
+def evaluate_placed_unit(unit: WorkUnit) -> UnitResult:
+    """The Ray task of `worker_lifetime: checkpoint`: paths checked before any import of lm-eval or vLLM."""
+    check_paths_visible(unit)
+    return dataclasses.replace(evaluate_unit(unit), host=where_am_i())
 
 
 class RayWorkers:
-    """Long-lived Ray actors (`worker_lifetime: sweep`), or a Ray task per unit (`checkpoint`).
+    """Long-lived Ray actors (`worker_lifetime: sweep`), or a Ray task per unit (`checkpoint`), one per `WorkerSlot`.
 
-    The driver retries, not Ray, so that both kinds count attempts alike. An actor that died (killed,
-    out of memory) is replaced by a new one at once; its unit goes back to the driver's queue.
+    Each slot has its placement group for the whole sweep; a slot's actor, or its tasks one after
+    the other, run in it. The driver retries, not Ray, so that both kinds count attempts alike. An
+    actor that died (killed, out of memory) is replaced by a new one in the same group at once; its
+    unit goes back to the driver's queue.
     """
 
     def __init__(self, config: SweepConfig, address: str | None):
         self.ray = init_ray(address)
-        self.count, options = worker_options(config, self.ray)
-        self.options = options
+        from ray.util.placement_group import placement_group
+        from ray.util.placement_group import remove_placement_group as remove
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self._remove_group = remove
+        self.slots = plan_slots(
+            cluster_nodes(self.ray), config.engine.tensor_parallel_size, config.workers, config.cpus_per_worker
+        )
+        self.count = len(self.slots)
         self.lifetime = config.worker_lifetime
+        # The node id label pins a group to the node `plan_slots` counted it on (Ray 2.x default label).
+        self.groups = [
+            placement_group(
+                slot.bundles(),
+                strategy="STRICT_PACK",
+                bundle_label_selector=[{"ray.io/node-id": slot.node.node_id}] * len(slot.bundles()),
+            )
+            for slot in self.slots
+        ]
+        self.options = [
+            {
+                "num_cpus": slot.cpus,
+                "num_gpus": slot.worker_gpus,
+                "runtime_env": {"env_vars": worker_environment(slot.cpus, self.lifetime)},
+                # Capture: vLLM's GPU workers (tensor parallel) are this worker's children in the same group.
+                "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                    placement_group=group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+                ),
+            }
+            for slot, group in zip(self.slots, self.groups)
+        ]
         if self.lifetime == "sweep":
-            self.actor = self.ray.remote(RaySweepWorker).options(max_restarts=0, max_task_retries=0, **options)
-            self.actors: list[Any] = [self.actor.remote() for _ in range(self.count)]
+            self.actor = self.ray.remote(PlacedSweepWorker)
+            self.actors: list[Any] = [self._start_actor(index) for index in range(self.count)]
         else:
             # max_calls=1: a fresh process per checkpoint, so memory is released between engines.
-            self.task = self.ray.remote(max_calls=1, max_retries=0)(evaluate_unit)
+            self.task = self.ray.remote(max_calls=1, max_retries=0)(evaluate_placed_unit)
+
+    def _start_actor(self, index: int) -> Any:
+        return self.actor.options(max_restarts=0, max_task_retries=0, **self.options[index]).remote()
 
     def describe(self) -> str:
-        gpus = f" + {self.options['num_gpus']} GPU" if self.options["num_gpus"] else ""
         kind = "long-lived" if self.lifetime == "sweep" else "per-checkpoint"
-        return f"{self.count} {kind} Ray workers x {self.options['num_cpus']} CPUs{gpus}"
+        per_node: dict[str, list[WorkerSlot]] = {}
+        for slot in self.slots:
+            per_node.setdefault(slot.node.node_id, []).append(slot)
+        nodes = []
+        for slots in per_node.values():
+            slot = slots[0]
+            gpus = f"{slot.gpus} GPU + " if slot.gpus else ""
+            cpus = "/".join(str(s.cpus) for s in slots)
+            nodes.append(
+                f"node {slot.node.node_id[:8]} ({slot.node.hostname}, {slot.node.address}): {len(slots)} x ({gpus}{cpus} CPU)"
+            )
+        return f"{self.count} {kind} Ray workers; " + "; ".join(nodes)
+
+    def placement(self, index: int) -> dict[str, Any]:
+        """`placement_report` from inside slot `index`: its actor, or a task placed as the slot's tasks are."""
+        if self.lifetime == "sweep":
+            return self.ray.get(self.actors[index].placement.remote())
+        return self.ray.get(self.ray.remote(max_retries=0)(placement_report).options(**self.options[index]).remote())
 
     def submit(self, index: int, unit: WorkUnit) -> Any:
         if self.lifetime == "sweep":
             return self.actors[index].evaluate.remote(unit)
-        return self.task.options(name=f"sweep {unit.label}", **self.options).remote(unit)
+        return self.task.options(name=f"sweep {unit.label}", **self.options[index]).remote(unit)
 
     def replace_if_dead(self, index: int, error: BaseException) -> None:
         if self.lifetime == "sweep" and isinstance(error, self.ray.exceptions.RayActorError):
             self.ray.kill(self.actors[index])
-            self.actors[index] = self.actor.remote()
+            self.actors[index] = self._start_actor(index)
 
     def wait(self, refs: list[Any]) -> list[Any]:
         return self.ray.wait(refs, num_returns=1)[0]
@@ -105,6 +364,8 @@ class RayWorkers:
         if self.lifetime == "sweep":
             for actor in self.actors:
                 self.ray.kill(actor)
+        for group in self.groups:
+            self._remove_group(group)
 
 
 class InProcessWorker:
@@ -124,6 +385,7 @@ class InProcessWorker:
     def submit(self, index: int, unit: WorkUnit) -> int:
         token = len(self.done)
         try:
+            check_paths_visible(unit)
             self.done[token] = (self.worker.evaluate(unit), None)
         except Exception as error:  # noqa: BLE001 - handed to the driver loop like a Ray task's error
             self.done[token] = (None, error)
