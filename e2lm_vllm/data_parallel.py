@@ -133,13 +133,12 @@ class DataParallelEngine:
     """N `VLLMEngine`s behind the same methods as one: `run_plans`, generation, weight swaps, stats."""
 
     def __init__(self, llm_kwargs: dict[str, Any], environment: dict[str, str], size: int, cpus: int):
-        from e2lm_vllm.config import LONG_LIVED_WORKER_ENVIRONMENT
         from e2lm_vllm.sweep.pool import init_ray, worker_environment
 
         self.ray = ray = init_ray(None)
         gpus_per_engine = int(llm_kwargs.get("tensor_parallel_size") or 1) if ray.cluster_resources().get("GPU") else 0
         cpus_per_engine = max(1, cpus // size)
-        env = {**worker_environment(cpus_per_engine), **LONG_LIVED_WORKER_ENVIRONMENT}
+        env = worker_environment(cpus_per_engine, "sweep")  # engine core in the actor's own process
         actor = ray.remote(EngineActor).options(num_cpus=cpus_per_engine, num_gpus=gpus_per_engine, max_restarts=0)
         self.actors = [
             actor.options(runtime_env={"env_vars": env}).remote(llm_kwargs, {**environment, "OMP_NUM_THREADS": str(cpus_per_engine)})
