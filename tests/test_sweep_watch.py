@@ -15,6 +15,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -94,6 +97,56 @@ def test_the_next_expected_step_follows_the_spacing_seen():
     assert next_expected_step([0, 1000, 4000]) == (7000, 3000, False)
 
 
+def test_a_report_before_any_result_says_it_waits(tmp_path):
+    """A watcher started before the first checkpoint lands still writes a report, saying why it has no scores."""
+    from e2lm_vllm.results.schema import METRICS_SCHEMA
+    from e2lm_vllm.results.store import write_table_atomic
+    from e2lm_vllm.sweep.watch import WatchOptions, WatchState, write_report
+
+    write_table_atomic(METRICS_SCHEMA.empty_table(), tmp_path / "metrics.parquet")
+    state = WatchState(WatchOptions(), waiting={str(tmp_path / "step_000100"): "no config.json yet"})
+    report = write_report(tmp_path, state).read_text()
+    assert "Not scored yet: ScoringInputError" in report and "Waiting for more checkpoints" in report
+    assert "watching: waiting for the next checkpoint; no checkpoint yet; 1 incomplete: step_000100 (no config.json yet)" in report
+    assert "Not scored yet" in (tmp_path / "report" / "score.txt").read_text()
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no staging left
+
+
+def test_watch_flags_without_watch_are_refused(tmp_path, capsys):
+    from e2lm_vllm.sweep import cli
+
+    args = ["--checkpoints", str(tmp_path / "run" / "step_*"), "--tasks", "t", "--output", str(tmp_path / "out")]
+    assert cli.main([*args, "--until-step", "5", "--stop-file", "STOP"]) == 2
+    assert "e2lm-vllm sweep: --until-step, --stop-file: only with --watch" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_stops_a_waiting_watcher_with_130_and_releases_the_lock(tmp_path):
+    """The real CLI on a run with no checkpoint yet: it waits (no worker is started before there is work),
+    and Ctrl-C ends it with 130, a finish record and no lock left behind."""
+    output = tmp_path / "out"
+    command = [
+        str(Path(sys.executable).parent / "e2lm-vllm"), "sweep", "--checkpoints", str(tmp_path / "run" / "step_*"),
+        "--tasks", "sweep_arc_easy", "--include-path", str(REPO / "tests" / "data" / "sweep_tasks"),
+        "--output", str(output), "--watch", "--poll-seconds", "0.2", "--no-progress",
+    ]  # fmt: skip
+    watcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: (output / "watch.json").is_file() or watcher.poll() is not None, "the watcher to wait", 120)
+        assert watcher.poll() is None, watcher.communicate()
+        watcher.send_signal(signal.SIGINT)
+        _, err = watcher.communicate(timeout=60)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 130, err
+    assert "watching: waiting for the next checkpoint; no checkpoint yet" in err
+    assert "watch: stopped (interrupt)" in err
+    finish = json.loads((output / "runs.jsonl").read_text().splitlines()[-1])
+    assert (finish["event"], finish["stopped_by"], finish["evaluated"]) == ("finish", "interrupt", 0)
+    assert not (output / "sweep.lock").exists()
+    assert "Not scored yet" in (output / "report" / "report.md").read_text()
+
+
 # -- the watcher on a real engine ----------------------------------------------------------------
 
 
@@ -136,7 +189,8 @@ def _wait_for(condition, what: str, timeout: float = 240.0) -> None:
         time.sleep(0.1)
 
 
-def _in_background(job) -> tuple[threading.Thread, list[BaseException]]:
+def _in_background(job, stop: Path) -> tuple[threading.Thread, list[BaseException]]:
+    """Run the writer `job` beside the watcher; if it fails, the stop file ends the watcher (no hang)."""
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -144,6 +198,7 @@ def _in_background(job) -> tuple[threading.Thread, list[BaseException]]:
             job()
         except BaseException as error:  # noqa: BLE001 - re-raised by the test after the join
             errors.append(error)
+            stop.touch()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -186,13 +241,14 @@ def test_the_watcher_follows_a_run_being_written(ladder_dirs, tmp_path, engine_i
         _wait_for(lambda: _metrics_parts(output, 0), "rung 0's cell")
         stop.touch()
 
-    writer, errors = _in_background(stop_after_rung_0)
+    writer, errors = _in_background(stop_after_rung_0, stop)
     first = run_sweep(config, progress=False, in_process=True, watch=WatchOptions(poll_seconds=0.5, stop_file=stop))
     writer.join()
     assert not errors, errors
     assert (first.stopped_by, first.evaluated, first.exit_code) == ("stop-file", 1, 0)
     assert not stop.exists(), "an obeyed stop file is removed"
-    assert "Not scored yet" in (output / "report" / "report.md").read_text()  # one checkpoint: no curve yet
+    report = (output / "report" / "report.md").read_text()
+    assert "1 distinct steps" in report and f"- ladder step 0: `{run_dir / names[0]}`" in report
     assert not (output / "sweep.lock").exists()
 
     # Run 2, a restarted watcher: rung 1 written slowly in two pieces, then rung 2 at once.
@@ -209,7 +265,9 @@ def test_the_watcher_follows_a_run_being_written(ladder_dirs, tmp_path, engine_i
             handle.write(whole[: len(whole) // 2])
             handle.flush()
             # The watcher must have polled the half-written rung and called it incomplete, not evaluated it.
-            _wait_for(lambda: "bytes" in _incomplete(output).get(str(folder), ""), "the watcher to see the half-written rung")
+            _wait_for(
+                lambda: "bytes" in _incomplete(output).get(str(folder), ""), "the watcher to see the half-written rung", 60
+            )
             seen["reason"] = _incomplete(output)[str(folder)]
             seen["parts_while_partial"] = len(_metrics_parts(output, 1000))
             time.sleep(1.5)  # three more polls of a half-written file
@@ -218,8 +276,9 @@ def test_the_watcher_follows_a_run_being_written(ladder_dirs, tmp_path, engine_i
         _wait_for(lambda: _metrics_parts(output, 1000), "rung 1's cell")
         _land(ladder_dirs[2], run_dir / names[2])
 
-    writer, errors = _in_background(write_the_rest)
-    second = run_sweep(config, progress=False, in_process=True, watch=WatchOptions(poll_seconds=0.5, until_step=2000))
+    writer, errors = _in_background(write_the_rest, stop)
+    watch = WatchOptions(poll_seconds=0.5, until_step=2000, stop_file=stop)
+    second = run_sweep(config, progress=False, in_process=True, watch=watch)
     writer.join()
     assert not errors, errors
     assert (second.stopped_by, second.evaluated, second.already_done, second.exit_code) == ("until-step", 2, 1, 0)

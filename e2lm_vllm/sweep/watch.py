@@ -297,6 +297,7 @@ def follow(session: SweepSession, plan: Plan, options: WatchOptions, completenes
                 session.evaluate(current[0], after_unit)
                 session.write_tables(current[0])
                 write_report(output, state)
+    state.log_progress(output)  # watch.json as the watcher leaves it
     session.summary.stopped_by = reason
     log.info("watch: stopped (%s); %s", reason, state.describe())
     if reason == "stop-file" and options.stop_file is not None:
