@@ -65,6 +65,7 @@ class SweepSummary:
         lines = [
             f"sweep: {self.cells} cells, {self.already_done} already done, {self.evaluated} evaluated, "
             f"{len(self.failures)} failed in {self.seconds:.0f} s -> {self.output}"
+            + (f" (watch stopped: {self.stopped_by})" if self.stopped_by else "")
         ]
         for failure in self.failures:
             first_line = failure["error"].strip().splitlines()[-1] if failure["error"].strip() else "?"

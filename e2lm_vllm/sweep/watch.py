@@ -245,6 +245,14 @@ def _until_step_reached(session: SweepSession, plan: Plan, until_step: int | Non
     return any(by_checkpoint.values())
 
 
+def _keep_earlier_cells(plan: Plan, earlier: Plan) -> Plan:
+    """``plan`` plus the cells of ``earlier`` it lacks: a trainer that deletes old checkpoints (HF's
+    ``save_total_limit``) must not take their rows out of ``metrics.parquet`` while the watcher runs."""
+    keys = {cell.key for cell in plan.cells}
+    plan.cells += [cell for cell in earlier.cells if cell.key not in keys]
+    return plan
+
+
 def follow(session: SweepSession, plan: Plan, options: WatchOptions, completeness: Completeness | None) -> Plan:
     """Evaluate ``plan``, then poll for new complete checkpoints until told to stop; returns the last plan."""
     output = session.output
@@ -290,7 +298,7 @@ def follow(session: SweepSession, plan: Plan, options: WatchOptions, completenes
             if session.stop.is_set() or stop_file_present():
                 continue  # stop_reason says why
             completeness = Completeness(options.marker)
-            current[0] = session.plan(completeness=completeness)
+            current[0] = _keep_earlier_cells(session.plan(completeness=completeness), current[0])
             state.note(current[0], completeness)
             if current[0].units:
                 log.info("watch: %d new checkpoints complete: %s", len(current[0].units), ", ".join(u.label for u in current[0].units))
