@@ -6,7 +6,8 @@
 `python` is the one on the head node's PATH (start the head from the project's venv, e.g.
 `PATH=$PWD/.venv/bin:$PATH ray start --head`). `--working-dir .` uploads the checkout minus
 what .gitignore lists (.venv, caches, results). Paths to checkpoints and the output folder must
-be absolute: the job runs in a temporary copy of the checkout.
+be absolute: the job runs in a temporary copy of the checkout. Add `--watch --stop-file /abs/STOP`
+to follow a run while it trains (ray_jobs/README.md).
 """
 
 from __future__ import annotations

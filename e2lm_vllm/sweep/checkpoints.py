@@ -2,6 +2,10 @@
 
 Local folders are globbed and read (``config.json`` for the step); HF sources only produce
 names: nothing touches the network until a worker loads the checkpoint.
+
+A watched run (``e2lm-vllm sweep --watch``) also asks whether a local folder is complete yet
+(``incomplete_reason``): a trainer may still be writing it, and a half-written checkpoint must be
+neither evaluated nor recorded as failed.
 """
 
 from __future__ import annotations
@@ -9,7 +13,10 @@ from __future__ import annotations
 import glob
 import json
 import re
-from dataclasses import asdict, dataclass
+import struct
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,17 +112,128 @@ def _tokens(entry_tokens: float | None, meta_tokens: Any, step: int, family: Mod
     return schedule_tokens(family, step)
 
 
-def _local(family: ModelFamily, source: LocalCheckpoints) -> list[Checkpoint]:
+# --- completeness of a checkpoint folder that may still be being written ------------------------
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TORCH_BIN = "pytorch_model.bin"
+TORCH_BIN_INDEX = "pytorch_model.bin.index.json"
+
+
+def safetensors_incomplete(path: Path) -> str | None:
+    """Why a safetensors file is not whole yet, or None when it is.
+
+    The file is an 8-byte little-endian header length, a JSON header giving each tensor's
+    ``data_offsets`` into the data that follows, then the data; so its final size is known from
+    its first bytes: ``8 + header length + the largest end offset``. A shorter file is still
+    being written. Reads only the header, whatever the file's size.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                return f"{path.name}: {size} bytes, header not written yet"
+            (header_length,) = struct.unpack("<Q", prefix)
+            if 8 + header_length > size:
+                return f"{path.name}: {size} bytes, header of {header_length} bytes not written yet"
+            header = json.loads(handle.read(header_length))
+    except FileNotFoundError:
+        return f"{path.name}: not there yet"
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        return f"{path.name}: header unreadable ({type(error).__name__}: {error})"
+    if not isinstance(header, dict):
+        return f"{path.name}: header is not a JSON object"
+    ends = [info["data_offsets"][1] for name, info in header.items() if name != "__metadata__" and isinstance(info, dict)]
+    expected = 8 + header_length + max(ends, default=0)
+    if size != expected:
+        return f"{path.name}: {size} of {expected} bytes"
+    return None
+
+
+def _torch_bin_incomplete(path: Path) -> str | None:
+    """A torch.save file is a zip archive, whose directory is written last: a truncated one has none."""
+    try:
+        with zipfile.ZipFile(path):
+            return None
+    except FileNotFoundError:
+        return f"{path.name}: not there yet"
+    except (OSError, zipfile.BadZipFile) as error:
+        return f"{path.name}: not a whole archive yet ({error})"
+
+
+def _shards_incomplete(index: Path, check: Callable[[Path], str | None]) -> str | None:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return f"{index.name}: unreadable ({type(error).__name__}: {error})"
+    for shard in shards:
+        reason = check(index.parent / shard)
+        if reason is not None:
+            return reason
+    return None
+
+
+def incomplete_reason(folder: Path, marker: str | None = None) -> str | None:
+    """Why ``folder`` is not a complete checkpoint yet, or None when it is.
+
+    With ``marker`` (a file name the trainer writes last, e.g. ``COMPLETE``), that file alone
+    decides. Otherwise: ``config.json`` parses, and the weights are whole: ``model.safetensors``,
+    or every shard of ``model.safetensors.index.json`` (``safetensors_incomplete``), else
+    ``pytorch_model.bin`` or its index's shards. A writer that preallocates the file at its final
+    size before filling it passes this check too early: such trainers should write a marker.
+    """
+    if not folder.is_dir():
+        return "folder not there yet"
+    if marker is not None:
+        return None if (folder / marker).is_file() else f"no {marker} marker yet"
+    try:
+        json.loads((folder / "config.json").read_text())
+    except FileNotFoundError:
+        return "no config.json yet"
+    except (OSError, ValueError) as error:
+        return f"config.json unreadable ({type(error).__name__})"
+    if (folder / SAFETENSORS_INDEX).is_file():
+        return _shards_incomplete(folder / SAFETENSORS_INDEX, safetensors_incomplete)
+    if (folder / SAFETENSORS).is_file():
+        return safetensors_incomplete(folder / SAFETENSORS)
+    if (folder / TORCH_BIN_INDEX).is_file():
+        return _shards_incomplete(folder / TORCH_BIN_INDEX, _torch_bin_incomplete)
+    if (folder / TORCH_BIN).is_file():
+        return _torch_bin_incomplete(folder / TORCH_BIN)
+    return f"no weights yet (expected {SAFETENSORS}, {SAFETENSORS_INDEX} or {TORCH_BIN})"
+
+
+@dataclass
+class Completeness:
+    """Watch mode's filter on local folders: which are complete, and why the others are not (``waiting``)."""
+
+    marker: str | None = None
+    waiting: dict[str, str] = field(default_factory=dict)  # folder -> reason, filled while resolving
+
+    def accepts(self, folder: Path) -> bool:
+        reason = incomplete_reason(folder, self.marker)
+        if reason is None:
+            self.waiting.pop(str(folder.absolute()), None)
+            return True
+        self.waiting[str(folder.absolute())] = reason
+        return False
+
+
+def _local(family: ModelFamily, source: LocalCheckpoints, completeness: Completeness | None) -> list[Checkpoint]:
     found: list[Checkpoint] = []
     for entry in source.paths:
         if _GLOB_CHARS.search(entry.name):
             folders = sorted(Path(p) for p in glob.glob(entry.name) if Path(p).is_dir())
-            if not folders:
+            if not folders and completeness is None:  # a watched run waits for its first checkpoint
                 raise SweepConfigError(f"model {family.name}: checkpoint glob {entry.name!r} matches no folder")
         else:
             # A missing explicit folder is kept: the worker records it as a failed checkpoint, the rest runs.
             folders = [Path(entry.name)]
         for folder in folders:
+            if completeness is not None and not completeness.accepts(folder):
+                continue  # still being written: looked at again at the next poll
             meta = read_checkpoint_meta(folder)
             step = entry.step if entry.step is not None else meta.get("step")
             if step is None:
@@ -190,12 +308,16 @@ def _subfolders(family: ModelFamily, source: HFSubfolders) -> list[Checkpoint]:
     return found
 
 
-def resolve_checkpoints(family: ModelFamily) -> list[Checkpoint]:
-    """Every checkpoint of ``family``, sorted by step, duplicates (same id) dropped."""
+def resolve_checkpoints(family: ModelFamily, completeness: Completeness | None = None) -> list[Checkpoint]:
+    """Every checkpoint of ``family``, sorted by step, duplicates (same id) dropped.
+
+    With ``completeness`` (a watched run), local folders still being written are left out and
+    noted in ``completeness.waiting``, and a glob matching nothing yet is no error.
+    """
     found: list[Checkpoint] = []
     for source in family.checkpoints:
         if isinstance(source, LocalCheckpoints):
-            found += _local(family, source)
+            found += _local(family, source, completeness)
         elif isinstance(source, HFRevisions):
             found += _revisions(family, source)
         else:

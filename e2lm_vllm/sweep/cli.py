@@ -46,6 +46,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="recompute cells already in the output")
     parser.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a fresh local Ray)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    watch = parser.add_argument_group("following a run while it trains")
+    watch.add_argument(
+        "--watch", action="store_true", help="after the existing checkpoints, keep polling for new complete ones"
+    )
+    watch.add_argument("--poll-seconds", type=float, default=60.0, metavar="S", help="--watch: seconds between polls (default 60)")
+    watch.add_argument("--until-step", type=int, metavar="N", help="--watch: stop once a checkpoint at step >= N is evaluated")
+    watch.add_argument(
+        "--stop-file", metavar="PATH", help="--watch: stop (after the checkpoint in flight) once PATH exists; it is then removed"
+    )
+    watch.add_argument(
+        "--watch-marker",
+        metavar="NAME",
+        help="--watch: a checkpoint folder is complete once it holds file NAME (default: config.json and whole weights)",
+    )
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -69,6 +83,27 @@ def build_config(args: argparse.Namespace) -> Any:
     return config
 
 
+def watch_options(args: argparse.Namespace) -> Any:
+    """`WatchOptions` from the flags, None without ``--watch`` (whose own flags then are an error)."""
+    from pathlib import Path
+
+    from e2lm_vllm.sweep.watch import WatchOptions
+
+    given = [f"--{name.replace('_', '-')}" for name in ("until_step", "stop_file", "watch_marker") if getattr(args, name) is not None]
+    if not args.watch:
+        if given:
+            raise SweepConfigError(f"{', '.join(given)}: only with --watch")
+        return None
+    if args.poll_seconds <= 0:
+        raise SweepConfigError(f"--poll-seconds: expected a number of seconds > 0, got {args.poll_seconds}")
+    return WatchOptions(
+        poll_seconds=args.poll_seconds,
+        until_step=args.until_step,
+        stop_file=Path(args.stop_file).absolute() if args.stop_file else None,
+        marker=args.watch_marker,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from e2lm_vllm.results.store import ResultsWriteError
@@ -76,13 +111,17 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = build_config(args)
-        summary = run_sweep(config, force=args.force, address=args.address, progress=not args.no_progress)
+        watch = watch_options(args)
+        summary = run_sweep(config, force=args.force, address=args.address, progress=not args.no_progress, watch=watch)
     except SweepConfigError as error:
         print(f"e2lm-vllm sweep: {error}", file=sys.stderr)
         return 2
     except ResultsWriteError as error:  # disk full, read-only output: the cells written so far are kept
         print(f"e2lm-vllm sweep: {error}; rerun once fixed to compute the remaining cells", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the cell in flight abandoned; every written cell is whole, the lock released
+        print("e2lm-vllm sweep: interrupted; rerun to compute the remaining cells", file=sys.stderr)
+        return 130
     print(summary.describe(), file=sys.stderr if summary.failures else sys.stdout)
     return summary.exit_code
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from e2lm_vllm.sweep.checkpoints import Checkpoint, resolve_checkpoints
+from e2lm_vllm.sweep.checkpoints import Checkpoint, Completeness, resolve_checkpoints
 from e2lm_vllm.sweep.config import ModelFamily, SweepConfig, SweepConfigError, TaskSpec, stable_hash
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -143,8 +143,11 @@ def _partner_args(args: dict[str, Any], checkpoints: list[Checkpoint], position:
     return {**args, **partner.model_args()}
 
 
-def build_plan(config: SweepConfig, output: Path, force: bool = False) -> Plan:
-    """Every cell of the sweep, split into done and missing; missing cells grouped per checkpoint."""
+def build_plan(config: SweepConfig, output: Path, force: bool = False, completeness: Completeness | None = None) -> Plan:
+    """Every cell of the sweep, split into done and missing; missing cells grouped per checkpoint.
+
+    ``completeness`` (a watched run): local checkpoints still being written are left out.
+    """
     tasks = [CellTask(task_name_of(t), config.task_fewshot(t), config.task_limit(t)) for t in config.tasks]
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
@@ -154,7 +157,7 @@ def build_plan(config: SweepConfig, output: Path, force: bool = False) -> Plan:
     for family in config.models:
         args = family_model_args(config, family)
         engine_key = stable_hash({"lm": config.engine.lm, "args": args})
-        checkpoints = resolve_checkpoints(family)
+        checkpoints = resolve_checkpoints(family, completeness)
         for position, checkpoint in enumerate(checkpoints):
             unit_cells = []
             for task in tasks:

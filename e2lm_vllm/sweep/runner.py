@@ -16,12 +16,14 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,11 +31,15 @@ from tqdm import tqdm
 
 from e2lm_vllm.results.schema import FAILURES_SCHEMA, METRICS_SCHEMA, SAMPLES_SCHEMA
 from e2lm_vllm.results.store import write_table_atomic
+from e2lm_vllm.sweep.checkpoints import Completeness
 from e2lm_vllm.sweep.config import SweepConfig, SweepConfigError, config_hash
 from e2lm_vllm.sweep.lock import output_lock
 from e2lm_vllm.sweep.plan import Cell, Plan, WorkUnit, build_plan
 from e2lm_vllm.sweep.pool import InProcessWorker, RayWorkers
 from e2lm_vllm.sweep.worker import CellResult, UnitResult, failure_kind
+
+if TYPE_CHECKING:
+    from e2lm_vllm.sweep.watch import WatchOptions
 
 log = logging.getLogger("e2lm_vllm.sweep")
 
@@ -47,15 +53,19 @@ class SweepSummary:
     evaluated: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    stopped_by: str | None = None  # a watched run: "until-step", "stop-file" or "interrupt"
 
     @property
     def exit_code(self) -> int:
+        if self.stopped_by == "interrupt":
+            return 130  # the shell's code for Ctrl-C, also when the checkpoint in flight was finished first
         return 1 if self.failures else 0
 
     def describe(self) -> str:
         lines = [
             f"sweep: {self.cells} cells, {self.already_done} already done, {self.evaluated} evaluated, "
             f"{len(self.failures)} failed in {self.seconds:.0f} s -> {self.output}"
+            + (f" (watch stopped: {self.stopped_by})" if self.stopped_by else "")
         ]
         for failure in self.failures:
             first_line = failure["error"].strip().splitlines()[-1] if failure["error"].strip() else "?"
@@ -142,21 +152,91 @@ def run_sweep(
     address: str | None = None,
     progress: bool = True,
     in_process: bool = False,
+    watch: WatchOptions | None = None,
 ) -> SweepSummary:
-    """Evaluate every missing cell of `config` and write the tables; on Ray, or in this process (`in_process`)."""
+    """Evaluate every missing cell of `config` and write the tables; on Ray, or in this process (`in_process`).
+
+    With `watch`, go on following the checkpoint sources after that (`e2lm_vllm.sweep.watch`).
+    """
     if in_ray_job() and not Path(config.output).is_absolute():
         raise SweepConfigError(
             f"output: expected an absolute path inside a Ray job (its working dir is a temporary copy), got {config.output!r}"
         )
     with output_lock(Path(config.output).absolute()):  # one running sweep per output folder
-        return _run_sweep(config, force, address, progress, in_process)
+        return _run_sweep(config, force, address, progress, in_process, watch)
 
 
-def _run_sweep(config: SweepConfig, force: bool, address: str | None, progress: bool, in_process: bool) -> SweepSummary:
+class WorkerPool:
+    """The sweep's workers, started on first use and kept for every round of a watched run."""
+
+    def __init__(self, config: SweepConfig, address: str | None, in_process: bool):
+        self.config, self.address, self.in_process = config, address, in_process
+        self.workers: RayWorkers | InProcessWorker | None = None
+        self.loaded: dict[int, str | None] = {}  # worker index -> engine key of its last unit
+
+    def get(self) -> RayWorkers | InProcessWorker:
+        if self.workers is None:
+            self.workers = InProcessWorker() if self.in_process else RayWorkers(self.config, self.address)
+        return self.workers
+
+    def shutdown(self) -> None:
+        if self.workers is not None:
+            self.workers.shutdown()
+            self.workers = None
+            self.loaded.clear()
+
+
+@dataclass
+class SweepSession:
+    """One run of the driver: its config, output, workers, and what it has done so far.
+
+    A plain sweep plans and evaluates once; a watched one (`e2lm_vllm.sweep.watch`) does so again
+    at every poll with the same workers, so they keep their engines between checkpoints.
+    """
+
+    config: SweepConfig
+    output: Path
+    pool: WorkerPool
+    summary: SweepSummary
+    progress: bool
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    # Set to finish the unit in flight and start no other (a watched run's stop file, first Ctrl-C).
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def plan(self, force: bool = False, completeness: Completeness | None = None) -> Plan:
+        """The cells as the checkpoint sources are now; cells that failed in this run are not planned again."""
+        plan = build_plan(self.config, self.output, force=force, completeness=completeness)
+        failed = {(f["model"], f["checkpoint"], f["task"], f["config_hash"]) for f in self.failures}
+
+        def retry(cell: Cell) -> bool:
+            return (cell.checkpoint.model, cell.checkpoint.id, cell.task.name, cell.cell_hash) not in failed
+
+        plan.missing = [cell for cell in plan.missing if retry(cell)]
+        units = []
+        for unit in plan.units:
+            unit.cells = [cell for cell in unit.cells if retry(cell)]
+            if unit.cells:
+                units.append(unit)
+        plan.units = units
+        return plan
+
+    def evaluate(self, plan: Plan, after_unit: Callable[[WorkUnit], None] | None = None) -> None:
+        if plan.units:
+            _evaluate(plan, self.config, self.output, self.pool, self.progress, self.failures, self.summary, self.stop, after_unit)
+
+    def write_tables(self, plan: Plan) -> None:
+        consolidate(plan, self.output)
+        write_table_atomic(_table(self.failures, FAILURES_SCHEMA), self.output / "failures.parquet", FAILURES_SCHEMA)
+
+
+def _run_sweep(
+    config: SweepConfig, force: bool, address: str | None, progress: bool, in_process: bool, watch: WatchOptions | None
+) -> SweepSummary:
     started = time.time()
     output = Path(config.output).absolute()
     output.mkdir(parents=True, exist_ok=True)
-    plan = build_plan(config, output, force=force)
+    completeness = Completeness(watch.marker) if watch is not None else None
+    plan = build_plan(config, output, force=force, completeness=completeness)
     digest = config_hash(config)
     (output / "sweep.json").write_text(
         json.dumps({"config_hash": digest, "config": config.model_dump(mode="json")}, indent=2) + "\n"
@@ -174,6 +254,7 @@ def _run_sweep(config: SweepConfig, force: bool, address: str | None, progress: 
             "already_done": len(plan.done),
             "to_evaluate": len(plan.missing),
             "force": force,
+            "watch": watch is not None,
         },
     )
     log.info(
@@ -185,12 +266,19 @@ def _run_sweep(config: SweepConfig, force: bool, address: str | None, progress: 
         len(plan.done),
         len(plan.missing),
     )
-    failures: list[dict[str, Any]] = []
-    if plan.units:
-        _evaluate(plan, config, output, address, progress, failures, summary, in_process)
-    consolidate(plan, output)
-    write_table_atomic(_table(failures, FAILURES_SCHEMA), output / "failures.parquet", FAILURES_SCHEMA)
-    summary.failures = failures
+    session = SweepSession(config, output, WorkerPool(config, address, in_process), summary, progress)
+    try:
+        if watch is None:
+            session.evaluate(plan)
+            session.write_tables(plan)
+        else:
+            from e2lm_vllm.sweep.watch import follow
+
+            plan = follow(session, plan, watch, completeness)
+    finally:
+        session.pool.shutdown()
+    summary.cells = len(plan.cells)
+    summary.failures = session.failures
     summary.seconds = time.time() - started
     _append_run_record(
         output,
@@ -199,8 +287,9 @@ def _run_sweep(config: SweepConfig, force: bool, address: str | None, progress: 
             "event": "finish",
             "time": datetime.now(timezone.utc).isoformat(),
             "evaluated": summary.evaluated,
-            "failed": len(failures),
+            "failed": len(session.failures),
             "seconds": round(summary.seconds, 3),
+            **({"stopped_by": summary.stopped_by} if summary.stopped_by else {}),
         },
     )
     return summary
@@ -235,17 +324,19 @@ def _evaluate(
     plan: Plan,
     config: SweepConfig,
     output: Path,
-    address: str | None,
+    pool: WorkerPool,
     progress: bool,
     failures: list[dict[str, Any]],
     summary: SweepSummary,
-    in_process: bool,
+    stop: threading.Event | None = None,
+    after_unit: Callable[[WorkUnit], None] | None = None,
 ) -> None:
-    workers: RayWorkers | InProcessWorker = InProcessWorker() if in_process else RayWorkers(config, address)
+    """Run the plan's units on the pool's workers; with `stop` set, finish the units in flight and return."""
+    workers = pool.get()
     log.info("%s; %d checkpoints to evaluate", workers.describe(), len(plan.units))
     pending: list[WorkUnit] = list(plan.units)
     idle: list[int] = list(range(workers.count))
-    loaded: dict[int, str | None] = {}  # worker index -> engine key of its last unit
+    loaded = pool.loaded  # worker index -> engine key of its last unit, kept across a watched run's rounds
     in_flight: dict[Any, tuple[int, WorkUnit, float]] = {}
     attempts: dict[str, int] = {}
     total = len(plan.missing)
@@ -253,8 +344,8 @@ def _evaluate(
     started = time.time()
     bar = tqdm(total=total, unit="cell", desc="sweep", disable=not progress, mininterval=2.0, file=sys.stderr)
     try:
-        while pending or in_flight:
-            while pending and idle:
+        while (pending and not (stop and stop.is_set())) or in_flight:
+            while pending and idle and not (stop and stop.is_set()):
                 index = idle.pop(0)
                 unit = _next_unit(pending, loaded.get(index))
                 attempts[unit.label] = attempts.get(unit.label, 0) + 1
@@ -292,9 +383,12 @@ def _evaluate(
                     elapsed,
                     eta,
                 )
+                if after_unit is not None:
+                    after_unit(unit)
+        if pending:
+            log.info("stopping: %d checkpoints left for a later run", len(pending))
     finally:
         bar.close()
-        workers.shutdown()
 
 
 def _write_unit(

@@ -1,0 +1,312 @@
+"""Following a training run: `e2lm-vllm sweep --watch`, in this process on a real vLLM engine.
+
+A background writer puts the 3 SmolLM2 ladder rungs into a watched folder one by one, as a trainer
+would: rung 0 before the watcher starts; the watcher is stopped by a stop file once rung 0 is
+evaluated and started again (a restart in the middle of the run); rung 1 is then written slowly, in
+two pieces with a pause the watcher must sit through; rung 2 lands last and the watcher stops at it
+(`until_step`). Each rung must be evaluated exactly once, the slow one only once whole and never
+recorded as failed, and the report must list all three. Task: one tiny ARC task, 2 docs, 0-shot.
+
+The completeness check itself is tested on synthetic safetensors files, without an engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.numpy import save_file
+
+from e2lm_vllm.sweep.checkpoints import incomplete_reason, safetensors_incomplete
+from e2lm_vllm.sweep.watch import next_expected_step
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = "model.safetensors"
+
+
+# -- completeness, on synthetic files (no engine) ------------------------------------------------
+
+
+def _synthetic_checkpoint(folder: Path, shards: int = 1) -> list[Path]:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    tensors = {f"layer{i}.weight": np.arange(i * 10, i * 10 + 37, dtype=np.float32) for i in range(4)}
+    if shards == 1:
+        save_file(tensors, str(folder / WEIGHTS))
+        return [folder / WEIGHTS]
+    names = sorted(tensors)
+    files, weight_map = [], {}
+    for shard in range(shards):
+        file = folder / f"model-{shard + 1:05d}-of-{shards:05d}.safetensors"
+        part = {name: tensors[name] for name in names[shard::shards]}
+        save_file(part, str(file))
+        weight_map.update({name: file.name for name in part})
+        files.append(file)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return files
+
+
+def test_a_safetensors_file_is_complete_only_at_its_final_size(tmp_path):
+    (weights,) = _synthetic_checkpoint(tmp_path / "step_1")
+    whole = weights.read_bytes()
+    assert incomplete_reason(tmp_path / "step_1") is None
+    for length in (0, 5, 8, 50, len(whole) // 2, len(whole) - 1):
+        weights.write_bytes(whole[:length])  # as a trainer leaves it mid-write
+        assert incomplete_reason(tmp_path / "step_1") is not None, f"{length} of {len(whole)} bytes taken as complete"
+    weights.write_bytes(whole[: len(whole) - 1])
+    assert safetensors_incomplete(weights) == f"{WEIGHTS}: {len(whole) - 1} of {len(whole)} bytes"
+    weights.write_bytes(whole)
+    assert incomplete_reason(tmp_path / "step_1") is None
+
+
+def test_a_sharded_checkpoint_waits_for_every_shard_and_its_config(tmp_path):
+    folder = tmp_path / "iter_0002000"
+    first, second = _synthetic_checkpoint(folder, shards=2)
+    assert incomplete_reason(folder) is None
+    second_bytes = second.read_bytes()
+    second.unlink()
+    assert incomplete_reason(folder) == f"{second.name}: not there yet"
+    second.write_bytes(second_bytes[:-3])
+    assert incomplete_reason(folder) == f"{second.name}: {len(second_bytes) - 3} of {len(second_bytes)} bytes"
+    second.write_bytes(second_bytes)
+    (folder / "config.json").write_text('{"model_type": ')  # half-written
+    assert incomplete_reason(folder) == "config.json unreadable (JSONDecodeError)"
+    (folder / "config.json").unlink()
+    assert incomplete_reason(folder) == "no config.json yet"
+    assert incomplete_reason(tmp_path / "absent") == "folder not there yet"
+    # With a marker, the marker alone decides: the trainer says when it is done.
+    assert incomplete_reason(folder, marker="COMPLETE") == "no COMPLETE marker yet"
+    (folder / "COMPLETE").touch()
+    assert incomplete_reason(folder, marker="COMPLETE") is None
+
+
+def test_the_next_expected_step_follows_the_spacing_seen():
+    assert next_expected_step([]) == (None, None, False)
+    assert next_expected_step([2000]) == (None, None, False)
+    assert next_expected_step([0, 2000, 4000]) == (6000, 2000, True)
+    assert next_expected_step([0, 1000, 4000]) == (7000, 3000, False)
+
+
+def test_a_report_before_any_result_says_it_waits(tmp_path):
+    """A watcher started before the first checkpoint lands still writes a report, saying why it has no scores."""
+    from e2lm_vllm.results.schema import METRICS_SCHEMA
+    from e2lm_vllm.results.store import write_table_atomic
+    from e2lm_vllm.sweep.watch import WatchOptions, WatchState, write_report
+
+    write_table_atomic(METRICS_SCHEMA.empty_table(), tmp_path / "metrics.parquet")
+    state = WatchState(WatchOptions(), waiting={str(tmp_path / "step_000100"): "no config.json yet"})
+    report = write_report(tmp_path, state).read_text()
+    assert "Not scored yet: ScoringInputError" in report and "Waiting for more checkpoints" in report
+    assert "watching: waiting for the next checkpoint; no checkpoint yet; 1 incomplete: step_000100 (no config.json yet)" in report
+    assert "Not scored yet" in (tmp_path / "report" / "score.txt").read_text()
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no staging left
+
+
+def test_watch_flags_without_watch_are_refused(tmp_path, capsys):
+    from e2lm_vllm.sweep import cli
+
+    args = ["--checkpoints", str(tmp_path / "run" / "step_*"), "--tasks", "t", "--output", str(tmp_path / "out")]
+    assert cli.main([*args, "--until-step", "5", "--stop-file", "STOP"]) == 2
+    assert "e2lm-vllm sweep: --until-step, --stop-file: only with --watch" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_stops_a_waiting_watcher_with_130_and_releases_the_lock(tmp_path):
+    """The real CLI on a run with no checkpoint yet: it waits (no worker is started before there is work),
+    and Ctrl-C ends it with 130, a finish record and no lock left behind."""
+    output = tmp_path / "out"
+    command = [
+        str(Path(sys.executable).parent / "e2lm-vllm"), "sweep", "--checkpoints", str(tmp_path / "run" / "step_*"),
+        "--tasks", "sweep_arc_easy", "--include-path", str(REPO / "tests" / "data" / "sweep_tasks"),
+        "--output", str(output), "--watch", "--poll-seconds", "0.2", "--no-progress",
+    ]  # fmt: skip
+    watcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: (output / "watch.json").is_file() or watcher.poll() is not None, "the watcher to wait", 120)
+        assert watcher.poll() is None, watcher.communicate()
+        watcher.send_signal(signal.SIGINT)
+        out, err = watcher.communicate(timeout=60)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 130, err
+    assert "0 evaluated, 0 failed" in out and "(watch stopped: interrupt)" in out
+    assert "watching: waiting for the next checkpoint; no checkpoint yet" in err
+    assert "watch: stopped (interrupt)" in err
+    finish = json.loads((output / "runs.jsonl").read_text().splitlines()[-1])
+    assert (finish["event"], finish["stopped_by"], finish["evaluated"]) == ("finish", "interrupt", 0)
+    assert not (output / "sweep.lock").exists()
+    assert "Not scored yet" in (output / "report" / "report.md").read_text()
+
+
+# -- the watcher on a real engine ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine_in_this_process():
+    """As in a sweep worker: the engine core runs in the driver's own process."""
+    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    yield
+    if saved is None:
+        os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    else:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
+
+
+def _put(file: Path, target: Path) -> None:
+    """A rung's file at once: a hard link where possible (no 0.5 GB copy), else a copy."""
+    try:
+        os.link(file, target)
+    except OSError:
+        shutil.copyfile(file, target)
+
+
+def _land(rung: Path, folder: Path) -> None:
+    """A checkpoint landing whole: the weights last, as `save_pretrained` writes them after config.json."""
+    folder.mkdir()
+    for file in sorted(rung.iterdir(), key=lambda path: path.name == WEIGHTS):
+        _put(file, folder / file.name)
+
+
+def _metrics_parts(output: Path, step: int) -> list[Path]:
+    return list(output.glob(f"cells/*/step{step:010d}_*/*.metrics.parquet"))
+
+
+def _wait_for(condition, what: str, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.1)
+
+
+def _in_background(job, stop: Path) -> tuple[threading.Thread, list[BaseException]]:
+    """Run the writer `job` beside the watcher; if it fails, the stop file ends the watcher (no hang)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            job()
+        except BaseException as error:  # noqa: BLE001 - re-raised by the test after the join
+            errors.append(error)
+            stop.touch()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def _incomplete(output: Path) -> dict[str, str]:
+    try:
+        return json.loads((output / "watch.json").read_text())["incomplete"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return {}
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_the_watcher_follows_a_run_being_written(ladder_dirs, tmp_path, engine_in_this_process):
+    from e2lm_vllm.sweep.config import config_from_flags
+    from e2lm_vllm.sweep.runner import run_sweep
+    from e2lm_vllm.sweep.watch import WatchOptions
+
+    run_dir, output, stop = tmp_path / "run", tmp_path / "out", tmp_path / "STOP"
+    run_dir.mkdir()
+    config = config_from_flags(
+        checkpoints=[str(run_dir / "step_*")],
+        model_name="ladder",
+        tasks="sweep_arc_easy",
+        include_path=[str(REPO / "tests" / "data" / "sweep_tasks")],
+        limit=2,
+        num_fewshot=0,
+        lm="e2lm_vllm",
+        model_args={"dtype": "float32"},
+        output=str(output),
+    )
+    names = [rung.name for rung in ladder_dirs]  # step_000000, step_001000, step_002000
+
+    # Run 1: rung 0 is there; a stop file once it is evaluated stops the watcher mid-run.
+    _land(ladder_dirs[0], run_dir / names[0])
+
+    def stop_after_rung_0() -> None:
+        _wait_for(lambda: _metrics_parts(output, 0), "rung 0's cell")
+        stop.touch()
+
+    writer, errors = _in_background(stop_after_rung_0, stop)
+    first = run_sweep(config, progress=False, in_process=True, watch=WatchOptions(poll_seconds=0.5, stop_file=stop))
+    writer.join()
+    assert not errors, errors
+    assert (first.stopped_by, first.evaluated, first.exit_code) == ("stop-file", 1, 0)
+    assert not stop.exists(), "an obeyed stop file is removed"
+    report = (output / "report" / "report.md").read_text()
+    assert "1 distinct steps" in report and f"- ladder step 0: `{run_dir / names[0]}`" in report
+    assert not (output / "sweep.lock").exists()
+
+    # Run 2, a restarted watcher: rung 1 written slowly in two pieces, then rung 2 at once.
+    seen: dict[str, object] = {}
+
+    def write_the_rest() -> None:
+        folder = run_dir / names[1]
+        folder.mkdir()
+        for file in ladder_dirs[1].iterdir():
+            if file.name != WEIGHTS:
+                _put(file, folder / file.name)
+        whole = (ladder_dirs[1] / WEIGHTS).read_bytes()
+        with open(folder / WEIGHTS, "wb") as handle:
+            handle.write(whole[: len(whole) // 2])
+            handle.flush()
+            # The watcher must have polled the half-written rung and called it incomplete, not evaluated it.
+            _wait_for(
+                lambda: "bytes" in _incomplete(output).get(str(folder), ""), "the watcher to see the half-written rung", 60
+            )
+            seen["reason"] = _incomplete(output)[str(folder)]
+            seen["parts_while_partial"] = len(_metrics_parts(output, 1000))
+            time.sleep(1.5)  # three more polls of a half-written file
+            handle.write(whole[len(whole) // 2 :])
+        seen["complete_at"] = time.time()
+        _wait_for(lambda: _metrics_parts(output, 1000), "rung 1's cell")
+        # The trainer rotates checkpoints: rung 0 goes; its rows must stay in the tables.
+        shutil.rmtree(run_dir / names[0])
+        _land(ladder_dirs[2], run_dir / names[2])
+
+    writer, errors = _in_background(write_the_rest, stop)
+    watch = WatchOptions(poll_seconds=0.5, until_step=2000, stop_file=stop)
+    second = run_sweep(config, progress=False, in_process=True, watch=watch)
+    writer.join()
+    assert not errors, errors
+    assert (second.stopped_by, second.evaluated, second.already_done, second.exit_code) == ("until-step", 2, 1, 0)
+
+    half = (ladder_dirs[1] / WEIGHTS).stat().st_size // 2
+    assert seen["reason"] == f"{WEIGHTS}: {half} of {2 * half} bytes"
+    assert seen["parts_while_partial"] == 0
+    (part_1000,) = _metrics_parts(output, 1000)
+    assert part_1000.stat().st_mtime > seen["complete_at"], "rung 1 was evaluated before it was whole"
+
+    # Every rung evaluated exactly once over the two watchers, nothing failed, nothing repeated.
+    records = [json.loads(line) for line in (output / "runs.jsonl").read_text().splitlines()]
+    units = [record for record in records if record["event"] == "unit"]
+    assert [Path(unit["checkpoint"]).name for unit in units] == names
+    assert [r["already_done"] for r in records if r["event"] == "start"] == [0, 1]
+    assert pd.read_parquet(output / "failures.parquet").empty
+    metrics = pd.read_parquet(output / "metrics.parquet")
+    assert sorted(metrics.step.unique()) == [0, 1000, 2000]
+    assert not metrics.duplicated(["checkpoint", "task", "metric", "filter"]).any()
+    # One pool across the second watcher's rounds: rung 2, found at a later poll, is a weight swap.
+    assert [unit["engine"] for unit in units[1:]] == ["checked", "swapped"]
+
+    report = (output / "report" / "report.md").read_text()
+    for step, name in zip((0, 1000, 2000), names):
+        assert f"- ladder step {step}: `{run_dir / name}`" in report
+    assert "3 distinct steps" in report and "Not scored yet" not in report
+    assert (output / "report" / "summary.png").is_file()
+    assert "sweep_arc_easy" in (output / "report" / "score.txt").read_text()
