@@ -158,8 +158,11 @@ class EngineSettings(BaseModel):
         return self
 
     def overrides(self) -> dict[str, Any]:
-        """The settings that were given, as constructor kwargs (unset ones keep their defaults)."""
-        return self.model_dump(exclude_unset=True)
+        """The settings that were given, as lm-eval's flat model args (`ModelArgs.from_kwargs` reads
+        them back): vLLM engine args at the top level; unset settings keep their defaults."""
+        given = self.model_dump(exclude_unset=True)
+        engine_args = given.pop("engine_kwargs", {})
+        return {**given, **engine_args}
 
 
 class ModelArgs(EngineSettings):

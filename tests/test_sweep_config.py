@@ -241,10 +241,11 @@ def test_engine_section_is_the_model_args_schema(tmp_path):
     engine = {"check_weights": False, "engine_kwargs": {"max_num_seqs": 8}, "enforce_eager": None}
     config = validate_config(_config(models=[{"name": "m", "checkpoints": {"paths": [str(step)]}}], engine=engine))
     (unit,) = build_plan(config, tmp_path / "o").units
-    # the settings given reach the lm; `enforce_eager: null` is unset (the lm's default), as in the first sweeps
+    # the settings given reach the lm as flat model args; `enforce_eager: null` is unset (the lm's
+    # default), as in the first sweeps
     assert unit.model_args == {
         "backend": "auto", "dtype": "auto", "tensor_parallel_size": 1, "seed": 1234, "check_weights": False,
-        "engine_kwargs": {"max_num_seqs": 8}, "pretrained": str(step),
+        "max_num_seqs": 8, "pretrained": str(step),
     }  # fmt: skip
     assert config_hash(config) != config_hash(validate_config(_config(models=config.model_dump()["models"])))
     with pytest.raises(SweepConfigError, match=r"engine.dtype: Value error, dtype must be one of \['auto', "):

@@ -270,9 +270,8 @@ class SweepEngineSettings(EngineSettings):
 
     def settings_args(self) -> dict[str, Any]:
         """The settings as constructor kwargs of the lm: those of the first sweeps' section, then any other set."""
-        first = {key: value for key, value in FIRST_ENGINE_SECTION.items() if key not in _SWEEP_ONLY}
-        args = {**first, **self.model_dump(exclude_unset=True, exclude=_SWEEP_ONLY)}
-        return {key: value for key, value in args.items() if value is not None}
+        args = {**FIRST_ENGINE_SECTION, **self.overrides()}
+        return {key: value for key, value in args.items() if key not in _SWEEP_ONLY and value is not None}
 
     def hash_payload(self) -> dict[str, Any]:
         """The section as the config hash reads it (see `FIRST_ENGINE_SECTION`)."""
