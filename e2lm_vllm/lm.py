@@ -2,8 +2,12 @@
 
 Tokenization, truncation, rolling windows and generation post-processing follow lm-eval's HF model
 step by step (reusing its helpers), so the two backends see the same tokens; only the forward
-passes run on vLLM, planned by `e2lm_vllm.planner` so that shared prefixes are computed once.
-`backend=hf` returns lm-eval's own `HFLM`, the parity reference.
+passes run on an engine (`e2lm_vllm.engine_protocol.ScoringEngine`, vLLM's in `e2lm_vllm.engine`),
+planned by `e2lm_vllm.planner` so that shared prefixes are computed once.
+
+`E2LMVLLM(...)` is always the model on vLLM. lm-eval builds models through `create_from_arg_string`
+and `create_from_arg_obj`, which dispatch on `backend` (`build_lm`): `backend=hf` (or `auto` where
+vLLM does not import) gives lm-eval's own `HFLM` on the same args, the parity reference.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from e2lm_vllm.checkpoint import (
     swap_signature,
 )
 from e2lm_vllm.config import ModelArgs, ModelArgsError, cuda_available, engine_environment, engine_kwargs
+from e2lm_vllm.engine_protocol import ScoringEngine
 from e2lm_vllm.planner import ScoreRequest, ScoringPlan, plan_scoring
 
 logger = logging.getLogger(__name__)
@@ -105,12 +110,19 @@ def build_hf_lm(args: ModelArgs) -> Any:
 
 
 def resolve_backend(args: ModelArgs) -> str:
+    """``vllm`` or ``hf``: the backend `build_lm` gives these args (``auto`` is vLLM when it imports)."""
     if args.backend != "auto":
         return args.backend
-    if vllm_importable():
-        return "vllm"
-    logger.warning("e2lm_vllm: vLLM is not importable here; falling back to lm-eval's HF backend (backend=hf)")
-    return "hf"
+    return "vllm" if vllm_importable() else "hf"
+
+
+def build_lm(args: ModelArgs) -> TemplateLM:
+    """The lm-eval model for these args: `E2LMVLLM`, or lm-eval's `HFLM` for ``backend=hf``."""
+    if resolve_backend(args) == "vllm":
+        return E2LMVLLM(args)
+    if args.backend == "auto":
+        logger.warning("e2lm_vllm: vLLM is not importable here; falling back to lm-eval's HF backend (backend=hf)")
+    return build_hf_lm(args)
 
 
 def sampling_seeds(arguments: list[tuple[str, dict]], model_seed: int) -> list[int]:
@@ -133,21 +145,26 @@ def sampling_seeds(arguments: list[tuple[str, dict]], model_seed: int) -> list[i
 class E2LMVLLM(TemplateLM):
     """lm-eval model on vLLM with prefix-aware exact scoring. See `e2lm_vllm.config.ModelArgs`."""
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        model_args = ModelArgs.from_kwargs(kwargs)
-        if resolve_backend(model_args) == "hf":
-            return build_hf_lm(model_args)
-        return super().__new__(cls)
-
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, args: ModelArgs | None = None, /, **kwargs: Any) -> None:
+        """``E2LMVLLM(pretrained=..., dtype=...)`` (lm-eval's flat model args) or ``E2LMVLLM(model_args)``."""
         super().__init__()
         import transformers
 
         from e2lm_vllm.engine import VLLMEngine
 
-        self.args = ModelArgs.from_kwargs(kwargs)
-        if self.args.backend == "hf":  # pragma: no cover - __new__ returned an HFLM
-            raise AssertionError("unreachable")
+        if args is not None and kwargs:
+            raise TypeError("E2LMVLLM takes a ModelArgs or keyword model args, not both")
+        self.args = args if args is not None else ModelArgs.from_kwargs(kwargs)
+        if self.args.backend == "hf":
+            raise ModelArgsError(
+                "E2LMVLLM runs on vLLM; backend=hf is lm-eval's HFLM: build it with "
+                "E2LMVLLM.create_from_arg_obj(...) or e2lm_vllm.lm.build_lm(ModelArgs(...))"
+            )
+        if not vllm_importable():
+            raise ModelArgsError(
+                "E2LMVLLM needs vLLM, which does not import here; backend=hf (or create_from_arg_obj with "
+                "backend=auto) runs lm-eval's HFLM instead"
+            )
         self.checkpoint = resolve_checkpoint(
             self.args.pretrained,
             revision=self.args.revision,
@@ -185,7 +202,7 @@ class E2LMVLLM(TemplateLM):
                 self.args.max_model_len, self._max_length, ENGINE_EXTRA_POSITIONS,
             )
         on_cpu = not cuda_available()
-        self.engine = VLLMEngine(
+        self.engine: ScoringEngine = VLLMEngine(
             engine_kwargs(
                 self.args,
                 model_path=str(self.checkpoint.model_path),
@@ -226,15 +243,20 @@ class E2LMVLLM(TemplateLM):
         self.args = self.args.model_copy(update={"pretrained": pretrained, "revision": revision, "subfolder": subfolder})
         return refreshed
 
+    def shutdown(self) -> None:
+        """Free the engine (a long-lived process builds the next lm only after)."""
+        self.engine.shutdown()
+
     @classmethod
-    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> Any:
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> TemplateLM:
         args = lm_utils.simple_parse_args_string(arg_string)
         return cls.create_from_arg_obj(args, additional_config)
 
     @classmethod
-    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> Any:
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> TemplateLM:
+        """lm-eval's entry point: an `E2LMVLLM`, or lm-eval's `HFLM` for ``backend=hf`` (`build_lm`)."""
         extra = {key: value for key, value in (additional_config or {}).items() if value is not None}
-        return cls(**{**extra, **arg_dict})
+        return build_lm(ModelArgs.from_kwargs({**extra, **arg_dict}))
 
     # -- tokenization, as lm-eval's HFLM ---------------------------------------------------------
 

@@ -377,7 +377,7 @@ def run_parity(
     report.dtype = dtype
     report.metrics_checked = METRICS_MUST_MATCH.get(dtype, True)
     if with_hf:
-        hf_lm = E2LMVLLM(**{**model_args, "backend": "hf", "max_model_len": max_length, "batch_size": hf_batch_size})
+        hf_lm = E2LMVLLM.create_from_arg_obj({**model_args, "backend": "hf", "max_model_len": max_length, "batch_size": hf_batch_size})
         hf = evaluate_all(hf_lm, tasks, include_path=include_path, limit=limit, num_fewshot=num_fewshot)
         del hf_lm
         gc.collect()

@@ -9,12 +9,22 @@ Two exact paths:
   from a single decode step on the context, with the exact logprobs of exactly those tokens.
 - `SequenceQuery`: longer continuations (cloze answers) are scored from prompt logprobs of the rows
   after the cached prefix; a row the cache hid is read from a sibling or from one decode step.
+
+`execute_plan` runs a plan on an engine's three steps (`EngineSteps`), and repairs the rows its
+prefix cache hid (`repair_hidden_rows`), still without knowing which engine it drives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
+
+from e2lm_vllm.engine_protocol import NonFiniteScoreError, describe_prompt
+
+# A token's log-probability given the tokens before it, and whether it is the argmax there.
+Row = tuple[float, bool]
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,7 @@ class SequenceQuery:
     @property
     def cacheable(self) -> tuple[int, ...]:
         """The longest prefix the cache may serve: the first scored row needs the logits of the
-        context's last token, which must be computed (see `engine._score_sequences`)."""
+        context's last token, which must be computed (see `ComputedRows`)."""
         return self.tokens[: self.first_scored - 1]
 
 
@@ -244,3 +254,134 @@ def plan_scoring(
         submitted_tokens=submitted,
         trie_tokens=trie_token_count(prompts),
     )
+
+
+# --- running a plan ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ComputedRows:
+    """The prompt-logprob rows an engine computed for one `SequenceQuery`: `rows[i]` is row
+    `start + i`, up to the last token.
+
+    Row `p` needs the logits of token `p - 1`; an engine with a prefix cache computes them only
+    from the first uncached token on, so rows from `first_scored` up to `start` are hidden: the
+    cache can reach into a continuation when its context ends on a block boundary, or when a sibling
+    with the same first tokens filled a block a step earlier.
+    """
+
+    start: int
+    rows: tuple[Row, ...]
+
+
+class EngineSteps(Protocol):
+    """The scoring steps `execute_plan` drives (`e2lm_vllm.engine.VLLMEngine` has them on vLLM)."""
+
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> None:
+        """Compute `prompts` into the prefix cache."""
+        ...
+
+    def next_token_rows(self, queries: list[NextTokenQuery]) -> list[list[Row]]:
+        """One decode step per query: the row of each of its `token_ids`, exact whatever the cache holds."""
+        ...
+
+    def prompt_rows(self, queries: list[SequenceQuery]) -> list[ComputedRows]:
+        """Prefill each query's tokens, reading the prefix cache; the rows computed from `first_scored` on."""
+        ...
+
+
+@dataclass(frozen=True)
+class HiddenRowRepair:
+    """Where the hidden rows of a wave of sequence queries come from (keys: the tokens up to and
+    including the scored token; a row depends on nothing else)."""
+
+    borrowed: dict[tuple[int, ...], Row]  # computed by a sibling query of the same wave
+    to_decode: list[NextTokenQuery]  # the rest: one decode step per distinct context
+
+    @property
+    def num_decoded(self) -> int:
+        return sum(len(query.token_ids) for query in self.to_decode)
+
+
+def repair_hidden_rows(queries: Sequence[SequenceQuery], computed: Sequence[ComputedRows]) -> HiddenRowRepair:
+    """How to fill the rows the cache hid: from a sibling that computed the same row, else from a
+    decode step on the tokens before it (exact, as for letters), never from the engine's unfilled row."""
+    hidden = {
+        query.tokens[: position + 1]
+        for query, rows in zip(queries, computed)
+        for position in range(query.first_scored, rows.start)
+    }
+    borrowed: dict[tuple[int, ...], Row] = {}
+    if hidden:
+        for query, rows in zip(queries, computed):
+            for offset, row in enumerate(rows.rows):
+                prefix = query.tokens[: rows.start + offset + 1]
+                if prefix in hidden and prefix not in borrowed:
+                    borrowed[prefix] = row
+    by_context: dict[tuple[int, ...], NextTokenQuery] = {}
+    for prefix in sorted(hidden - borrowed.keys()):
+        by_context.setdefault(prefix[:-1], NextTokenQuery(prefix[:-1], [])).token_ids.append(prefix[-1])
+    return HiddenRowRepair(borrowed, list(by_context.values()))
+
+
+def sequence_scores(
+    queries: Sequence[SequenceQuery], computed: Sequence[ComputedRows], hidden_rows: dict[tuple[int, ...], Row]
+) -> list[ScoreResult]:
+    """Each query's continuation score: its hidden rows from `hidden_rows`, then the computed ones."""
+    scores = []
+    for query, rows in zip(queries, computed):
+        answers = [hidden_rows[query.tokens[: position + 1]] for position in range(query.first_scored, rows.start)]
+        answers += rows.rows
+        total = sum(logprob for logprob, _ in answers)
+        if not math.isfinite(total):
+            position, logprob = next(
+                (query.first_scored + i, lp) for i, (lp, _) in enumerate(answers) if not math.isfinite(lp)
+            )
+            raise NonFiniteScoreError(
+                f"log-probability {logprob} of token {query.tokens[position]} at position {position} of "
+                f"{describe_prompt(query.tokens)}"
+            )
+        scores.append(ScoreResult(total, all(greedy for _, greedy in answers)))
+    return scores
+
+
+@dataclass(frozen=True)
+class PlanRun:
+    results: list[ScoreResult]  # one per planned request, in request order
+    borrowed_rows: int  # hidden rows read from a sibling
+    decoded_rows: int  # hidden rows read from a decode step
+
+
+def execute_plan(plan: ScoringPlan, steps: EngineSteps, progress: Callable[[int], None] | None = None) -> PlanRun:
+    """Run `plan` wave by wave on `steps`; `progress` gets the number of requests each wave scored."""
+    results: list[ScoreResult | None] = [None] * plan.num_requests
+    borrowed = decoded = 0
+    for wave in plan.waves:
+        primers = [query for query in wave if isinstance(query, PrefixPrimer)]
+        next_token = [query for query in wave if isinstance(query, NextTokenQuery)]
+        sequences = [query for query in wave if isinstance(query, SequenceQuery)]
+        if primers:
+            steps.prefill([primer.tokens for primer in primers])
+        if next_token:
+            for query, answers in zip(next_token, steps.next_token_rows(next_token)):
+                for request_index, position in query.readers:
+                    results[request_index] = ScoreResult(*answers[position])
+        if sequences:
+            computed = steps.prompt_rows(sequences)
+            repair = repair_hidden_rows(sequences, computed)
+            hidden_rows = dict(repair.borrowed)
+            if repair.to_decode:
+                for query, answers in zip(repair.to_decode, steps.next_token_rows(repair.to_decode)):
+                    for token, answer in zip(query.token_ids, answers):
+                        hidden_rows[query.context + (token,)] = answer
+            borrowed += len(repair.borrowed)
+            decoded += repair.num_decoded
+            for query, score in zip(sequences, sequence_scores(sequences, computed, hidden_rows)):
+                for request_index in query.readers:
+                    results[request_index] = score
+        if progress is not None:
+            progress(sum(len(query.readers) for query in next_token + sequences))
+    missing = [index for index, result in enumerate(results) if result is None]
+    if missing:
+        raise RuntimeError(f"plan left {len(missing)} requests unscored, e.g. {missing[:5]}")
+    return PlanRun(results, borrowed, decoded)  # type: ignore[arg-type]

@@ -53,7 +53,7 @@ def vllm_lm(request, smollm2_path):
     max_length = getattr(request.module, "MAX_LENGTH", 512)
     lm = E2LMVLLM(pretrained=str(smollm2_path), dtype="float32", max_model_len=max_length, backend="vllm")
     yield lm
-    lm.engine.shutdown()
+    lm.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -62,4 +62,5 @@ def hf_lm(request, smollm2_path):
     from e2lm_vllm.lm import E2LMVLLM
 
     max_length = getattr(request.module, "MAX_LENGTH", 512)
-    return E2LMVLLM(pretrained=str(smollm2_path), dtype="float32", max_model_len=max_length, backend="hf", batch_size=8)
+    args = {"pretrained": str(smollm2_path), "dtype": "float32", "max_model_len": max_length, "backend": "hf", "batch_size": 8}
+    return E2LMVLLM.create_from_arg_obj(args)

@@ -138,6 +138,18 @@ def test_context_longer_than_max_length_is_left_truncated_as_hf_does(vllm_lm, hf
         assert abs(a - b) <= TOLERANCE and greedy_a == greedy_b
 
 
+def test_backend_is_chosen_by_lm_evals_constructors_and_e2lm_vllm_is_always_on_vllm(vllm_lm, hf_lm, smollm2_path):
+    from lm_eval.models.huggingface import HFLM
+
+    from e2lm_vllm.engine_protocol import ScoringEngine
+    from e2lm_vllm.lm import E2LMVLLM
+
+    assert type(vllm_lm) is E2LMVLLM and isinstance(vllm_lm.engine, ScoringEngine)
+    assert type(hf_lm) is HFLM  # conftest: E2LMVLLM.create_from_arg_obj({..., "backend": "hf"})
+    with pytest.raises(ModelArgsError, match="E2LMVLLM runs on vLLM; backend=hf is lm-eval's HFLM"):
+        E2LMVLLM(pretrained=str(smollm2_path), backend="hf")
+
+
 def test_continuation_rows_hidden_by_the_cache_are_exact(vllm_lm, hf_lm):
     """A context of whole cache blocks, cached by an earlier call: the cache then serves the context
     whole, hiding the first continuation row (its logits come from the context's last token). That

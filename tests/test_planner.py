@@ -147,3 +147,170 @@ def test_a_continuation_runs_before_a_deeper_primer_that_would_cover_it():
         assert wave_of[request.context + request.continuation] < wave_of[covering]
     for request in requests[2:]:
         assert wave_of[request.context + request.continuation] > wave_of[covering]
+
+
+# --- running a plan on a fake engine with vLLM's prefix-cache behaviour -----------------------------
+
+
+class PrefixCachingFakeEngine:
+    """A `ScoringEngine` without vLLM: a made-up model (each context gives a seeded random
+    distribution over `VOCAB` tokens) behind a prefix cache that behaves as vLLM's does.
+
+    - The cache holds whole blocks of `block_size` tokens; a prompt reads the longest cached run of
+      its whole blocks, but at least its last token is computed (vLLM's `num_tokens - 1` cap).
+    - Prompts of one call run in order, so a later one reads the blocks an earlier one filled.
+    - Prompt-logprob row `p` needs the logits of token `p - 1`: it is computed only when
+      `p > num_cached_tokens`; the rows before are never returned (vLLM leaves them unfilled).
+    """
+
+    VOCAB = 24
+
+    def __init__(self, block_size: int = 4, model_seed: int = 0):
+        from e2lm_vllm.engine_protocol import EngineStats
+
+        self.block_size = block_size
+        self.max_model_len = 4096
+        self.stats = EngineStats()
+        self.model_seed = model_seed
+        self.cached_blocks: set[tuple[int, ...]] = set()
+
+    # the made-up model
+    def logprobs(self, context: tuple[int, ...]) -> list[float]:
+        import math
+
+        generator = random.Random(hash((self.model_seed, context)))
+        logits = [generator.gauss(0.0, 2.0) for _ in range(self.VOCAB)]
+        top = max(logits)
+        norm = top + math.log(sum(math.exp(logit - top) for logit in logits))
+        return [logit - norm for logit in logits]
+
+    def row(self, tokens: tuple[int, ...], position: int) -> tuple[float, bool]:
+        logprobs = self.logprobs(tokens[:position])
+        return logprobs[tokens[position]], logprobs[tokens[position]] == max(logprobs)
+
+    # the prefix cache
+    def _compute(self, tokens: tuple[int, ...]) -> int:
+        """Run one prompt: how many leading tokens came from the cache; its whole blocks are cached after."""
+        size, cached = self.block_size, 0
+        while cached + size <= len(tokens) - 1 and tokens[: cached + size] in self.cached_blocks:
+            cached += size
+        self.cached_blocks.update(tokens[:end] for end in range(size, len(tokens) + 1, size))
+        self.stats.requests += 1
+        self.stats.prompt_tokens += len(tokens)
+        self.stats.cached_prefill_tokens += cached
+        self.stats.computed_prefill_tokens += len(tokens) - cached
+        return cached
+
+    # planner.EngineSteps
+    def prefill(self, prompts):
+        for prompt in prompts:
+            self._compute(tuple(prompt))
+
+    def next_token_rows(self, queries):
+        answers = []
+        for query in queries:
+            self._compute(query.context)
+            answers.append([self.row(query.context + (token,), len(query.context)) for token in query.token_ids])
+        return answers
+
+    def prompt_rows(self, queries):
+        from e2lm_vllm.planner import ComputedRows
+
+        computed = []
+        for query in queries:
+            start = min(max(query.first_scored, self._compute(query.tokens) + 1), len(query.tokens))
+            computed.append(ComputedRows(start, tuple(self.row(query.tokens, p) for p in range(start, len(query.tokens)))))
+        return computed
+
+    # ScoringEngine
+    def run_plan(self, plan, progress=None):
+        from e2lm_vllm.planner import execute_plan
+
+        run = execute_plan(plan, self, progress)
+        self.stats.borrowed_rows += run.borrowed_rows
+        self.stats.decoded_rows += run.decoded_rows
+        return run.results
+
+    def generate_greedy(self, prompts, *, max_tokens, stop_token_ids):
+        return self.generate_sampled(prompts, max_tokens=max_tokens, stop_token_ids=stop_token_ids, seeds=[None] * len(prompts), options={})
+
+    def generate_sampled(self, prompts, *, max_tokens, stop_token_ids, seeds, options):
+        import math
+
+        generations = []
+        for prompt, seed in zip(prompts, seeds):
+            tokens, generated = tuple(prompt), []
+            sampler = random.Random(seed)
+            while len(generated) < max_tokens and (not generated or generated[-1] not in stop_token_ids):
+                logprobs = self.logprobs(tokens)
+                token = logprobs.index(max(logprobs)) if seed is None else sampler.choices(range(self.VOCAB), [math.exp(lp) for lp in logprobs])[0]
+                generated.append(token)
+                tokens += (token,)
+            generations.append(generated)
+        return generations
+
+    def swap_weights(self, model_path):
+        self.model_seed, self.cached_blocks = hash(model_path), set()
+        return []
+
+    def shutdown(self):
+        self.cached_blocks = set()
+
+
+def _fresh_score(engine: PrefixCachingFakeEngine, request: ScoreRequest) -> tuple[float, bool]:
+    """The request as one whole prompt on a cold cache: every row computed."""
+    tokens = request.context + request.continuation
+    rows = [engine.row(tokens, p) for p in range(len(request.context), len(tokens))]
+    return sum(logprob for logprob, _ in rows), all(greedy for _, greedy in rows)
+
+
+def _cloze_requests(seed: int, block_size: int) -> list[ScoreRequest]:
+    """Few-shot blocks, questions whose contexts often end on a block boundary, and answers that share
+    their first tokens: every way the cache hides a continuation row."""
+    generator = random.Random(seed)
+    tokens = lambda n: tuple(generator.randrange(PrefixCachingFakeEngine.VOCAB) for _ in range(n))  # noqa: E731
+    requests = []
+    for _ in range(3):
+        shots = tokens(generator.choice([2, 3]) * block_size)
+        for _ in range(4):
+            question = tokens(generator.choice([block_size, block_size + 1, 2 * block_size - 1]))
+            stem = tokens(generator.choice([1, 2]))
+            for _ in range(4):
+                answer = stem[: generator.randrange(len(stem) + 1)] + tokens(generator.randint(1, 3))
+                if len(answer) > 1:
+                    requests.append(ScoreRequest(shots + question, answer))
+    return requests
+
+
+def test_fake_engine_is_a_scoring_engine():
+    from e2lm_vllm.engine_protocol import ScoringEngine
+
+    assert isinstance(PrefixCachingFakeEngine(), ScoringEngine)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_plans_on_a_prefix_cache_score_as_fresh_prompts_exactly(seed):
+    """Through the cache, hidden rows and their repair, every score equals the fresh prompt's, bit for bit."""
+    engine = PrefixCachingFakeEngine(block_size=4)
+    requests = _cloze_requests(seed, engine.block_size)
+    plan = plan_scoring(requests, max_length=4096, block_size=engine.block_size)
+    scored = [(result.logprob, result.is_greedy) for result in engine.run_plan(plan)]
+    assert scored == [_fresh_score(engine, request) for request in requests]
+    # the cache did hide rows, and both repairs ran: the equality above covers them
+    assert engine.stats.borrowed_rows > 0 and engine.stats.decoded_rows > 0
+    assert engine.stats.cached_prefill_tokens > 0
+
+
+def test_hidden_rows_are_borrowed_from_a_sibling_else_decoded():
+    from e2lm_vllm.planner import ComputedRows, repair_hidden_rows
+
+    # Two answers sharing their first token after an 8-token context: the first computed row 8, the
+    # second read tokens up to 9 from the cache (rows 8 and 9 hidden). Row 9 of the second (token 7
+    # after 5) was computed by no one: one decode step on context + (5,).
+    context = tuple(range(8))
+    first, second = SequenceQuery(context + (5, 6), 8), SequenceQuery(context + (5, 7, 3), 8)
+    computed = [ComputedRows(8, ((-1.0, True), (-2.0, False))), ComputedRows(10, ((-3.0, True),))]
+    repair = repair_hidden_rows([first, second], computed)
+    assert repair.borrowed == {context + (5,): (-1.0, True)}
+    assert [(query.context, query.token_ids) for query in repair.to_decode] == [(context + (5,), [7])]
+    assert repair.num_decoded == 1

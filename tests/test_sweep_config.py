@@ -196,6 +196,62 @@ def test_config_hash_is_stable_and_ignores_execution_fields():
     assert len(config_hash(validate_config(data))) == 12
 
 
+# Hashes of main before the engine section became `config.EngineSettings` (commit 1e227c5): the
+# cell hash names each part file, so a rerun of an unchanged config must find the same ones done.
+PINNED = {
+    "dense.config_hash": "75698965ee51",
+    "dense.cell_hashes": ["6dc3b3546c6a", "a1a8a9bec80d", "ed0a140c0c18", "f0e28c517e57", "f3f0245966c5"],
+    "dense.engine_keys": ["1ad97fc80e3b"],
+    "ladder.cell_hashes": ["232c2a3945b4", "50b8971ee293", "af19b9c3b6c3", "ef524e9a8332"],
+    "variant.config_hash": "9a4d78bfe080",
+    "variant.cell_hashes": ["3a98f22642ac", "871c1dd907f2", "9717f4f34fe2", "c3dcadd8b171"],
+    "flags.cell_hashes": ["2d11a4b65a1a", "8b09d07c0546", "998acbc8432b", "e8231aea6a84"],
+    "minimal.config_hash": "8b46e8c7b069",
+}
+
+
+def test_hashes_of_unchanged_configs_are_those_of_the_first_engine_section(tmp_path):
+    dense = load_sweep_config(EXAMPLES / "e2lm_dense.yaml")
+    plan = build_plan(dense, tmp_path / "dense")
+    found = {
+        "dense.config_hash": config_hash(dense),
+        "dense.cell_hashes": sorted({cell.cell_hash for cell in plan.cells}),
+        "dense.engine_keys": sorted({unit.engine_key for unit in plan.units}),
+    }
+    step = _folder(tmp_path / "run", "step_5")
+    ladder = yaml.safe_load((EXAMPLES / "ladder.yaml").read_text())
+    ladder["models"][0]["checkpoints"] = {"paths": [str(step)]}
+    ladder_config = validate_config(ladder)
+    found["ladder.cell_hashes"] = sorted({cell.cell_hash for cell in build_plan(ladder_config, tmp_path / "o").cells})
+    # every field of the first section set, a family tokenizer and family args
+    engine = {"lm": "e2lm_vllm", "backend": "vllm", "dtype": "float32", "enforce_eager": True, "batch_size": 8, "seed": 7,
+              "max_model_len": 512, "tensor_parallel_size": 1, "extra": {"max_num_seqs": 16}}  # fmt: skip
+    family = {"name": "f", "tokenizer": "/tok", "model_args": {"check_weights": False}}
+    variant = {**ladder, "engine": engine, "models": [{**family, "checkpoints": {"paths": [str(step)]}}]}
+    found["variant.cell_hashes"] = sorted({cell.cell_hash for cell in build_plan(validate_config(variant), tmp_path / "o").cells})
+    found["variant.config_hash"] = config_hash(validate_config({**variant, "models": [{**family, "checkpoints": {"paths": ["/p/step_5"]}}]}))
+    flags = config_from_flags(base=ladder_config, lm="hf", model_args={"dtype": "float32"}, limit=3)
+    found["flags.cell_hashes"] = sorted({cell.cell_hash for cell in build_plan(flags, tmp_path / "o").cells})
+    found["minimal.config_hash"] = config_hash(validate_config({"models": [{"name": "m", "checkpoints": {"paths": ["/p/step_1"]}}], "tasks": ["arc_easy"]}))
+    assert found == PINNED
+
+
+def test_engine_section_is_the_model_args_schema(tmp_path):
+    step = _folder(tmp_path / "run", "step_5")
+    engine = {"check_weights": False, "engine_kwargs": {"max_num_seqs": 8}, "enforce_eager": None}
+    config = validate_config(_config(models=[{"name": "m", "checkpoints": {"paths": [str(step)]}}], engine=engine))
+    (unit,) = build_plan(config, tmp_path / "o").units
+    # the settings given reach the lm as flat model args; `enforce_eager: null` is unset (the lm's
+    # default), as in the first sweeps
+    assert unit.model_args == {
+        "backend": "auto", "dtype": "auto", "tensor_parallel_size": 1, "seed": 1234, "check_weights": False,
+        "max_num_seqs": 8, "pretrained": str(step),
+    }  # fmt: skip
+    assert config_hash(config) != config_hash(validate_config(_config(models=config.model_dump()["models"])))
+    with pytest.raises(SweepConfigError, match=r"engine.dtype: Value error, dtype must be one of \['auto', "):
+        validate_config(_config(engine={"dtype": "float8"}))
+
+
 def test_task_yaml_path_gives_its_task_name():
     config = validate_config(_config(tasks=[str(TASKS_DIR / "sweep_arc_easy.yaml")]))
     assert task_name_of(config.tasks[0]) == "sweep_arc_easy"

@@ -14,7 +14,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from e2lm_vllm.config import EngineSettings
 
 
 class SweepConfigError(ValueError):
@@ -219,21 +230,52 @@ class TaskSpec(_Strict):
     limit: float | None = Field(default=None, gt=0, description="docs per task (int) or fraction (< 1)")
 
 
-class EngineArgs(_Strict):
-    """How each checkpoint is loaded: the lm-eval model and its constructor arguments."""
+# The `engine:` section as the first sweeps declared it: each of its fields at its default. Cell
+# hashes (which part files a rerun finds done) and the config hash read the section in this shape,
+# so a config written then keeps its hashes: these fields count at their value, set or not (the
+# defaults are those of `EngineSettings`, or None for "the lm's default"); settings added since
+# count only when set.
+FIRST_ENGINE_SECTION: dict[str, Any] = {
+    "lm": "e2lm_vllm",
+    "backend": "auto",
+    "dtype": "auto",
+    "max_model_len": None,
+    "gpu_memory_utilization": None,
+    "tensor_parallel_size": 1,
+    "enforce_eager": None,
+    "seed": 1234,
+    "batch_size": None,
+    "extra": {},
+}
+# Fields of the section that are about the sweep, not settings of the lm.
+_SWEEP_ONLY = {"lm", "extra"}
+
+
+class SweepEngineSettings(EngineSettings):
+    """The ``engine:`` section: the model args' `EngineSettings`, given to every checkpoint, and
+    which lm-eval model loads it. Typos fail (``extra="forbid"``, inherited)."""
 
     lm: Literal["e2lm_vllm", "hf"] = Field(
         default="e2lm_vllm", description="lm-eval model: our vLLM wrapper, or lm-eval's own HF model"
     )
-    backend: Literal["auto", "vllm", "hf"] = "auto"
-    dtype: str = "auto"
-    max_model_len: int | None = Field(default=None, gt=0)
-    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    enforce_eager: bool | None = None
-    seed: int = 1234
-    batch_size: int | str | None = None
-    extra: dict[str, Any] = Field(default_factory=dict, description="passed through to the lm constructor")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="other constructor kwargs of the lm, passed as given (`--model-args`)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        # `enforce_eager: null` meant the lm's default in the first sweeps, as None does in `ModelArgs.from_kwargs`.
+        return {key: value for key, value in data.items() if value is not None} if isinstance(data, dict) else data
+
+    def settings_args(self) -> dict[str, Any]:
+        """The settings as constructor kwargs of the lm: those of the first sweeps' section, then any other set."""
+        args = {**FIRST_ENGINE_SECTION, **self.overrides()}
+        return {key: value for key, value in args.items() if key not in _SWEEP_ONLY and value is not None}
+
+    def hash_payload(self) -> dict[str, Any]:
+        """The section as the config hash reads it (see `FIRST_ENGINE_SECTION`)."""
+        return {**FIRST_ENGINE_SECTION, **self.model_dump(mode="json", exclude_unset=True)}
 
 
 class SweepConfig(_Strict):
@@ -244,7 +286,7 @@ class SweepConfig(_Strict):
     include_paths: list[str] = Field(default_factory=list, description="folders of task YAMLs")
     num_fewshot: int | None = Field(default=None, ge=0, description="default for tasks that do not set it")
     limit: float | None = Field(default=None, gt=0, description="default for tasks that do not set it")
-    engine: EngineArgs = Field(default_factory=EngineArgs)
+    engine: SweepEngineSettings = Field(default_factory=SweepEngineSettings)
     output: str = "results/sweep"
     workers: int | None = Field(
         default=None, ge=1, description="engines at once; default: all that fit, per node GPUs // tensor_parallel_size (no GPUs: 1)"
@@ -298,7 +340,8 @@ def stable_hash(payload: Any, length: int = 12) -> str:
 
 def config_hash(config: SweepConfig) -> str:
     """Hash of everything that changes results; stable across key order, output dir and worker count."""
-    return stable_hash(config.model_dump(mode="json", exclude=_EXECUTION_FIELDS))
+    payload = config.model_dump(mode="json", exclude=_EXECUTION_FIELDS | {"engine"})
+    return stable_hash({**payload, "engine": config.engine.hash_payload()})
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:
@@ -368,7 +411,9 @@ def config_from_flags(
     base: SweepConfig | None = None,
 ) -> SweepConfig:
     """The common case from flags alone, or flags overriding a loaded config (``base``)."""
-    data: dict[str, Any] = base.model_dump(mode="python") if base is not None else {}
+    data: dict[str, Any] = {}
+    if base is not None:  # the engine settings as given, so that the unset ones stay unset (hashes)
+        data = {**base.model_dump(mode="python", exclude={"engine"}), "engine": base.engine.model_dump(exclude_unset=True)}
     if checkpoints:
         name = model_name or (data["models"][0]["name"] if data.get("models") else None)
         if name is None:

@@ -117,21 +117,9 @@ class Plan:
 
 
 def family_model_args(config: SweepConfig, family: ModelFamily) -> dict[str, Any]:
-    """Engine args then family overrides, without the location of the weights."""
-    engine = config.engine
-    args: dict[str, Any] = {
-        "backend": engine.backend,
-        "dtype": engine.dtype,
-        "max_model_len": engine.max_model_len,
-        "gpu_memory_utilization": engine.gpu_memory_utilization,
-        "tensor_parallel_size": engine.tensor_parallel_size,
-        "enforce_eager": engine.enforce_eager,
-        "seed": engine.seed,
-        "batch_size": engine.batch_size,
-        "tokenizer": family.tokenizer,
-        **engine.extra,
-        **family.model_args,
-    }
+    """Engine settings then family overrides, without the location of the weights."""
+    tokenizer = {"tokenizer": family.tokenizer} if family.tokenizer is not None else {}
+    args = {**config.engine.settings_args(), **tokenizer, **config.engine.extra, **family.model_args}
     return {key: value for key, value in args.items() if value is not None}
 
 

@@ -37,8 +37,6 @@ log = logging.getLogger("e2lm_vllm.sweep.worker")
 
 # Model args that say where the weights are; everything else must match for a swap (`WorkUnit.engine_key`).
 LOCATION_ARGS = ("pretrained", "revision", "subfolder")
-# Constructor kwargs only our vLLM wrapper understands; lm-eval's HF model would reject them.
-_VLLM_ONLY = {"backend", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "enforce_eager", "seed"}
 # The phases of a checkpoint's wall time, in the order they happen (`UnitResult.timings`).
 PHASES = (
     "imports",  # lm-eval, torch and vLLM: the first checkpoint of a worker only
@@ -60,25 +58,22 @@ def failure_kind(error: BaseException) -> str:
 
 
 def build_lm(lm_name: str, model_args: dict[str, Any]) -> Any:
-    """One lm-eval model for one checkpoint. ``lm_name`` is ``e2lm_vllm`` (ours) or ``hf`` (lm-eval's)."""
+    """One lm-eval model for one checkpoint. ``lm_name`` is ``e2lm_vllm`` (ours, on vLLM unless
+    ``backend=hf``) or ``hf``: lm-eval's HF model on the same args, as lm-eval runs it (without our
+    weight check unless ``check_weights`` is given)."""
+    from e2lm_vllm.config import ModelArgs
+    from e2lm_vllm.lm import build_hf_lm
+    from e2lm_vllm.lm import build_lm as build_e2lm_vllm
+
     if lm_name == "e2lm_vllm":
-        from e2lm_vllm.lm import E2LMVLLM
-
-        return E2LMVLLM(**model_args)
-    import torch
-    from lm_eval.api.registry import get_model
-
-    args = {key: value for key, value in model_args.items() if key not in _VLLM_ONLY}
-    args.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
-    return get_model("hf")(**args)
+        return build_e2lm_vllm(ModelArgs.from_kwargs(model_args))
+    return build_hf_lm(ModelArgs.from_kwargs({"check_weights": False, **model_args}))
 
 
-def backend_of(lm: Any, lm_name: str) -> str:
-    for attribute in ("backend_name", "backend"):
-        value = getattr(lm, attribute, None)
-        if value in ("vllm", "hf"):
-            return value
-    return "vllm" if hasattr(lm, "engine") else "hf"
+def backend_of(lm: Any) -> str:
+    from e2lm_vllm.lm import E2LMVLLM
+
+    return "vllm" if isinstance(lm, E2LMVLLM) else "hf"
 
 
 @dataclass
@@ -107,11 +102,11 @@ class UnitResult:
 
 
 def _swappable_lm(model_args: dict[str, Any], lm_name: str) -> bool:
-    """Our lm on vLLM (not lm-eval's HF model, nor ours falling back to it): weights can be swapped."""
-    from e2lm_vllm.lm import vllm_importable
+    """Our lm on vLLM (not lm-eval's HF model, nor ours on ``backend=hf``): weights can be swapped."""
+    from e2lm_vllm.config import ModelArgs
+    from e2lm_vllm.lm import resolve_backend
 
-    backend = model_args.get("backend", "auto")
-    return lm_name == "e2lm_vllm" and backend != "hf" and (backend == "vllm" or vllm_importable())
+    return lm_name == "e2lm_vllm" and resolve_backend(ModelArgs.from_kwargs(model_args)) == "vllm"
 
 
 def _location(model_args: dict[str, Any]) -> dict[str, Any]:
@@ -155,10 +150,11 @@ class SweepWorker:
     # -- engine lifecycle --------------------------------------------------------------------------
 
     def _drop_lm(self) -> None:
-        engine = getattr(self.lm, "engine", None)
+        lm = self.lm
         self.lm, self.lm_key = None, None
-        if engine is not None:
-            engine.shutdown()
+        if backend_of(lm) == "vllm":
+            lm.shutdown()
+        del lm
         gc.collect()
 
     def _build(self, lm_name: str, model_args: dict[str, Any], engine_key: str) -> None:
@@ -178,7 +174,7 @@ class SweepWorker:
             if self._check_swap(unit):
                 timings["swap_check"] = time.perf_counter() - started
                 return "checked"
-        swappable = self.lm is not None and self.lm_key == unit.engine_key and hasattr(self.lm, "load_checkpoint")
+        swappable = self.lm is not None and self.lm_key == unit.engine_key and backend_of(self.lm) == "vllm"
         if swappable and self._swaps_allowed():
             try:
                 refreshed = self.lm.load_checkpoint(**_location(unit.model_args))
@@ -306,14 +302,14 @@ class SweepWorker:
         engine = self._load(unit, timings)
         engine_seconds = time.perf_counter() - wall_started
         log.info("worker pid=%d %s %s in %.1f s", pid, engine, unit.label, engine_seconds)
-        lm_before = dict(getattr(self.lm, "timings", {}))
+        on_vllm = backend_of(self.lm) == "vllm"
+        lm_before = dict(self.lm.timings) if on_vllm else {}
         evaluation_started = time.perf_counter()
         cells = self._evaluate_cells(unit, timings)
         evaluation = time.perf_counter() - evaluation_started
-        lm_timings = getattr(self.lm, "timings", None)
-        if lm_timings is not None:
+        if on_vllm:
             for phase, name in (("tokenize", "tokenize"), ("plan", "plan"), ("scoring", "engine")):
-                timings[phase] = lm_timings.get(name, 0.0) - lm_before.get(name, 0.0)
+                timings[phase] = self.lm.timings.get(name, 0.0) - lm_before.get(name, 0.0)
         else:
             timings["scoring"] = evaluation - timings.get("task_build", 0.0)
         inner = sum(timings.get(phase, 0.0) for phase in ("task_build", "tokenize", "plan", "scoring"))
@@ -322,7 +318,7 @@ class SweepWorker:
             label=unit.label,
             cells=cells,
             engine_seconds=engine_seconds,
-            backend=backend_of(self.lm, unit.lm),
+            backend=backend_of(self.lm),
             versions=versions(),
             pid=pid,
             host=socket.gethostname(),
