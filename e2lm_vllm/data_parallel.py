@@ -190,8 +190,16 @@ class DataParallelEngine:
                 refs.append(getattr(engine, method).remote([list(prompts[i]) for i in shard], shard_kwargs))
         return [tokens for shard in self.ray.get(refs) for tokens in shard]
 
-    def generate_greedy(self, prompts: Sequence[Sequence[int]], *, max_tokens: int, stop_token_ids: Sequence[int]) -> list[list[int]]:
-        return self._generate("generate_greedy", prompts, {"max_tokens": max_tokens, "stop_token_ids": list(stop_token_ids)})
+    def generate_greedy(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_tokens: int,
+        stop_token_ids: Sequence[int],
+        options: dict[str, Any] | None = None,
+    ) -> list[list[int]]:
+        kwargs = {"max_tokens": max_tokens, "stop_token_ids": list(stop_token_ids), "options": options}
+        return self._generate("generate_greedy", prompts, kwargs)
 
     def generate_sampled(
         self,

@@ -194,10 +194,23 @@ class VLLMEngine:
     # -- generation ----------------------------------------------------------------------------
 
     def generate_greedy(
-        self, prompts: Sequence[Sequence[int]], *, max_tokens: int, stop_token_ids: Sequence[int]
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_tokens: int,
+        stop_token_ids: Sequence[int],
+        options: dict[str, Any] | None = None,
     ) -> list[list[int]]:
-        """Greedy continuations of `prompts`, stopped at EOS, at `stop_token_ids`, or after `max_tokens`."""
-        return self._generate_tokens(prompts, self._sampling(max_tokens=max_tokens, stop_token_ids=list(stop_token_ids), logprobs=0))
+        """Greedy continuations of `prompts`, stopped at EOS, at `stop_token_ids`, or after `max_tokens`.
+
+        `options` are other `vllm.SamplingParams` fields that apply to greedy decoding too
+        (`repetition_penalty`, ...), as HF's `generate` and lm-eval's `vllm` model apply them.
+        """
+        try:
+            params = self._sampling(max_tokens=max_tokens, stop_token_ids=list(stop_token_ids), logprobs=0, **(options or {}))
+        except TypeError as error:
+            raise ValueError(f"generation kwargs {sorted(options or {})} are not all vLLM SamplingParams: {error}") from None
+        return self._generate_tokens(prompts, params)
 
     def generate_sampled(
         self,

@@ -59,9 +59,15 @@ class ScoringEngine(Protocol):
         ...
 
     def generate_greedy(
-        self, prompts: Sequence[Sequence[int]], *, max_tokens: int, stop_token_ids: Sequence[int]
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_tokens: int,
+        stop_token_ids: Sequence[int],
+        options: dict[str, Any] | None = None,
     ) -> list[list[int]]:
-        """Greedy continuations, stopped at `stop_token_ids` or after `max_tokens`."""
+        """Greedy continuations, stopped at `stop_token_ids` or after `max_tokens`; `options` are other
+        sampling parameters that apply to greedy decoding (repetition penalty, ...)."""
         ...
 
     def generate_sampled(

@@ -445,16 +445,18 @@ class E2LMVLLM(TemplateLM):
                 stops = () if self.args.think_end_token is not None else tuple(until)
                 stop_token_ids = sorted({self.eot_token_id, *self._stop_token_ids(stops)})
                 started = time.perf_counter()
+                # Every other gen_kwarg is a sampling parameter, greedy included, as in lm-eval's vllm model.
+                options = {key: value for key, value in gen_kwargs.items() if key not in ("do_sample", "seed")}
                 if float(gen_kwargs.get("temperature") or 0.0) > 0.0:
                     warning_once(logger, SAMPLING_WARNING)
-                    options = {key: value for key, value in gen_kwargs.items() if key not in ("do_sample", "seed")}
                     generations = self.engine.generate_sampled(
                         prompts, max_tokens=max_gen_toks, stop_token_ids=stop_token_ids, seeds=chunk_seeds,
                         options=options,
                     )  # fmt: skip
                 else:
+                    options.pop("temperature", None)
                     generations = self.engine.generate_greedy(
-                        prompts, max_tokens=max_gen_toks, stop_token_ids=stop_token_ids
+                        prompts, max_tokens=max_gen_toks, stop_token_ids=stop_token_ids, options=options
                     )
                 self.timings["engine"] += time.perf_counter() - started
                 for context, tokens in zip(contexts, generations):

@@ -441,12 +441,6 @@ def test_loglikelihood_with_enable_thinking_is_refused_naming_the_task_as_lm_eva
 
 
 @pytest.mark.engine
-@pytest.mark.xfail(
-    strict=True,
-    reason="e2lm_vllm/lm.py generate_until: the greedy branch calls engine.generate_greedy with max_tokens and "
-    "stop tokens only, dropping the request's other gen_kwargs (repetition_penalty here), which HF's generate "
-    "and lm-eval's vllm model (SamplingParams) apply to greedy decoding",
-)
 def test_greedy_generation_applies_the_other_gen_kwargs_as_hf(vllm_lm, hf_lm):
     """Greedy is not only argmax: HF's `generate` (and lm-eval's `vllm` model, through SamplingParams)
     apply the request's other gen_kwargs, such as `repetition_penalty`, to greedy decoding too."""
