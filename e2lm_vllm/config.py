@@ -55,12 +55,6 @@ _LORA_REASON = (
 # of `lm_eval.models.vllm_causallms.VLLM.__init__` is a `ModelArgs` field with lm-eval's meaning
 # (tests/test_lm_eval_compat.py walks the live signature), and docs/lm_eval_compat.md lists them all.
 REFUSED_VLLM_ARGS: dict[str, RefusedArg] = {
-    "data_parallel_size": RefusedArg(
-        1,
-        "e2lm_vllm runs one engine per process; to use several GPUs, run the sweep, which places one "
-        "engine per GPU (`e2lm-vllm sweep --checkpoints ... --tasks ...` or ray_jobs/sweep.py), or use "
-        "tensor_parallel_size=N for one model over N GPUs",
-    ),
     "lora_local_path": RefusedArg(None, _LORA_REASON),
     "max_lora_rank": RefusedArg(16, _LORA_REASON),
     "tokenizer_revision": RefusedArg(
@@ -101,6 +95,9 @@ class EngineSettings(BaseModel):
         None, gt=0, le=1, description="fraction of accelerator memory (on CPU: of RAM) for weights + KV cache"
     )
     tensor_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int = Field(
+        1, ge=1, description="engines for one lm-eval run, each a Ray actor with tensor_parallel_size GPUs (lm-eval's name)"
+    )
     enforce_eager: bool = Field(True, description="skip graph capture: faster start, right for scoring")
     seed: int = 1234
     backend: Literal["auto", "vllm", "hf"] = "auto"

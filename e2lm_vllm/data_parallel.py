@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
-from e2lm_vllm.engine import EngineStats
+from e2lm_vllm.engine_protocol import EngineStats
 from e2lm_vllm.planner import NextTokenQuery, PrefixPrimer, ScoreResult, ScoringPlan, SequenceQuery
 
 logger = logging.getLogger(__name__)
@@ -139,11 +139,10 @@ class DataParallelEngine:
         gpus_per_engine = int(llm_kwargs.get("tensor_parallel_size") or 1) if ray.cluster_resources().get("GPU") else 0
         cpus_per_engine = max(1, cpus // size)
         env = worker_environment(cpus_per_engine, "sweep")  # engine core in the actor's own process
-        actor = ray.remote(EngineActor).options(num_cpus=cpus_per_engine, num_gpus=gpus_per_engine, max_restarts=0)
-        self.actors = [
-            actor.options(runtime_env={"env_vars": env}).remote(llm_kwargs, {**environment, "OMP_NUM_THREADS": str(cpus_per_engine)})
-            for _ in range(size)
-        ]
+        actor = ray.remote(EngineActor).options(
+            num_cpus=cpus_per_engine, num_gpus=gpus_per_engine, max_restarts=0, runtime_env={"env_vars": env}
+        )
+        self.actors = [actor.remote(llm_kwargs, environment) for _ in range(size)]
         self.placement = ray.get([engine.describe.remote() for engine in self.actors])
         self.block_size = int(self.placement[0]["block_size"])
         self.max_model_len = int(self.placement[0]["max_model_len"])

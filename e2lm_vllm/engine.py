@@ -193,6 +193,9 @@ class VLLMEngine:
 
     # -- generation ----------------------------------------------------------------------------
 
+    def run_plans(self, plans: Sequence[ScoringPlan], progress: Callable[[int], None] | None = None) -> list[list[ScoreResult]]:
+        return [self.run_plan(plan, progress) for plan in plans]
+
     def generate_greedy(
         self,
         prompts: Sequence[Sequence[int]],

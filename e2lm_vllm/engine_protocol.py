@@ -58,6 +58,10 @@ class ScoringEngine(Protocol):
         """One result per planned request, in request order (`progress` gets the requests done per wave)."""
         ...
 
+    def run_plans(self, plans: Sequence[ScoringPlan], progress: Callable[[int], None] | None = None) -> list[list[ScoreResult]]:
+        """`run_plan` of each plan, in order; several engines may run them at once (`data_parallel`)."""
+        ...
+
     def generate_greedy(
         self,
         prompts: Sequence[Sequence[int]],

@@ -202,16 +202,23 @@ class E2LMVLLM(TemplateLM):
                 self.args.max_model_len, self._max_length, ENGINE_EXTRA_POSITIONS,
             )
         on_cpu = not cuda_available()
-        self.engine: ScoringEngine = VLLMEngine(
-            engine_kwargs(
-                self.args,
-                model_path=str(self.checkpoint.model_path),
-                tokenizer_path=str(self.checkpoint.tokenizer_path),
-                max_model_len=self._max_length + ENGINE_EXTRA_POSITIONS,
-                on_cpu=on_cpu,
-            ),
-            engine_environment(on_cpu=on_cpu, cpu_count=len(os.sched_getaffinity(0))),
+        cpus = len(os.sched_getaffinity(0))
+        llm_kwargs = engine_kwargs(
+            self.args,
+            model_path=str(self.checkpoint.model_path),
+            tokenizer_path=str(self.checkpoint.tokenizer_path),
+            max_model_len=self._max_length + ENGINE_EXTRA_POSITIONS,
+            on_cpu=on_cpu,
         )
+        self.engine: ScoringEngine
+        if self.args.data_parallel_size > 1:
+            from e2lm_vllm.data_parallel import DataParallelEngine
+
+            size = self.args.data_parallel_size
+            environment = engine_environment(on_cpu=on_cpu, cpu_count=max(1, cpus // size))
+            self.engine = DataParallelEngine(llm_kwargs, environment, size=size, cpus=cpus)
+        else:
+            self.engine = VLLMEngine(llm_kwargs, engine_environment(on_cpu=on_cpu, cpu_count=cpus))
         self.swap_signature = swap_signature(self.checkpoint)
         self.truncated_requests = 0
         # Weight-independent work, kept for the life of this lm (one tokenizer, max_length and block
@@ -367,21 +374,24 @@ class E2LMVLLM(TemplateLM):
         # Sorting by the whole token sequence puts requests that share prefixes next to each other,
         # so one chunk holds a few-shot block with many of its questions and all of their choices.
         collator = Collator(requests, sort_fn=lambda request: request[1] + request[2])
+        chunks = list(collator.get_batched(n=PLAN_CHUNK_REQUESTS))
+        plans = [
+            self._plan(tuple(ScoreRequest(tuple(context), tuple(continuation)) for _, context, continuation in chunk))
+            for chunk in chunks
+        ]
+        self.truncated_requests += sum(plan.num_truncated for plan in plans)
         results: list[tuple[float, bool]] = []
         with tqdm(total=len(requests), disable=disable_tqdm, desc="e2lm_vllm loglikelihood") as bar:
-            for chunk in collator.get_batched(n=PLAN_CHUNK_REQUESTS):
-                plan = self._plan(
-                    tuple(ScoreRequest(tuple(context), tuple(continuation)) for _, context, continuation in chunk)
-                )
-                self.truncated_requests += plan.num_truncated
-                started = time.perf_counter()
-                scored = self.engine.run_plan(plan, progress=bar.update)
-                self.timings["engine"] += time.perf_counter() - started
-                for (key, _, _), result in zip(chunk, scored):
-                    answer = (result.logprob, result.is_greedy)
-                    results.append(answer)
-                    if key is not None:
-                        self.cache_hook.add_partial("loglikelihood", key, answer)
+            # All chunks at once: one engine runs them in order, `data_parallel_size` engines share them.
+            started = time.perf_counter()
+            scored_chunks = self.engine.run_plans(plans, progress=bar.update)
+            self.timings["engine"] += time.perf_counter() - started
+        for chunk, scored in zip(chunks, scored_chunks):
+            for (key, _, _), result in zip(chunk, scored):
+                answer = (result.logprob, result.is_greedy)
+                results.append(answer)
+                if key is not None:
+                    self.cache_hook.add_partial("loglikelihood", key, answer)
         return collator.get_original(results)
 
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:

@@ -314,3 +314,8 @@ def test_consolidation_labels_cells_with_the_current_token_schedule(tmp_path):
     assert not corrected.missing  # nothing to recompute
     consolidate(corrected, output)
     assert sorted(pd.read_parquet(output / "metrics.parquet").tokens) == [4000.0, 8000.0]
+
+
+def test_data_parallel_size_is_refused_in_a_sweep() -> None:
+    with pytest.raises((SweepConfigError, ValueError), match="one engine per worker"):
+        config_from_flags(checkpoints=["x"], tasks="arc_easy", model_args={"data_parallel_size": 2}, output="/tmp/x")

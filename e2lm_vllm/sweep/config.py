@@ -268,6 +268,16 @@ class SweepEngineSettings(EngineSettings):
         # `enforce_eager: null` meant the lm's default in the first sweeps, as None does in `ModelArgs.from_kwargs`.
         return {key: value for key, value in data.items() if value is not None} if isinstance(data, dict) else data
 
+    @model_validator(mode="after")
+    def _one_engine_per_worker(self) -> SweepEngineSettings:
+        size = self.extra.get("data_parallel_size", self.data_parallel_size)  # `--model-args` land in `extra`
+        if str(size) != "1":
+            raise ValueError(
+                f"data_parallel_size={size}: a sweep already runs one engine per worker and "
+                "as many workers as fit (set `workers:`); data_parallel_size is for one lm-eval run"
+            )
+        return self
+
     def settings_args(self) -> dict[str, Any]:
         """The settings as constructor kwargs of the lm: those of the first sweeps' section, then any other set."""
         args = {**FIRST_ENGINE_SECTION, **self.overrides()}
