@@ -42,6 +42,14 @@ def ladder_dirs(smollm2_path: Path, e2lm_home: Path) -> list[Path]:
     return write_ladder("smollm2-135m", 3, e2lm_home / "ladders" / "smollm2-135m-3", seed=0)
 
 
+@pytest.fixture(scope="module")
+def engine_in_this_process():
+    """As in a sweep worker: the engine core runs in the test's own process (starts faster, one process)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        yield
+
+
 # -- one vLLM engine and one HFLM per engine-test module (engine start dominates on 2 cores) -------
 
 

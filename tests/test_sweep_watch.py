@@ -151,18 +151,6 @@ def test_ctrl_c_stops_a_waiting_watcher_with_130_and_releases_the_lock(tmp_path)
 # -- the watcher on a real engine ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def engine_in_this_process():
-    """As in a sweep worker: the engine core runs in the driver's own process."""
-    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    yield
-    if saved is None:
-        os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    else:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
-
-
 def _put(file: Path, target: Path) -> None:
     """A rung's file at once: a hard link where possible (no 0.5 GB copy), else a copy."""
     try:

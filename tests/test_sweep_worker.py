@@ -9,7 +9,6 @@ fresh engine on it. A worker whose swaps are broken on purpose must notice and f
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import pytest
@@ -18,21 +17,9 @@ from e2lm_vllm.sweep.config import config_from_flags
 from e2lm_vllm.sweep.plan import WorkUnit, build_plan
 from e2lm_vllm.sweep.worker import PHASES, SweepWorker, UnitResult
 
-pytestmark = [pytest.mark.engine, pytest.mark.slow]
+pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.usefixtures("engine_in_this_process")]
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def engine_in_this_process():
-    """As in a sweep worker: the engine core runs in the worker's own process."""
-    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    yield
-    if saved is None:
-        os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    else:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
 
 
 @pytest.fixture(scope="module")

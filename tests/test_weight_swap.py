@@ -14,7 +14,6 @@ moved by seeded noise (1% of its own spread), so a stale module shows up as a di
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -22,21 +21,9 @@ import pytest
 
 from e2lm_vllm.sweep.swapcheck import SWAP_TOLERANCE, compare, probe_scores
 
-pytestmark = [pytest.mark.engine, pytest.mark.slow]
+pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.usefixtures("engine_in_this_process")]
 
 MAX_LENGTH = 256
-
-
-@pytest.fixture(scope="module", autouse=True)
-def engine_in_this_process():
-    """As in a sweep worker: the engine core runs in this process."""
-    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    yield
-    if saved is None:
-        os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    else:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
 
 
 def _write_checkpoint(source: Path, target: Path, *, untie: bool = False, noise_seed: int | None = None) -> Path:
