@@ -231,8 +231,11 @@ class PrefixCachingFakeEngine:
         self.stats.decoded_rows += run.decoded_rows
         return run.results
 
-    def generate_greedy(self, prompts, *, max_tokens, stop_token_ids):
-        return self.generate_sampled(prompts, max_tokens=max_tokens, stop_token_ids=stop_token_ids, seeds=[None] * len(prompts), options={})
+    def run_plans(self, plans, progress=None):
+        return [self.run_plan(plan, progress) for plan in plans]
+
+    def generate_greedy(self, prompts, *, max_tokens, stop_token_ids, options=None):
+        return self.generate_sampled(prompts, max_tokens=max_tokens, stop_token_ids=stop_token_ids, seeds=[None] * len(prompts), options=options or {})
 
     def generate_sampled(self, prompts, *, max_tokens, stop_token_ids, seeds, options):
         import math
