@@ -36,8 +36,9 @@ BACKENDS = ("hf", "vllm", "e2lm_vllm")  # report order; run order is e2lm_vllm, 
 TRUTH = ("hf", "float32")  # (backend, dtype) that every distance is measured from
 SCORED_OUTPUT_TYPES = ("loglikelihood", "multiple_choice")
 
-# Sized so that the whole run (2 dtypes x 3 backends, 6 model starts) takes about 10 minutes on 2
-# cores: lm-eval's `vllm` scores a 5-shot MMLU request in ~1.3 s there (float32, `latest.md`).
+# Sized for 2 CPU cores, where the whole run (2 dtypes x 3 backends, 6 model starts) took 17.5 minutes:
+# bfloat16 is emulated there (no AVX512-BF16), and lm-eval's `vllm` in bfloat16 took 460 s, most of
+# it on 32 whole 5-shot prompts (121 s in float32).
 WORKLOADS: dict[str, Workload] = {
     workload.name: workload
     for workload in (
@@ -146,11 +147,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"({report['machine']['cpus']} cores, vLLM {report['versions'].get('vllm')}, torch {report['versions'].get('torch')}), "
         f"max length {report['settings']['max_model_len']}; each backend at the dtype of its row.",
         "Each backend cell: mean / max over requests of \\|log-likelihood - HF float32's\\|, in nats. "
-        "`e2lm_vllm` = `vllm`: max \\|Δ\\| between the two at the same dtype, and the requests where they are "
+        "`e2lm_vllm` = `vllm`: mean / max \\|Δ\\| between the two at the same dtype, and the requests where they are "
         "bit-identical. `vllm` is lm-eval's own model with the same engine settings and prefix caching off.",
         "",
         "| workload | dtype | n | `hf` mean / max | lm-eval `vllm` mean / max | `e2lm_vllm` mean / max "
-        "| `e2lm_vllm` = `vllm`: max \\|Δ\\| | bit-identical |",
+        "| `e2lm_vllm` = `vllm`: mean / max \\|Δ\\| | bit-identical |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for workload in [*report["workloads"], "all"]:
@@ -173,7 +174,9 @@ def markdown(report: dict[str, Any]) -> str:
             name = f"**{workload}**" if workload == "all" else workload
             lines.append(
                 f"| {name} | {dtype} | {count} | " + " | ".join(cells) + " | "
-                + (f"{_nats(same['max_abs_diff'])} | {same['identical']} of {same['n']}" if same else "– | –") + " |"
+                + (f"{_nats(same['mean_abs_diff'])} / {_nats(same['max_abs_diff'])} | {same['identical']} of {same['n']}"
+                   if same else "– | –")
+                + " |"
             )
     lines += ["", "| dtype | backend | start + scoring s |", "|---|---|---:|"]
     for dtype, backends in report["seconds"].items():

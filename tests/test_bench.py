@@ -110,9 +110,9 @@ def test_fidelity_summary_against_hf_float32_and_ours_against_vllm():
         "seconds": {"float32": {"hf": 1.0}}, "failures": {"bfloat16": "hf: out of memory"},
     }  # fmt: skip
     table = fidelity.markdown(report)
-    assert "| w1 | bfloat16 | 2 | – | 3.75e-01 / 5.00e-01 | 3.75e-01 / 5.00e-01 | 0 | 2 of 2 |" in table
-    assert "| w2 | bfloat16 | 1 | – | 0 / 0 | 1.25e-01 / 1.25e-01 | 1.25e-01 | 0 of 1 |" in table
-    assert "| **all** | float32 | 3 | (truth) | 0 / 0 | 0 / 0 | 0 | 3 of 3 |" in table
+    assert "| w1 | bfloat16 | 2 | – | 3.75e-01 / 5.00e-01 | 3.75e-01 / 5.00e-01 | 0 / 0 | 2 of 2 |" in table
+    assert "| w2 | bfloat16 | 1 | – | 0 / 0 | 1.25e-01 / 1.25e-01 | 1.25e-01 / 1.25e-01 | 0 of 1 |" in table
+    assert "| **all** | float32 | 3 | (truth) | 0 / 0 | 0 / 0 | 0 / 0 | 3 of 3 |" in table
     assert "bfloat16: hf: out of memory" in table
 
 
