@@ -16,7 +16,6 @@ clean cut and runs on one engine; the log says so.
 from __future__ import annotations
 
 import logging
-import os
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -99,16 +98,9 @@ class EngineActor:
 
         self.engine = VLLMEngine(llm_kwargs, environment)
 
-    def describe(self) -> dict[str, Any]:
-        import ray
-
-        return {
-            "block_size": self.engine.block_size,
-            "max_model_len": self.engine.max_model_len,
-            "node": ray.get_runtime_context().get_node_id(),
-            "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()],
-            "pid": os.getpid(),
-        }
+    def limits(self) -> tuple[int, int]:
+        """(block size, max model length): the same on every engine of one lm."""
+        return self.engine.block_size, self.engine.max_model_len
 
     def run_plan(self, plan: ScoringPlan) -> list[ScoreResult]:
         return self.engine.run_plan(plan)
@@ -132,20 +124,17 @@ class EngineActor:
 class DataParallelEngine:
     """N `VLLMEngine`s behind the same methods as one: `run_plans`, generation, weight swaps, stats."""
 
-    def __init__(self, llm_kwargs: dict[str, Any], environment: dict[str, str], size: int, cpus: int):
+    def __init__(self, llm_kwargs: dict[str, Any], environment: dict[str, str], size: int, cpus_per_engine: int):
         from e2lm_vllm.sweep.pool import init_ray, worker_environment
 
         self.ray = ray = init_ray(None)
         gpus_per_engine = int(llm_kwargs.get("tensor_parallel_size") or 1) if ray.cluster_resources().get("GPU") else 0
-        cpus_per_engine = max(1, cpus // size)
         env = worker_environment(cpus_per_engine, "sweep")  # engine core in the actor's own process
         actor = ray.remote(EngineActor).options(
             num_cpus=cpus_per_engine, num_gpus=gpus_per_engine, max_restarts=0, runtime_env={"env_vars": env}
         )
         self.actors = [actor.remote(llm_kwargs, environment) for _ in range(size)]
-        self.placement = ray.get([engine.describe.remote() for engine in self.actors])
-        self.block_size = int(self.placement[0]["block_size"])
-        self.max_model_len = int(self.placement[0]["max_model_len"])
+        self.block_size, self.max_model_len = ray.get([engine.limits.remote() for engine in self.actors])[0]
         logger.info("e2lm_vllm: %d data-parallel engines x %d CPUs + %d GPUs", size, cpus_per_engine, gpus_per_engine)
 
     @property
@@ -180,12 +169,14 @@ class DataParallelEngine:
     def run_plan(self, plan: ScoringPlan, progress: Callable[[int], None] | None = None) -> list[ScoreResult]:
         return self.run_plans([plan], progress)[0]
 
-    def _generate(self, method: str, prompts: Sequence[Sequence[int]], kwargs: dict[str, Any]) -> list[list[int]]:
-        per_prompt = {key: kwargs.pop(key) for key in ("seeds",) if key in kwargs}
+    def _generate(
+        self, method: str, prompts: Sequence[Sequence[int]], kwargs: dict[str, Any], seeds: Sequence[int] | None = None
+    ) -> list[list[int]]:
+        """Contiguous, even slices of `prompts` (and their seeds) on the engines; outputs in prompt order."""
         refs = []
         for engine, shard in zip(self.actors, split_evenly(prompts, len(self.actors))):
             if shard:
-                shard_kwargs = {**kwargs, **{key: [value[i] for i in shard] for key, value in per_prompt.items()}}
+                shard_kwargs = kwargs if seeds is None else {**kwargs, "seeds": [seeds[i] for i in shard]}
                 refs.append(getattr(engine, method).remote([list(prompts[i]) for i in shard], shard_kwargs))
         return [tokens for shard in self.ray.get(refs) for tokens in shard]
 
@@ -209,8 +200,8 @@ class DataParallelEngine:
         seeds: Sequence[int],
         options: dict[str, Any],
     ) -> list[list[int]]:
-        kwargs = {"max_tokens": max_tokens, "stop_token_ids": list(stop_token_ids), "seeds": list(seeds), "options": options}
-        return self._generate("generate_sampled", prompts, kwargs)
+        kwargs = {"max_tokens": max_tokens, "stop_token_ids": list(stop_token_ids), "options": options}
+        return self._generate("generate_sampled", prompts, kwargs, seeds)
 
     def swap_weights(self, model_path: str) -> list[str]:
         refreshed = self.ray.get([engine.swap_weights.remote(model_path) for engine in self.actors])

@@ -215,8 +215,9 @@ class E2LMVLLM(TemplateLM):
             from e2lm_vllm.data_parallel import DataParallelEngine
 
             size = self.args.data_parallel_size
-            environment = engine_environment(on_cpu=on_cpu, cpu_count=max(1, cpus // size))
-            self.engine = DataParallelEngine(llm_kwargs, environment, size=size, cpus=cpus)
+            per_engine = max(1, cpus // size)
+            environment = engine_environment(on_cpu=on_cpu, cpu_count=per_engine)
+            self.engine = DataParallelEngine(llm_kwargs, environment, size=size, cpus_per_engine=per_engine)
         else:
             self.engine = VLLMEngine(llm_kwargs, engine_environment(on_cpu=on_cpu, cpu_count=cpus))
         self.swap_signature = swap_signature(self.checkpoint)
