@@ -7,7 +7,7 @@ and its questions sit in neighbouring chunks) are cut into N runs only where no 
 shares its first cache block with a prompt on the other. vLLM reuses a cached block only when every
 block before it matches, so no engine then misses a prefix that one engine would have reused, each
 run's chunks go to one engine in order, and every query sees the cache state it would have seen on
-one engine: results equal `data_parallel_size=1` (the test pins 1e-6; measured 0.0).
+one engine: results equal `data_parallel_size=1` (the test pins 1e-6).
 
 A workload whose prompts all share their first block (one few-shot prefix for everything) has no
 clean cut and runs on one engine; the log says so.

@@ -2,7 +2,7 @@
 
 For each family: an engine on checkpoint A swaps to B and back. B's probe scores after the swap
 must equal those of a fresh engine on B, and A's after the round trip those it had at the start,
-within `SWAP_TOLERANCE` (measured: 0.0). The second checkpoint is the first with every tensor
+within `SWAP_TOLERANCE` (1e-6). The second checkpoint is the first with every tensor
 moved by seeded noise (1% of its own spread), so a stale module shows up as a difference of nats.
 
 - Gemma 3 (`gemma3-270m`): tied `lm_head`, other norms and attention than Llama; the refresh must
