@@ -101,7 +101,8 @@ class VLLMEngine:
 
         vLLM's `reload_weights` re-processes every layer it loads; `refresh_shared_modules` does the
         tied ones it skips; the prefix cache holds keys and values of the old weights, so it is reset.
-        Exact on CPU (0.0 nats against a fresh engine, SmolLM2 and Gemma 3); a sweep still verifies
+        Exact on CPU (SmolLM2: 0.0 nats against a fresh engine, the sweep benchmark; Gemma 3 and an
+        untied model: within 1e-6, tests/test_weight_swap.py); a sweep still verifies
         its first swap per worker, since GPU kernels keep other derived state. Returns the refreshed
         modules' names.
         """
