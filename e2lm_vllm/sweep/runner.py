@@ -174,13 +174,18 @@ def consolidate(plan: Plan, output: Path) -> tuple[int, int]:
     no table shows a number the current task or checkpoint would not give.
     """
     cells = current_cells(plan, output)
+    # A watcher keeps the cells of checkpoints deleted while it runs in its plan (`watch._keep_earlier_cells`).
+    gone = [c for c in cells if c.checkpoint.path is not None and not Path(c.checkpoint.path).exists()]
+    here = [c for c in cells if c not in gone]
+    planned = {c.metrics_part(output) for c in plan.cells}
+    retired = [r for r in plan.retired if r.metrics not in planned]
 
-    def table(parts: list[Path], retired: list[Path], schema: pa.Schema) -> pa.Table:
-        kept = _with_deleted_flag(_with_current_tokens(plan, _read_parts(parts, schema)), False)
-        return pa.concat_tables([kept, _with_deleted_flag(_read_parts(retired, schema), True)])
+    def table(kept: list[Path], deleted: list[Path], schema: pa.Schema) -> pa.Table:
+        kept_table = _with_deleted_flag(_with_current_tokens(plan, _read_parts(kept, schema)), False)
+        return pa.concat_tables([kept_table, _with_deleted_flag(_with_current_tokens(plan, _read_parts(deleted, schema)), True)])
 
-    metrics = table([c.metrics_part(output) for c in cells], [r.metrics for r in plan.retired], METRICS_SCHEMA)
-    samples = table([c.samples_part(output) for c in cells], [r.samples for r in plan.retired], SAMPLES_SCHEMA)
+    metrics = table([c.metrics_part(output) for c in here], [c.metrics_part(output) for c in gone] + [r.metrics for r in retired], METRICS_SCHEMA)
+    samples = table([c.samples_part(output) for c in here], [c.samples_part(output) for c in gone] + [r.samples for r in retired], SAMPLES_SCHEMA)
     write_table_atomic(metrics, output / "metrics.parquet", METRICS_SCHEMA)
     write_table_atomic(samples, output / "samples.parquet", SAMPLES_SCHEMA)
     return metrics.num_rows, samples.num_rows
