@@ -67,6 +67,12 @@ def _locked_from_another_host(tmp: Path):
     return acquire(tmp / "out")
 
 
+def _cell_results(results: dict, task: str):
+    from e2lm_vllm.sweep.rows import check_cell_results
+
+    return check_cell_results({"results": results}, task)
+
+
 def _model_args(**kwargs):
     from e2lm_vllm.config import ModelArgs
 
@@ -136,6 +142,10 @@ CASES: dict[str, Callable[[Path], object]] = {
     "task-yaml-missing": lambda tmp: _plan(tmp, [str(tmp / "my_task.yaml")]),
     "task-yaml-no-name": lambda tmp: (tmp / "t.yaml").write_text(yaml.safe_dump({"dataset_path": "x"})) and _plan(tmp, [str(tmp / "t.yaml")]),
     "task-twice": lambda tmp: _plan(tmp, ["arc_easy", "arc_easy"]),
+    "task-unknown": lambda tmp: _plan(tmp, ["arc_easyy"]),
+    "task-tag-and-member": lambda tmp: _plan(tmp, ["ai2_arc", "arc_easy"]),
+    "metric-non-finite": lambda tmp: _cell_results({"arc_easy": {"acc,none": 0.25, "acc_norm,none": float("nan")}}, "arc_easy"),
+    "metric-none": lambda tmp: _cell_results({"arc_easy": {"acc,none": 0.25}}, "ai2_arc"),
     "output-relative-in-ray-job": _in_ray_job,
     "output-locked-elsewhere": _locked_from_another_host,
     "model-arg-unknown": lambda tmp: _model_args(dtpye="float32"),

@@ -23,6 +23,8 @@ from e2lm_vllm.sweep.plan import build_plan
 from e2lm_vllm.sweep.runner import consolidate, write_cell
 from e2lm_vllm.sweep.worker import CellResult, UnitResult
 
+TASKS = str(Path(__file__).parent / "data" / "sweep_tasks")
+
 
 @pytest.fixture
 def tmpfs(tmp_path):
@@ -110,7 +112,7 @@ def _result(cell, value: float) -> tuple[CellResult, UnitResult]:
 def test_a_sweep_stopped_by_a_full_disk_keeps_and_counts_its_cells_and_resumes_without_duplicates(tmp_path, tmpfs):
     for step in (1, 2, 3, 4):
         (tmp_path / "run" / f"step_{step}").mkdir(parents=True)
-    config = config_from_flags(checkpoints=[str(tmp_path / "run" / "step_*")], tasks="a,b", output=str(tmpfs / "out"))
+    config = config_from_flags(checkpoints=[str(tmp_path / "run" / "step_*")], tasks="sweep_arc_easy,sweep_arc_letter", include_path=[TASKS], output=str(tmpfs / "out"))
     output = tmpfs / "out"
     plan = build_plan(config, output)
     assert len(plan.missing) == 8
@@ -140,7 +142,7 @@ def test_a_sweep_stopped_by_a_full_disk_keeps_and_counts_its_cells_and_resumes_w
 
 def _cli_args(tmp_path: Path, output: Path) -> list[str]:
     (tmp_path / "run" / "step_1").mkdir(parents=True, exist_ok=True)
-    return ["--checkpoints", str(tmp_path / "run" / "step_1"), "--tasks", "a", "--output", str(output), "--no-progress"]
+    return ["--checkpoints", str(tmp_path / "run" / "step_1"), "--tasks", "sweep_arc_easy", "--include-path", TASKS, "--output", str(output), "--no-progress"]
 
 
 def test_sweep_cli_on_a_read_only_output_stops_before_any_work(tmp_path, tmpfs, capsys):

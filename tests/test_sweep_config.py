@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2lm_vllm.results.schema import METRICS_SCHEMA
-from e2lm_vllm.results.store import write_table_atomic
 from e2lm_vllm.sweep.checkpoints import resolve_checkpoints, step_from_name
 from e2lm_vllm.sweep.config import (
     SweepConfigError,
@@ -18,7 +16,8 @@ from e2lm_vllm.sweep.config import (
     load_sweep_config,
     validate_config,
 )
-from e2lm_vllm.sweep.plan import build_plan, task_name_of
+from e2lm_vllm.sweep.inputs import TaskResolver
+from e2lm_vllm.sweep.plan import build_plan, cell_tasks, include_paths_of
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "ray_jobs" / "examples"
@@ -252,20 +251,25 @@ def test_engine_section_is_the_model_args_schema(tmp_path):
         validate_config(_config(engine={"dtype": "float8"}))
 
 
-def test_task_yaml_path_gives_its_task_name():
+def test_task_yaml_path_gives_its_task_name_and_is_loaded_from_its_file():
     config = validate_config(_config(tasks=[str(TASKS_DIR / "sweep_arc_easy.yaml")]))
-    assert task_name_of(config.tasks[0]) == "sweep_arc_easy"
+    (task,) = cell_tasks(config, TaskResolver(include_paths_of(config)))
+    assert (task.name, task.source) == ("sweep_arc_easy", str((TASKS_DIR / "sweep_arc_easy.yaml").resolve()))
 
 
 def test_plan_resumes_at_cell_granularity(tmp_path):
     for step in (1, 2):
         _folder(tmp_path / "run", f"step_{step}")
-    config = config_from_flags(checkpoints=[str(tmp_path / "run" / "step_*")], tasks="a,b", limit=2)
+    config = config_from_flags(checkpoints=[str(tmp_path / "run" / "step_*")], tasks="sweep_arc_easy,sweep_arc_letter", include_path=[str(TASKS_DIR)], limit=2)
     output = tmp_path / "out"
     plan = build_plan(config, output)
     assert (len(plan.cells), len(plan.done), len(plan.units)) == (4, 0, 2)
     # Finish one cell the way the runner does; only the three others are left.
-    write_table_atomic(METRICS_SCHEMA.empty_table(), plan.cells[0].metrics_part(output))
+    from e2lm_vllm.sweep.runner import write_cell
+    from e2lm_vllm.sweep.worker import CellResult, UnitResult
+
+    result = CellResult(key=plan.cells[0].key, metrics=[{"task": "sweep_arc_easy", "metric": "acc", "filter": "none", "value": 0.5}])
+    write_cell(plan.cells[0], result, UnitResult("x", [result], 1.0, "vllm", {}, 1, "h"), output, engine_share=1.0)
     again = build_plan(config, output)
     assert [c.key for c in again.done] == [plan.cells[0].key]
     assert [len(u.cells) for u in again.units] == [1, 2]
@@ -299,14 +303,15 @@ def test_consolidation_labels_cells_with_the_current_token_schedule(tmp_path):
     def plan_with(tokens_per_step: float):
         data = {
             "models": [{"name": "m", "checkpoints": {"paths": [str(tmp_path / "run" / "step_*")]}, "tokens_per_step": tokens_per_step}],
-            "tasks": ["a"],
+            "tasks": ["sweep_arc_easy"],
+            "include_paths": [str(TASKS_DIR)],
             "output": str(output),
         }
         return build_plan(validate_config(data), output)
 
     old = plan_with(1.0)
     for cell in old.missing:
-        result = CellResult(key=cell.key, metrics=[{"task": "a", "metric": "acc", "filter": "none", "value": 0.5}])
+        result = CellResult(key=cell.key, metrics=[{"task": "sweep_arc_easy", "metric": "acc", "filter": "none", "value": 0.5}])
         write_cell(cell, result, UnitResult("x", [result], 1.0, "vllm", {}, 1, "h"), output, engine_share=1.0)
     consolidate(old, output)
     assert sorted(pd.read_parquet(output / "metrics.parquet").tokens) == [1000.0, 2000.0]

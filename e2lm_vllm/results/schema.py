@@ -34,6 +34,11 @@ METRICS_SCHEMA = pa.schema(
         pa.field("vllm_version", pa.string()),
         pa.field("lm_eval_version", pa.string()),
         pa.field("config_hash", pa.string()),
+        # What the numbers were computed from (`e2lm_vllm.sweep.inputs`): a row traces to its task and checkpoint files.
+        pa.field("task_fingerprint", pa.string()),
+        pa.field("checkpoint_fingerprint", pa.string()),
+        # Set when the tables are written: the checkpoint was evaluated, then deleted (its rows are kept).
+        pa.field("checkpoint_deleted", pa.bool_()),
     ]
 )
 
@@ -54,6 +59,7 @@ SAMPLES_SCHEMA = pa.schema(
         # Added by the sweep: lm-eval logs one sample per (doc, filter), and generative targets are text.
         pa.field("filter", pa.string()),  # lm-eval filter of this response, "none" by default
         pa.field("target_text", pa.string()),  # gold answer as text (generate_until tasks), else null
+        pa.field("checkpoint_deleted", pa.bool_()),  # as in metrics.parquet
     ]
 )
 
@@ -65,7 +71,8 @@ FAILURES_SCHEMA = pa.schema(
         pa.field("step", pa.int64(), nullable=False),
         pa.field("task", pa.string(), nullable=False),
         pa.field("error", pa.string(), nullable=False),
-        # "non_finite" (NaN/inf weights or scores: recorded once, never retried) or "error"
+        # "non_finite" (NaN/inf weights, scores or metrics: recorded once, never retried), "no_metrics"
+        # (lm-eval gave the task no metric), or "error"
         pa.field("kind", pa.string()),
         pa.field("attempts", pa.int64()),
         pa.field("config_hash", pa.string()),

@@ -24,15 +24,28 @@ def _write_error(path: Path, error: OSError) -> ResultsWriteError:
     return failure
 
 
-def write_table_atomic(table: pa.Table, path: str | os.PathLike, schema: pa.Schema | None = None) -> Path:
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``'s columns in its order; columns a file written by an older version lacks are null."""
+    for schema_field in schema:
+        if schema_field.name not in table.column_names:
+            table = table.append_column(schema_field, pa.nulls(table.num_rows, type=schema_field.type))
+    return table.select(schema.names).cast(schema)
+
+
+def write_table_atomic(
+    table: pa.Table, path: str | os.PathLike, schema: pa.Schema | None = None, metadata: dict[bytes, bytes] | None = None
+) -> Path:
     """Write ``table`` to ``path`` via a temporary file in the same folder and ``os.replace``.
 
     Either the whole new file is at ``path`` or the previous content is: a failure (full disk,
     read-only folder) removes the temporary file and raises ``ResultsWriteError`` naming ``path``.
+    ``metadata`` goes into the file's footer (read back with ``pq.read_metadata``, without the rows).
     """
     path = Path(path)
     if schema is not None:
         table = table.select(schema.names).cast(schema)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,5 +73,5 @@ def read_table(path: str | os.PathLike, schema: pa.Schema | None = None) -> pa.T
         return schema.empty_table()
     table = pq.read_table(path)
     if schema is not None:
-        table = table.select(schema.names).cast(schema)
+        table = conform(table, schema)
     return table

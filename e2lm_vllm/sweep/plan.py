@@ -1,46 +1,32 @@
 """The cells of a sweep (checkpoint x task), which are already done, and the work left.
 
-A cell is done when its metrics part file exists under ``OUTPUT/cells/``; parts are written
-atomically, so an existing file is a complete result. A cell's file name carries a hash of
-everything that changes its result (engine args, family args, task, few-shot, limit), so changing
-the config recomputes exactly the affected cells and a rerun of the same config computes only
-the missing ones.
+A cell is done when its metrics part file under ``OUTPUT/cells/`` holds rows and was computed
+from the inputs there are now. The part's name carries a hash of everything in the config that
+changes its result (engine args, family args, task name, few-shot, limit), so changing the config
+recomputes exactly the affected cells; the part's footer records the fingerprints of the task and
+the checkpoint it read (`inputs`), so an edited task YAML or a re-written checkpoint folder
+recomputes exactly theirs, and says so. Parts are written atomically; an empty or unreadable one
+is recomputed. A part written before fingerprints existed is adopted: its fingerprints are taken
+from the current inputs (`adopt_legacy_parts`).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
+import pyarrow.parquet as pq
 
 from e2lm_vllm.sweep.checkpoints import Checkpoint, Completeness, resolve_checkpoints
-from e2lm_vllm.sweep.config import ModelFamily, SweepConfig, SweepConfigError, TaskSpec, stable_hash
+from e2lm_vllm.sweep.config import LocalCheckpoints, ModelFamily, SweepConfig, stable_hash
+from e2lm_vllm.sweep.inputs import FileDigests, TaskResolver, checkpoint_fingerprint
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-class _TolerantLoader(yaml.SafeLoader):
-    """Reads lm-eval task YAMLs, whose ``!function`` tags mean nothing outside lm-eval."""
-
-
-_TolerantLoader.add_multi_constructor("", lambda loader, suffix, node: None)
-
-
-def task_name_of(spec: TaskSpec) -> str:
-    """The lm-eval task name: the spec itself, or the ``task:`` of a task YAML path."""
-    if not spec.name.endswith((".yaml", ".yml")):
-        return spec.name
-    path = Path(spec.name)
-    if not path.is_file():
-        raise SweepConfigError(f"tasks: task YAML {spec.name} not found")
-    data = yaml.load(path.read_text(), Loader=_TolerantLoader) or {}
-    name = data.get("task") or data.get("group")
-    if not isinstance(name, str):
-        raise SweepConfigError(f"tasks: {spec.name} has no `task:` name (expected an lm-eval task YAML)")
-    return name
 
 
 def include_paths_of(config: SweepConfig) -> list[str]:
@@ -58,6 +44,10 @@ def _slug(text: str, length: int = 60) -> str:
     return _UNSAFE.sub("_", text).strip("_")[-length:] or "x"
 
 
+# The key of a part's Parquet footer that records the inputs it was computed from.
+INPUTS_METADATA_KEY = b"e2lm_inputs"
+
+
 @dataclass(frozen=True)
 class CellTask:
     """One task as a cell evaluates it."""
@@ -65,6 +55,12 @@ class CellTask:
     name: str
     num_fewshot: int | None
     limit: float | None
+    source: str = ""  # what lm-eval loads: the task name, or the YAML path the config gave
+    fingerprint: str = ""  # `inputs.TaskResolver`: what the task reads
+
+    def hash_payload(self) -> dict[str, Any]:
+        # The fields the cell hash has always had: an unchanged config finds its parts done.
+        return {"name": self.name, "num_fewshot": self.num_fewshot, "limit": self.limit}
 
 
 @dataclass(frozen=True)
@@ -72,6 +68,12 @@ class Cell:
     checkpoint: Checkpoint
     task: CellTask
     cell_hash: str  # hash of what changes this cell's result; the `config_hash` column
+    checkpoint_fingerprint: str = ""  # `inputs.checkpoint_fingerprint`
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        """The fingerprints recorded with the cell's results (footer and columns of its metrics part)."""
+        return {"task_fingerprint": self.task.fingerprint, "checkpoint_fingerprint": self.checkpoint_fingerprint}
 
     @property
     def key(self) -> str:
@@ -108,12 +110,50 @@ class WorkUnit:
         return f"{self.checkpoint.model}@{self.checkpoint.step}"
 
 
+@dataclass(frozen=True)
+class Recompute:
+    """Why a cell with results on disk is evaluated again."""
+
+    cell: Cell
+    reason: str  # "task", "checkpoint", "empty" or "unreadable"
+    written: str | None = None  # when the old part was written (ISO date)
+
+
+@dataclass(frozen=True)
+class RetiredPart:
+    """The results of a checkpoint that was evaluated and then deleted (a trainer keeping the last N)."""
+
+    metrics: Path
+    samples: Path
+
+
 @dataclass
 class Plan:
     cells: list[Cell]
     done: list[Cell] = field(default_factory=list)
     missing: list[Cell] = field(default_factory=list)
     units: list[WorkUnit] = field(default_factory=list)
+    recompute: list[Recompute] = field(default_factory=list)  # missing cells whose old results are stale
+    legacy: list[Cell] = field(default_factory=list)  # done cells written before fingerprints: to adopt
+    retired: list[RetiredPart] = field(default_factory=list)
+
+    def describe_recompute(self) -> list[str]:
+        """One line per changed input: 'task X changed since DATE: N cells to recompute'."""
+        groups: dict[tuple[str, str], list[Recompute]] = {}
+        for item in self.recompute:
+            subject = item.cell.task.name if item.reason == "task" else item.cell.checkpoint.id
+            groups.setdefault((item.reason, subject), []).append(item)
+        lines = []
+        for (reason, subject), items in groups.items():
+            since = min((i.written for i in items if i.written), default=None)
+            what = {
+                "task": f"task {subject} changed",
+                "checkpoint": f"checkpoint {subject} changed",
+                "empty": f"{subject}: results without metric rows",
+                "unreadable": f"{subject}: unreadable (truncated?) results",
+            }[reason]
+            lines.append(f"{what}{f' since {since}' if since else ''}: {len(items)} cell(s) to recompute")
+        return lines
 
 
 def family_model_args(config: SweepConfig, family: ModelFamily) -> dict[str, Any]:
@@ -131,16 +171,45 @@ def _partner_args(args: dict[str, Any], checkpoints: list[Checkpoint], position:
     return {**args, **partner.model_args()}
 
 
-def build_plan(config: SweepConfig, output: Path, force: bool = False, completeness: Completeness | None = None) -> Plan:
+def read_part_inputs(path: Path) -> tuple[str, dict[str, Any] | None, str | None]:
+    """("ok" | "absent" | "empty" | "unreadable", recorded inputs or None for a legacy part, written date)."""
+    if not path.is_file():
+        return "absent", None, None
+    try:
+        metadata = pq.read_metadata(path)
+    except Exception:  # noqa: BLE001 - a zero-byte or truncated file: pyarrow's errors vary by damage
+        return "unreadable", None, None
+    written = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if metadata.num_rows == 0:
+        return "empty", None, written
+    raw = (metadata.metadata or {}).get(INPUTS_METADATA_KEY)
+    return "ok", (json.loads(raw) if raw else None), written
+
+
+def cell_tasks(config: SweepConfig, resolver: TaskResolver) -> list[CellTask]:
+    """The sweep's tasks as cells see them: tags expanded to their members, fingerprints taken."""
+    specs = {spec.name: spec for spec in config.tasks}
+    return [
+        CellTask(task.name, config.task_fewshot(specs[task.spec]), config.task_limit(specs[task.spec]), task.source, task.fingerprint)
+        for task in resolver.resolve([spec.name for spec in config.tasks])
+    ]
+
+
+def build_plan(
+    config: SweepConfig,
+    output: Path,
+    force: bool = False,
+    completeness: Completeness | None = None,
+    digests: FileDigests | None = None,
+) -> Plan:
     """Every cell of the sweep, split into done and missing; missing cells grouped per checkpoint.
 
     ``completeness`` (a watched run): local checkpoints still being written are left out.
+    ``digests``: file digests memoised across the rounds of a watched run.
     """
-    tasks = [CellTask(task_name_of(t), config.task_fewshot(t), config.task_limit(t)) for t in config.tasks]
-    names = [t.name for t in tasks]
-    if len(set(names)) != len(names):
-        raise SweepConfigError(f"tasks: expected each task once, got {names}")
     include_paths = include_paths_of(config)
+    digests = digests or FileDigests()
+    tasks = cell_tasks(config, TaskResolver(include_paths, digests))
     plan = Plan(cells=[])
     for family in config.models:
         args = family_model_args(config, family)
@@ -148,15 +217,30 @@ def build_plan(config: SweepConfig, output: Path, force: bool = False, completen
         checkpoints = resolve_checkpoints(family, completeness)
         for position, checkpoint in enumerate(checkpoints):
             unit_cells = []
+            fingerprint = checkpoint_fingerprint(checkpoint, digests)
             for task in tasks:
-                cell_hash = stable_hash({"lm": config.engine.lm, "args": args, "task": task.__dict__})
-                cell = Cell(checkpoint, task, cell_hash)
+                cell_hash = stable_hash({"lm": config.engine.lm, "args": args, "task": task.hash_payload()})
+                cell = Cell(checkpoint, task, cell_hash, fingerprint)
                 plan.cells.append(cell)
-                if not force and cell.metrics_part(output).is_file():
-                    plan.done.append(cell)
-                else:
+                if force:
                     plan.missing.append(cell)
                     unit_cells.append(cell)
+                    continue
+                state, recorded, written = read_part_inputs(cell.metrics_part(output))
+                if state == "ok" and recorded is None:
+                    plan.done.append(cell)
+                    plan.legacy.append(cell)
+                    continue
+                if state == "ok" and recorded is not None:
+                    changed = _changed_input(recorded, cell)
+                    if changed is None:
+                        plan.done.append(cell)
+                        continue
+                    plan.recompute.append(Recompute(cell, changed, written))
+                elif state in ("empty", "unreadable"):
+                    plan.recompute.append(Recompute(cell, state, written))
+                plan.missing.append(cell)
+                unit_cells.append(cell)
             if unit_cells:
                 plan.units.append(
                     WorkUnit(
@@ -171,4 +255,49 @@ def build_plan(config: SweepConfig, output: Path, force: bool = False, completen
                 )
     # One family's checkpoints back to back, in step order: a worker swaps weights between them.
     plan.units.sort(key=lambda u: (u.checkpoint.architecture or "", u.checkpoint.model, u.checkpoint.step))
+    plan.retired = _retired_parts(config, plan, output)
     return plan
+
+
+def _changed_input(recorded: dict[str, Any], cell: Cell) -> str | None:
+    if recorded.get("task_fingerprint") != cell.task.fingerprint:
+        return "task"
+    if recorded.get("checkpoint_fingerprint") != cell.checkpoint_fingerprint:
+        return "checkpoint"
+    return None
+
+
+def _local_patterns(family: ModelFamily) -> list[str]:
+    return [str(Path(entry.name).expanduser().absolute()) for source in family.checkpoints if isinstance(source, LocalCheckpoints) for entry in source.paths]
+
+
+def _retired_parts(config: SweepConfig, plan: Plan, output: Path) -> list[RetiredPart]:
+    """Parts of checkpoints that match a family's local paths but are gone from disk, for tasks the plan
+    still evaluates the same way (same cell hash and task fingerprint): their rows stay in the tables.
+
+    A checkpoint the user took out of the config (no longer matching) is not retired, only dropped.
+    """
+    planned_folders = {cell.part_stem(output).parent for cell in plan.cells}
+    current = {(cell.checkpoint.model, cell.task.name, cell.cell_hash): cell.task.fingerprint for cell in plan.cells}
+    retired = []
+    for family in config.models:
+        patterns = _local_patterns(family)
+        family_folder = output / "cells" / _slug(family.name)
+        if not patterns or not family_folder.is_dir():
+            continue
+        stems = {(_slug(task), cell_hash): (task, fp) for (model, task, cell_hash), fp in current.items() if model == family.name}
+        for folder in sorted(p for p in family_folder.iterdir() if p.is_dir() and p not in planned_folders):
+            for part in sorted(folder.glob("*.metrics.parquet")):
+                slug, _, cell_hash = part.name[: -len(".metrics.parquet")].rpartition(".")
+                if (slug, cell_hash) not in stems:
+                    continue
+                state, recorded, _ = read_part_inputs(part)
+                if state != "ok" or (recorded is not None and recorded.get("task_fingerprint") != stems[slug, cell_hash][1]):
+                    continue
+                checkpoint = pq.read_table(part, columns=["checkpoint"]).column("checkpoint")[0].as_py()
+                location = str(Path(checkpoint).expanduser().absolute())
+                if Path(location).exists() or not any(fnmatch.fnmatch(location, pattern) for pattern in patterns):
+                    continue
+                samples = part.with_name(part.name.replace(".metrics.parquet", ".samples.parquet"))
+                retired.append(RetiredPart(part, samples))
+    return retired

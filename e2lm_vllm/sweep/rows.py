@@ -73,6 +73,38 @@ def metric_rows(results: dict[str, Any], requested: str) -> list[dict[str, Any]]
     return rows
 
 
+class NoMetricsError(ValueError):
+    """lm-eval gave no metric for a cell's task (a tag it expanded behind our back, a task without metrics)."""
+
+    kind = "no_metrics"
+
+
+def check_cell_results(results: dict[str, Any], requested: str) -> list[dict[str, Any]]:
+    """The cell's metric rows; raise rather than let a cell be 'done' without its numbers.
+
+    A metric that is NaN or inf is a failure of kind ``non_finite`` naming it (lm-eval reports a
+    mean of NaN scores as NaN, and a dropped row would hide it from every table); a cell with no
+    metric row at all is a failure of kind ``no_metrics``. Standard errors may be absent or NaN
+    (one document has none).
+    """
+    from e2lm_vllm.checkpoint import NonFiniteError
+
+    bad = []
+    for name in subtask_names(results, requested):
+        for key, value in results.get("results", {}).get(name, {}).items():
+            if "," in key and "_stderr," not in key and isinstance(value, float) and not math.isfinite(value):
+                bad.append(f"{name} {key} = {value}")
+    if bad:
+        raise NonFiniteError(f"non-finite metric value(s): {'; '.join(bad)}")
+    rows = metric_rows(results, requested)
+    if not rows:
+        produced = sorted(results.get("results", {}))
+        raise NoMetricsError(
+            f"lm-eval returned no metric for task {requested!r} (results hold: {', '.join(produced) or 'nothing'})"
+        )
+    return rows
+
+
 def _is_loglikelihood(response: Any) -> bool:
     return isinstance(response, (list, tuple)) and len(response) == 2 and isinstance(response[0], (int, float))
 

@@ -30,11 +30,12 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from e2lm_vllm.results.schema import FAILURES_SCHEMA, METRICS_SCHEMA, SAMPLES_SCHEMA
-from e2lm_vllm.results.store import write_table_atomic
+from e2lm_vllm.results.store import conform, write_table_atomic
 from e2lm_vllm.sweep.checkpoints import Completeness
 from e2lm_vllm.sweep.config import SweepConfig, SweepConfigError, config_hash
+from e2lm_vllm.sweep.inputs import FileDigests
 from e2lm_vllm.sweep.lock import output_lock
-from e2lm_vllm.sweep.plan import Cell, Plan, WorkUnit, build_plan
+from e2lm_vllm.sweep.plan import INPUTS_METADATA_KEY, Cell, Plan, WorkUnit, build_plan, read_part_inputs
 from e2lm_vllm.sweep.pool import InProcessWorker, RayWorkers
 from e2lm_vllm.sweep.worker import CellResult, UnitResult, failure_kind
 
@@ -87,8 +88,12 @@ def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
 
 
+def _inputs_metadata(cell: Cell) -> dict[bytes, bytes]:
+    return {INPUTS_METADATA_KEY: json.dumps(cell.inputs, sort_keys=True).encode()}
+
+
 def write_cell(cell: Cell, result: CellResult, unit_result: UnitResult, output: Path, engine_share: float) -> None:
-    """Samples first, metrics last: the metrics part is the cell's 'done' marker."""
+    """Samples first, metrics last: the metrics part is the cell's 'done' marker, its footer the inputs it read."""
     identity = _cell_columns(cell)
     samples = [{**identity, **row} for row in result.samples]
     write_table_atomic(_table(samples, SAMPLES_SCHEMA), cell.samples_part(output), SAMPLES_SCHEMA)
@@ -98,13 +103,35 @@ def write_cell(cell: Cell, result: CellResult, unit_result: UnitResult, output: 
         "backend": unit_result.backend,
         "config_hash": cell.cell_hash,
         **unit_result.versions,
+        **cell.inputs,
     }
     metrics = [{**identity, **extra, **row} for row in result.metrics]
-    write_table_atomic(_table(metrics, METRICS_SCHEMA), cell.metrics_part(output), METRICS_SCHEMA)
+    write_table_atomic(_table(metrics, METRICS_SCHEMA), cell.metrics_part(output), METRICS_SCHEMA, _inputs_metadata(cell))
+
+
+def adopt_legacy_parts(plan: Plan, output: Path) -> None:
+    """Parts written before fingerprints existed count as done; their fingerprints are the current inputs'.
+
+    The alternative, recomputing every cell of an old output folder once, would cost a whole sweep
+    to learn what the user most likely already has. `--force` recomputes instead.
+    """
+    for cell in plan.legacy:
+        part = cell.metrics_part(output)
+        table = conform(pq.read_table(part), METRICS_SCHEMA)
+        for name, value in cell.inputs.items():
+            table = table.set_column(table.schema.get_field_index(name), name, pa.array([value] * table.num_rows, pa.string()))
+        write_table_atomic(table, part, METRICS_SCHEMA, _inputs_metadata(cell))
+    if plan.legacy:
+        log.info(
+            "adopted %d cells written before input fingerprints: recorded the current task and checkpoint "
+            "fingerprints for them (rerun with --force to recompute instead)",
+            len(plan.legacy),
+        )
+    plan.legacy = []
 
 
 def _read_parts(paths: list[Path], schema: pa.Schema) -> pa.Table:
-    tables = [pq.read_table(path).select(schema.names).cast(schema) for path in paths if path.is_file()]
+    tables = [conform(pq.read_table(path), schema) for path in paths if path.is_file()]
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
@@ -113,22 +140,52 @@ def _with_current_tokens(plan: Plan, table: pa.Table) -> pa.Table:
 
     Tokens label a checkpoint and do not change its results, so they are not in the cell hash: a
     corrected schedule (the E2LM batch ramp-up, say) relabels every cell without recomputing any.
+    A deleted checkpoint keeps the tokens it was written with.
     """
     if "tokens" not in table.column_names or table.num_rows == 0:
         return table
     tokens = {cell.checkpoint.id: cell.checkpoint.tokens for cell in plan.cells}
-    current = [tokens.get(checkpoint) for checkpoint in table.column("checkpoint").to_pylist()]
+    written = table.column("tokens").to_pylist()
+    current = [tokens[c] if c in tokens else old for c, old in zip(table.column("checkpoint").to_pylist(), written)]
     index = table.column_names.index("tokens")
     return table.set_column(index, table.schema.field(index), pa.array(current, type=table.schema.field(index).type))
 
 
+def _with_deleted_flag(table: pa.Table, deleted: bool) -> pa.Table:
+    index = table.schema.get_field_index("checkpoint_deleted")
+    return table.set_column(index, table.schema.field(index), pa.array([deleted] * table.num_rows, pa.bool_()))
+
+
+def current_cells(plan: Plan, output: Path) -> list[Cell]:
+    """The plan's cells whose part holds rows computed from the inputs there are now."""
+    current = []
+    for cell in plan.cells:
+        state, recorded, _ = read_part_inputs(cell.metrics_part(output))
+        if state == "ok" and (recorded is None or cell.inputs == {k: recorded.get(k) for k in cell.inputs}):
+            current.append(cell)
+    return current
+
+
 def consolidate(plan: Plan, output: Path) -> tuple[int, int]:
-    """``metrics.parquet`` and ``samples.parquet`` from the parts of this plan's cells (atomic)."""
-    metrics = _with_current_tokens(plan, _read_parts([cell.metrics_part(output) for cell in plan.cells], METRICS_SCHEMA))
-    done = {cell.key for cell in plan.cells if cell.metrics_part(output).is_file()}
-    samples = _with_current_tokens(
-        plan, _read_parts([cell.samples_part(output) for cell in plan.cells if cell.key in done], SAMPLES_SCHEMA)
-    )
+    """``metrics.parquet`` and ``samples.parquet`` from the current parts of this plan's cells and the parts
+    of checkpoints deleted since they were evaluated (marked ``checkpoint_deleted``), atomically.
+
+    A part computed from inputs that have changed since (a recomputation that failed) is left out:
+    no table shows a number the current task or checkpoint would not give.
+    """
+    cells = current_cells(plan, output)
+    # A watcher keeps the cells of checkpoints deleted while it runs in its plan (`watch._keep_earlier_cells`).
+    gone = [c for c in cells if c.checkpoint.path is not None and not Path(c.checkpoint.path).exists()]
+    here = [c for c in cells if c not in gone]
+    planned = {c.metrics_part(output) for c in plan.cells}
+    retired = [r for r in plan.retired if r.metrics not in planned]
+
+    def table(kept: list[Path], deleted: list[Path], schema: pa.Schema) -> pa.Table:
+        kept_table = _with_deleted_flag(_with_current_tokens(plan, _read_parts(kept, schema)), False)
+        return pa.concat_tables([kept_table, _with_deleted_flag(_with_current_tokens(plan, _read_parts(deleted, schema)), True)])
+
+    metrics = table([c.metrics_part(output) for c in here], [c.metrics_part(output) for c in gone] + [r.metrics for r in retired], METRICS_SCHEMA)
+    samples = table([c.samples_part(output) for c in here], [c.samples_part(output) for c in gone] + [r.samples for r in retired], SAMPLES_SCHEMA)
     write_table_atomic(metrics, output / "metrics.parquet", METRICS_SCHEMA)
     write_table_atomic(samples, output / "samples.parquet", SAMPLES_SCHEMA)
     return metrics.num_rows, samples.num_rows
@@ -202,10 +259,11 @@ class SweepSession:
     failures: list[dict[str, Any]] = field(default_factory=list)
     # Set to finish the unit in flight and start no other (a watched run's stop file, first Ctrl-C).
     stop: threading.Event = field(default_factory=threading.Event)
+    digests: FileDigests = field(default_factory=FileDigests)  # a watcher re-reads the same checkpoints
 
     def plan(self, force: bool = False, completeness: Completeness | None = None) -> Plan:
         """The cells as the checkpoint sources are now; cells that failed in this run are not planned again."""
-        plan = build_plan(self.config, self.output, force=force, completeness=completeness)
+        plan = prepare_plan(self.config, self.output, force, completeness, self.digests)
         failed = {(f["model"], f["checkpoint"], f["task"], f["config_hash"]) for f in self.failures}
 
         def retry(cell: Cell) -> bool:
@@ -229,6 +287,18 @@ class SweepSession:
         write_table_atomic(_table(self.failures, FAILURES_SCHEMA), self.output / "failures.parquet", FAILURES_SCHEMA)
 
 
+def prepare_plan(
+    config: SweepConfig, output: Path, force: bool, completeness: Completeness | None, digests: FileDigests
+) -> Plan:
+    """`build_plan`, then adopt the parts of an output folder written before fingerprints, and say which
+    cells are recomputed because what they read has changed."""
+    plan = build_plan(config, output, force=force, completeness=completeness, digests=digests)
+    adopt_legacy_parts(plan, output)
+    for line in plan.describe_recompute():
+        log.warning("%s", line)
+    return plan
+
+
 def _run_sweep(
     config: SweepConfig, force: bool, address: str | None, progress: bool, in_process: bool, watch: WatchOptions | None
 ) -> SweepSummary:
@@ -236,7 +306,8 @@ def _run_sweep(
     output = Path(config.output).absolute()
     output.mkdir(parents=True, exist_ok=True)
     completeness = Completeness(watch.marker) if watch is not None else None
-    plan = build_plan(config, output, force=force, completeness=completeness)
+    digests = FileDigests()
+    plan = prepare_plan(config, output, force, completeness, digests)
     digest = config_hash(config)
     (output / "sweep.json").write_text(
         json.dumps({"config_hash": digest, "config": config.model_dump(mode="json")}, indent=2) + "\n"
@@ -253,6 +324,7 @@ def _run_sweep(
             "cells": len(plan.cells),
             "already_done": len(plan.done),
             "to_evaluate": len(plan.missing),
+            "recompute": plan.describe_recompute(),
             "force": force,
             "watch": watch is not None,
         },
@@ -266,7 +338,7 @@ def _run_sweep(
         len(plan.done),
         len(plan.missing),
     )
-    session = SweepSession(config, output, WorkerPool(config, address, in_process), summary, progress)
+    session = SweepSession(config, output, WorkerPool(config, address, in_process), summary, progress, digests=digests)
     try:
         if watch is None:
             session.evaluate(plan)

@@ -41,7 +41,8 @@ def task_manager_for(include_paths: list[str] | tuple[str, ...], task_names: lis
 
     if include_paths:
         local = TaskManager(include_path=list(include_paths), include_defaults=False)
-        if all(name in local.all_tasks for name in task_names):
+        # A YAML path is loaded from its file (`TaskManager.load` takes paths), whatever the index holds.
+        if all(name in local.all_tasks or name.endswith((".yaml", ".yml")) for name in task_names):
             return local
         return TaskManager(include_path=list(include_paths))
     return TaskManager()

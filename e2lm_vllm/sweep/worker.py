@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from e2lm_vllm.sweep.plan import Cell, WorkUnit
-from e2lm_vllm.sweep.rows import metric_rows, request_count, sample_rows, subtask_names, versions
+from e2lm_vllm.sweep.rows import check_cell_results, request_count, sample_rows, subtask_names, versions
 from e2lm_vllm.sweep.swapcheck import SwapCheck, compare, probe_scores
 from e2lm_vllm.sweep.taskcache import TaskCache, TaskKey, evaluate
 
@@ -243,13 +243,20 @@ class SweepWorker:
     # -- evaluation --------------------------------------------------------------------------------
 
     def _cell_result(self, cell: Cell, results: dict[str, Any], seconds: float) -> CellResult:
+        try:
+            metrics = check_cell_results(results, cell.task.name)
+        except Exception as error:  # noqa: BLE001 - a cell without trustworthy numbers is a failure, never 'done'
+            log.error("%s: %s", cell.task.name, error)
+            return CellResult(key=cell.key, error=f"{type(error).__name__}: {error}", error_kind=failure_kind(error), eval_seconds=seconds)
         samples = results.get("samples", {})
         rows = [row for name in subtask_names(results, cell.task.name) for row in sample_rows(self.lm, name, samples.get(name, []))]
-        return CellResult(key=cell.key, metrics=metric_rows(results, cell.task.name), samples=rows, eval_seconds=seconds)
+        return CellResult(key=cell.key, metrics=metrics, samples=rows, eval_seconds=seconds)
 
     def _run(self, unit: WorkUnit, cells: list[Cell]) -> tuple[dict[str, Any], float, float]:
         """lm-eval's results for `cells`; evaluation seconds and the part of them spent building tasks."""
-        key = TaskKey(tuple(unit.include_paths), tuple(cell.task.name for cell in cells), cells[0].task.num_fewshot, cells[0].task.limit)
+        # A task YAML named by path is loaded from that path (`CellTask.source`), never by its name.
+        sources = tuple(cell.task.source or cell.task.name for cell in cells)
+        key = TaskKey(tuple(unit.include_paths), sources, cells[0].task.num_fewshot, cells[0].task.limit)
         started = time.perf_counter()
         build_before = self.tasks.build_seconds
         results = evaluate(self.lm, key, self.tasks)
