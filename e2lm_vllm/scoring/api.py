@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from e2lm_vllm.scoring.noise import relative_dispersion, relative_noise, signal_to_noise, total_variation
+from e2lm_vllm.scoring.noise import SignalDefinition, signal_and_noise, total_variation
 from e2lm_vllm.scoring.ranking import compliance, decision_accuracy, early_steps, final_scores, ranking_consistency
 from e2lm_vllm.scoring.samples import sample_metrics_table
+from e2lm_vllm.scoring.scales import metric_scale
 from e2lm_vllm.scoring.signal import MIN_AUTOCORRELATION_LENGTH, signal_quality
 from e2lm_vllm.scoring.table import (
     NanPolicy,
@@ -119,6 +120,7 @@ class TaskScore:
     signal: float
     noise: float
     snr: float
+    signal_definition: SignalDefinition  # "relative" (positive rates) or "absolute": see scoring/scales.py
     decision_accuracy: float
     total_variation: float
     score: float
@@ -259,20 +261,23 @@ def _score_task(
         notes.append("no step shared by all models before their last checkpoints: ranking consistency undefined")
     cs = compliance(oriented, *pair) if pair else math.nan
 
-    finals = final_scores(raw).to_numpy()
-    signal = relative_dispersion(finals)
-    noise = _mean_defined([relative_noise(raw[model].dropna().to_numpy()[-config.noise_last_n :]) for model in raw])
-    snr = signal_to_noise(signal, noise)
+    metric = str(cell["metric"].iloc[0])
+    last = [raw[model].dropna().to_numpy()[-config.noise_last_n :] for model in raw]
+    spread = signal_and_noise(final_scores(raw).to_numpy(), last, metric_scale(metric))
+    if spread.reason:
+        notes.append(spread.reason)
 
     da = _decision_accuracy(oriented, config.early_step, notes)
-    tv = _mean_defined([total_variation(oriented[model].dropna().to_numpy()) for model in oriented])
+    # A single checkpoint has no variation to measure (total_variation would call it 0, "smooth").
+    series = [oriented[model].dropna().to_numpy() for model in oriented]
+    tv = _mean_defined([total_variation(values) for values in series if len(values) >= 2])
 
     sq = _mean_defined([row.signal_quality for row in model_rows])
     score = _weighted_score(config.weights, sq, rc, cs)
     return model_rows, TaskScore(
         task=task,
         metric=label,
-        lower_is_better=is_lower_better(str(cell["metric"].iloc[0])),
+        lower_is_better=is_lower_better(metric),
         n_models=n_models,
         n_checkpoints=int(oriented.shape[0]),
         monotonicity=_mean_defined([row.monotonicity for row in model_rows]),
@@ -280,9 +285,10 @@ def _score_task(
         signal_quality=sq,
         ranking_consistency=rc,
         compliance=cs,
-        signal=signal,
-        noise=noise,
-        snr=snr,
+        signal=spread.signal,
+        noise=spread.noise,
+        snr=spread.snr,
+        signal_definition=spread.definition,
         decision_accuracy=da,
         total_variation=tv,
         score=score,
