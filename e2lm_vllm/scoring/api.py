@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from e2lm_vllm.scoring.noise import SignalDefinition, signal_and_noise, total_variation
 from e2lm_vllm.scoring.ranking import compliance, decision_accuracy, early_steps, final_scores, ranking_consistency
-from e2lm_vllm.scoring.samples import sample_metrics_table
+from e2lm_vllm.scoring.samples import sample_metrics_from_scores, sample_metrics_table
 from e2lm_vllm.scoring.scales import metric_scale
 from e2lm_vllm.scoring.signal import MIN_AUTOCORRELATION_LENGTH, signal_quality
 from e2lm_vllm.scoring.table import (
@@ -164,16 +164,21 @@ def prepare_table(
     config: ScoringConfig = ScoringConfig(),
     tasks: list[str] | None = None,
     metrics: list[str] | None = None,
+    sample_scores: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Validated long table with the derived sample metrics, filters and selection applied.
 
     Adds a ``metric_label`` column (``metric`` or ``metric,filter``) and an ``oriented`` column:
     the value, negated for lower-is-better metrics so that larger is always better.
+    ``sample_scores``: :func:`~e2lm_vllm.scoring.samples.per_sample_scores` of ``results.samples``
+    when the caller already has them (they are the slow part); computed here otherwise.
     """
     if isinstance(results, pd.DataFrame):
         results = ResultsTables(metrics=results)
     table = results.metrics
-    if results.samples is not None and not results.samples.empty:
+    if sample_scores is not None:
+        table = pd.concat([table, sample_metrics_from_scores(sample_scores)], ignore_index=True)
+    elif results.samples is not None and not results.samples.empty:
         table = pd.concat([table, sample_metrics_table(results.samples)], ignore_index=True)
     table = validate_metrics(table, config.nan_policy)
     if config.e2lm_tokens:
@@ -203,7 +208,11 @@ def score_results(
         tasks: restrict to these tasks (unknown names raise :class:`ScoringInputError`).
         metrics: restrict to these metrics, by name (``acc``) or label (``exact_match,strict-match``).
     """
-    table = prepare_table(results, config, tasks, metrics)
+    return score_table(prepare_table(results, config, tasks, metrics), config)
+
+
+def score_table(table: pd.DataFrame, config: ScoringConfig = ScoringConfig()) -> ScoreReport:
+    """Score every (task, metric) of a table already prepared by :func:`prepare_table` with the same ``config``."""
     models_present = set(table["model"])
     pair = config.reference_pair
     notes = []

@@ -22,12 +22,12 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from e2lm_vllm.scoring.api import ScoreReport, TaskScore, prepare_table, score_results  # noqa: E402
+from e2lm_vllm.scoring.api import ScoreReport, ScoringConfig, TaskScore  # noqa: E402
 from e2lm_vllm.scoring.cli import add_scoring_arguments, config_from_args  # noqa: E402
-from e2lm_vllm.scoring.failures import failure_line, failure_rows, read_failures  # noqa: E402
+from e2lm_vllm.scoring.failures import failure_line, failure_rows  # noqa: E402
 from e2lm_vllm.scoring.formatting import format_value, markdown_table, model_rows, task_rows  # noqa: E402
-from e2lm_vllm.scoring.samples import item_learnability  # noqa: E402
-from e2lm_vllm.scoring.table import ScoringInputError, load_results  # noqa: E402
+from e2lm_vllm.scoring.scored import ScoredResults, score_source  # noqa: E402
+from e2lm_vllm.scoring.table import ScoringInputError  # noqa: E402
 
 PANEL_COLUMNS = 4
 
@@ -41,20 +41,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write the report; exit status 2 with a one-line message on unusable input."""
     try:
-        config = config_from_args(args)
-        results = load_results(args.results)
-        report = score_results(results, config, tasks=args.task, metrics=args.metric)
-        table = prepare_table(results, config, tasks=args.task, metrics=args.metric)
+        scored = score_source(args.results, config_from_args(args), tasks=args.task, metrics=args.metric)
     except (ScoringInputError, ValueError) as error:
         print(f"e2lm-vllm report: error: {error}", file=sys.stderr)
         return 2
-    learnability = item_learnability(results.samples) if results.samples is not None and not results.samples.empty else None
-    path = write_report(
-        report, table, Path(args.output), source=str(args.results), learnability=learnability,
-        failures=read_failures(args.results),
-    )  # fmt: skip
-    print(f"wrote {path}")
+    print(f"wrote {write_scored_report(scored, Path(args.output))}")
     return 0
+
+
+def write_results_report(
+    results: str | Path,
+    output: Path,
+    config: ScoringConfig = ScoringConfig(),
+    tasks: list[str] | None = None,
+    metrics: list[str] | None = None,
+) -> ScoredResults:
+    """Score ``results`` and write its report into ``output``, each Parquet file read once.
+
+    One call per rebuild for a caller such as the sweep watcher; the returned scores also give
+    the `score` text (``cli.render_text(scored.report, failure_line(scored.failures))``).
+    """
+    scored = score_source(results, config, tasks, metrics)
+    write_scored_report(scored, output)
+    return scored
+
+
+def write_scored_report(scored: ScoredResults, output: Path) -> Path:
+    """:func:`write_report` of results already scored by :func:`~e2lm_vllm.scoring.scored.score_source`."""
+    return write_report(
+        scored.report, scored.table, output, source=scored.source, learnability=scored.learnability, failures=scored.failures
+    )
 
 
 def write_report(

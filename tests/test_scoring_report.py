@@ -1,0 +1,107 @@
+"""The report and score commands: what they read, what they show when little is defined, backends."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from e2lm_vllm.cli import main
+from e2lm_vllm.scoring import samples as sample_scoring
+
+
+def write_sweep(
+    folder: Path,
+    models: tuple[str, ...] = ("m",),
+    steps: tuple[int, ...] = (0, 1000, 2000),
+    tasks: tuple[str, ...] = ("arc", "piqa"),
+    docs: int = 4,
+    backends: dict[tuple[str, int, str], str] | None = None,
+) -> Path:
+    """A sweep folder as the sweep writes it: metrics, per-sample rows and (empty) failures, rising scores."""
+    rng = np.random.default_rng(0)
+    metric_rows, sample_rows = [], []
+    for m_index, model in enumerate(models):
+        for s_index, step in enumerate(steps):
+            for task in tasks:
+                skill = 0.1 * s_index + 0.05 * m_index
+                backend = (backends or {}).get((model, step, task), "vllm")
+                for metric, value in (("acc", 0.3 + skill), ("acc_norm", 0.32 + skill)):
+                    metric_rows.append(
+                        {"model": model, "checkpoint": f"{model}/step_{step}", "step": step, "tokens": np.nan, "task": task,
+                         "metric": metric, "filter": "none", "value": value + rng.normal(0, 0.01), "backend": backend}
+                    )  # fmt: skip
+                for doc in range(docs):
+                    gold = doc % 2
+                    logprobs = rng.normal(-2.0, 0.5, size=3)
+                    logprobs[gold] += skill * 3
+                    sample_rows.append(
+                        {"model": model, "checkpoint": f"{model}/step_{step}", "step": step, "tokens": np.nan, "task": task,
+                         "doc_id": doc, "target": gold, "choice_logprobs": logprobs.tolist(), "choice_bytes": [5, 6, 7]}
+                    )  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(metric_rows).to_parquet(folder / "metrics.parquet")
+    pd.DataFrame(sample_rows).to_parquet(folder / "samples.parquet")
+    failures = pd.DataFrame({"model": [], "checkpoint": [], "step": [], "task": [], "error": [], "kind": []})
+    failures.astype({"step": "int64"}).to_parquet(folder / "failures.parquet")
+    return folder
+
+
+class Reads:
+    """Counts Parquet reads (pyarrow.parquet.read_table, which pandas.read_parquet calls) and per-sample scorings."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.files: collections.Counter[str] = collections.Counter()
+        self.sample_scorings = 0
+        read_table, validate = pq.read_table, sample_scoring.validate_samples
+
+        def counting_read(source, *args, **kwargs):
+            self.files[Path(str(source)).name] += 1
+            return read_table(source, *args, **kwargs)
+
+        def counting_validate(samples):
+            # per_sample_scores starts by validating its input: one call per scoring of the samples.
+            self.sample_scorings += 1
+            return validate(samples)
+
+        monkeypatch.setattr(pq, "read_table", counting_read)
+        monkeypatch.setattr(sample_scoring, "validate_samples", counting_validate)
+
+
+# --- Issue 19 item 9: one read of each file, one scoring of the samples per report ------------------
+
+
+def test_report_reads_each_parquet_once_and_scores_samples_once(tmp_path, monkeypatch):
+    sweep = write_sweep(tmp_path / "sweep")
+    reads = Reads(monkeypatch)
+    assert main(["report", str(sweep), "-o", str(tmp_path / "out")]) == 0
+    assert dict(reads.files) == {"metrics.parquet": 1, "samples.parquet": 1, "failures.parquet": 1}
+    assert reads.sample_scorings == 1  # was 3: score, table and learnability each scored every sample
+    assert (tmp_path / "out" / "item_learnability.csv").is_file()
+
+
+def test_score_reads_each_parquet_once(tmp_path, monkeypatch, capsys):
+    sweep = write_sweep(tmp_path / "sweep")
+    reads = Reads(monkeypatch)
+    assert main(["score", str(sweep)]) == 0
+    assert dict(reads.files) == {"metrics.parquet": 1, "samples.parquet": 1, "failures.parquet": 1}
+    assert reads.sample_scorings == 1
+    assert "gold_margin" in capsys.readouterr().out
+
+
+def test_one_call_rebuilds_a_report_as_the_watcher_needs(tmp_path, monkeypatch):
+    from e2lm_vllm.scoring.cli import render_text
+    from e2lm_vllm.scoring.failures import failure_line
+    from e2lm_vllm.scoring.report import write_results_report
+
+    sweep = write_sweep(tmp_path / "sweep")
+    reads = Reads(monkeypatch)
+    scored = write_results_report(sweep, tmp_path / "out")
+    text = render_text(scored.report, failure_line(scored.failures))
+    assert dict(reads.files) == {"metrics.parquet": 1, "samples.parquet": 1, "failures.parquet": 1}
+    assert reads.sample_scorings == 1
+    assert "arc" in text and (tmp_path / "out" / "report.md").is_file() and scored.learnability is not None
