@@ -105,3 +105,29 @@ def test_one_call_rebuilds_a_report_as_the_watcher_needs(tmp_path, monkeypatch):
     assert dict(reads.files) == {"metrics.parquet": 1, "samples.parquet": 1, "failures.parquet": 1}
     assert reads.sample_scorings == 1
     assert "arc" in text and (tmp_path / "out" / "report.md").is_file() and scored.learnability is not None
+
+
+# --- Issue 19 item 3: a visible line when cells were scored by another backend ---------------------
+
+
+def test_mixed_backends_are_named_near_the_top_of_score_and_report(tmp_path, capsys):
+    # Three of twelve cells (model, step, task) fell back to lm-eval's HF model.
+    hf_cells = {("m", 1000, "arc"): "hf", ("m", 2000, "arc"): "hf", ("m", 2000, "piqa"): "hf"}
+    sweep = write_sweep(tmp_path / "sweep", steps=(0, 1000, 2000, 3000), backends=hf_cells)
+    assert main(["score", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("backend: hf for 3 cells, vllm for 5 cells")
+    assert main(["report", str(sweep), "-o", str(tmp_path / "out")]) == 0
+    top = (tmp_path / "out" / "report.md").read_text().split("## How to read this")[0]
+    assert "backend: hf for 3 cells, vllm for 5 cells" in top
+    assert main(["score", str(sweep), "--json"]) == 0
+    assert '"backends": {\n  "hf": 3,\n  "vllm": 5\n }' in capsys.readouterr().out
+
+
+def test_all_hf_is_named_and_all_vllm_is_not(tmp_path, capsys):
+    every_cell = {("m", step, task): "hf" for step in (0, 1000, 2000) for task in ("arc", "piqa")}
+    assert main(["score", str(write_sweep(tmp_path / "hf", backends=every_cell))]) == 0
+    assert capsys.readouterr().out.startswith("backend: hf for 6 cells (every cell was scored by lm-eval's HF model")
+    assert main(["report", str(write_sweep(tmp_path / "vllm")), "-o", str(tmp_path / "out")]) == 0
+    assert "backend:" not in capsys.readouterr().out
+    assert "backend:" not in (tmp_path / "out" / "report.md").read_text()

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from e2lm_vllm.scoring.backends import backend_counts
 from e2lm_vllm.scoring.noise import SignalDefinition, signal_and_noise, total_variation
 from e2lm_vllm.scoring.ranking import compliance, decision_accuracy, early_steps, final_scores, ranking_consistency
 from e2lm_vllm.scoring.samples import sample_metrics_from_scores, sample_metrics_table
@@ -136,6 +137,7 @@ class ScoreReport:
     config: ScoringConfig
     reference_pair: tuple[str, str] | None
     notes: list[str] = field(default_factory=list)
+    backends: dict[str, int] = field(default_factory=dict)  # cells per recorded backend (scoring/backends.py)
 
     def models_frame(self) -> pd.DataFrame:
         """Per-model rows as a DataFrame."""
@@ -147,7 +149,7 @@ class ScoreReport:
         return pd.DataFrame(rows)
 
     def to_json_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: ``models``, ``tasks``, ``weights``, ``reference_pair``, ``notes``; NaN/inf become null."""
+        """A JSON-ready dict: ``models``, ``tasks``, ``weights``, ``reference_pair``, ``notes``, ``backends``; NaN/inf become null."""
         return _json_ready(
             {
                 "models": [asdict(row) for row in self.models],
@@ -155,6 +157,7 @@ class ScoreReport:
                 "weights": self.config.weights.model_dump(),
                 "reference_pair": list(self.reference_pair) if self.reference_pair else None,
                 "notes": self.notes,
+                "backends": self.backends,
             }
         )
 
@@ -233,7 +236,9 @@ def score_table(table: pd.DataFrame, config: ScoringConfig = ScoringConfig()) ->
         model_rows.extend(task_model_rows)
         task_rows.append(task_score)
     task_rows.sort(key=lambda row: (_nan_last(row.score), _nan_last(row.signal_quality), row.task, row.metric))
-    return ScoreReport(models=model_rows, tasks=task_rows, config=config, reference_pair=pair, notes=notes)
+    return ScoreReport(
+        models=model_rows, tasks=task_rows, config=config, reference_pair=pair, notes=notes, backends=backend_counts(table)
+    )
 
 
 def score_path(

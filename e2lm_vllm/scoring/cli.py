@@ -9,6 +9,7 @@ import sys
 from pydantic import ValidationError
 
 from e2lm_vllm.scoring.api import ScoreReport, ScoreWeights, ScoringConfig
+from e2lm_vllm.scoring.backends import backend_line
 from e2lm_vllm.scoring.failures import failure_line
 from e2lm_vllm.scoring.formatting import model_rows, task_rows, text_table
 from e2lm_vllm.scoring.scored import score_source
@@ -74,7 +75,9 @@ def render_text(report: ScoreReport, failures: str | None = None) -> str:
     """The human-readable output of `score`."""
     weights = report.config.weights
     pair = ",".join(report.reference_pair) if report.reference_pair else "none"
+    backends = backend_line(report.backends)
     parts = [
+        *([backends, ""] if backends else []),  # first: it qualifies every number below
         f"Tasks, best first. score = {weights.signal_quality:g}*SQ + {weights.ranking_consistency:g}*RC + "
         f"{weights.compliance:g}*CS; reference pair (CS): {pair}",
         text_table(*task_rows(report)),

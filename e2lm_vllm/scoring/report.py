@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from e2lm_vllm.scoring.api import ScoreReport, ScoringConfig, TaskScore  # noqa: E402
+from e2lm_vllm.scoring.backends import backend_line  # noqa: E402
 from e2lm_vllm.scoring.cli import add_scoring_arguments, config_from_args  # noqa: E402
 from e2lm_vllm.scoring.failures import failure_line, failure_rows  # noqa: E402
 from e2lm_vllm.scoring.formatting import format_value, markdown_table, model_rows, task_rows  # noqa: E402
@@ -179,6 +180,7 @@ def render_markdown(
     weights = report.config.weights
     pair = " above ".join(report.reference_pair) if report.reference_pair else "none given"
     best = report.tasks[0]
+    backends = backend_line(report.backends)
     lines = [
         "# Benchmark quality report",
         "",
@@ -186,6 +188,7 @@ def render_markdown(
         f"{len(report.tasks)} task/metric pairs."
         + (" Organisers' checkpoint filter applied (step % 4000 == 0, <= 206B tokens)." if report.config.e2lm_filter else ""),
         "",
+        *([f"> **Warning: {backends}**", ""] if backends else []),
         "## How to read this",
         "",
         "Each task (and metric of it) is scored on how well it tells checkpoints and models apart early in training:",
