@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
+import matplotlib.figure
+import matplotlib.text
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -49,6 +51,29 @@ def write_sweep(
     failures = pd.DataFrame({"model": [], "checkpoint": [], "step": [], "task": [], "error": [], "kind": []})
     failures.astype({"step": "int64"}).to_parquet(folder / "failures.parquet")
     return folder
+
+
+class Figures:
+    """Every text drawn in each figure a report saves (titles, bar labels, footnotes), by file name."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.texts: dict[str, list[str]] = {}
+        savefig = matplotlib.figure.Figure.savefig
+
+        def recording(figure, path, *args, **kwargs):
+            texts = [text.get_text() for text in figure.findobj(matplotlib.text.Text) if text.get_visible()]
+            self.texts[Path(str(path)).name] = [text for text in texts if text]
+            return savefig(figure, path, *args, **kwargs)
+
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording)
+
+
+def table_columns(markdown: str, heading: str) -> dict[str, list[str]]:
+    """The cells of the first markdown table after ``heading``, by column."""
+    lines = markdown.split(heading, 1)[1].strip().splitlines()
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines if line.startswith("|")]
+    rows = rows[: next((i for i, row in enumerate(rows) if i > 1 and len(row) != len(rows[0])), len(rows))]
+    return {header: [row[i] for row in rows[2:]] for i, header in enumerate(rows[0])}
 
 
 class Reads:
@@ -131,3 +156,61 @@ def test_all_hf_is_named_and_all_vllm_is_not(tmp_path, capsys):
     assert main(["report", str(write_sweep(tmp_path / "vllm")), "-o", str(tmp_path / "out")]) == 0
     assert "backend:" not in capsys.readouterr().out
     assert "backend:" not in (tmp_path / "out" / "report.md").read_text()
+
+
+# --- Issue 23 item 2: no chart, title or table column that is all n/a -----------------------------
+
+
+def test_demo_sized_sweep_shows_what_is_defined_and_what_would_define_the_rest(tmp_path, monkeypatch, capsys):
+    # The demo's shape: one model, three checkpoints, no reference pair.
+    sweep = write_sweep(tmp_path / "sweep", tasks=("sample_arc_easy", "sample_piqa", "sample_hellaswag"))
+    figures = Figures(monkeypatch)
+    assert main(["report", str(sweep), "-o", str(tmp_path / "out")]) == 0
+    assert set(figures.texts) >= {"summary.png", "curves-acc.png", "curves-gold_margin.png"}
+    for name, texts in figures.texts.items():
+        assert not [text for text in texts if "n/a" in text], name
+    summary = figures.texts["summary.png"]
+    assert any(text.startswith("monotonicity") for text in summary) and any(text.startswith("TV-I") for text in summary)
+    assert any(text.startswith("noise") for text in summary)
+    footnote = " ".join(text.replace("\n", " ") for text in summary if text.startswith("Not defined"))
+    assert "signal quality needs >= 8 checkpoints per model" in footnote
+    assert "compliance needs >= 2 models and a reference pair" in footnote
+    assert "sample_arc_easy\nmono 1.00" in figures.texts["curves-acc.png"]  # the panel title: defined scores only
+
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    top = markdown.split("## Scores per task")[0]
+    assert "signal quality needs >= 8 checkpoints per model" in top and "![" in top
+    for heading in ("## Scores per task, best first", "## Monotonicity per model"):
+        columns = table_columns(markdown, heading)
+        assert columns, heading
+        assert not [name for name, cells in columns.items() if all(cell == "n/a" for cell in cells)], heading
+
+    capsys.readouterr()
+    assert main(["score", str(sweep)]) == 0
+    table = capsys.readouterr().out.split("\n\n")[0].splitlines()
+    assert table[1].startswith("Not defined by these results:")
+    assert "n/a" not in "\n".join(table[2:]) and table[2].split() == ["task", "metric", "mono", "TV-I"]
+
+
+def test_one_checkpoint_draws_no_summary_chart_and_says_why(tmp_path, monkeypatch):
+    sweep = write_sweep(tmp_path / "sweep", steps=(0,))
+    figures = Figures(monkeypatch)
+    assert main(["report", str(sweep), "-o", str(tmp_path / "out")]) == 0
+    assert "summary.png" not in figures.texts and not (tmp_path / "out" / "summary.png").exists()
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "summary.png" not in markdown
+    assert "monotonicity and total variation need >= 2 checkpoints per model" in markdown
+    for name, texts in figures.texts.items():
+        assert not [text for text in texts if "n/a" in text], name
+
+
+def test_two_models_without_signal_quality_chart_their_defined_scores(tmp_path, monkeypatch):
+    # Two models, four checkpoints, a reference pair: RC, CS and SNR are defined, SQ (and so the score) is not.
+    sweep = write_sweep(tmp_path / "sweep", models=("big", "small"), steps=(0, 1000, 2000, 3000))
+    figures = Figures(monkeypatch)
+    assert main(["report", str(sweep), "--reference-pair", "small,big", "-o", str(tmp_path / "out")]) == 0
+    titles = [text.split("(")[0].strip() for text in figures.texts["summary.png"]]
+    for panel in ("ranking consistency", "compliance", "monotonicity", "SNR", "TV-I"):
+        assert panel in titles, panel
+    assert "signal quality" not in titles
+    assert any(text.startswith("RC ") or "  RC " in text for text in figures.texts["curves-acc.png"])

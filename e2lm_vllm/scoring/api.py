@@ -232,10 +232,13 @@ def score_table(table: pd.DataFrame, config: ScoringConfig = ScoringConfig()) ->
     model_rows: list[ModelSignal] = []
     task_rows: list[TaskScore] = []
     for (task, label), cell in table.groupby(["task", "metric_label"], sort=True):
-        task_model_rows, task_score = _score_task(str(task), str(label), cell, config, pair)
+        task_model_rows, task_score = _score_task(str(task), str(label), cell, config, pair, len(models_present))
         model_rows.extend(task_model_rows)
         task_rows.append(task_score)
-    task_rows.sort(key=lambda row: (_nan_last(row.score), _nan_last(row.signal_quality), row.task, row.metric))
+    # Best first; where the score and signal quality are undefined (short runs), by monotonicity.
+    task_rows.sort(
+        key=lambda row: (_nan_last(row.score), _nan_last(row.signal_quality), _nan_last(row.monotonicity), row.task, row.metric)
+    )
     return ScoreReport(
         models=model_rows, tasks=task_rows, config=config, reference_pair=pair, notes=notes, backends=backend_counts(table)
     )
@@ -252,7 +255,7 @@ def score_path(
 
 
 def _score_task(
-    task: str, label: str, cell: pd.DataFrame, config: ScoringConfig, pair: tuple[str, str] | None
+    task: str, label: str, cell: pd.DataFrame, config: ScoringConfig, pair: tuple[str, str] | None, models_present: int
 ) -> tuple[list[ModelSignal], TaskScore]:
     oriented = cell.pivot(index="step", columns="model", values="oriented").sort_index()
     raw = cell.pivot(index="step", columns="model", values="value").sort_index()
@@ -278,7 +281,7 @@ def _score_task(
     metric = str(cell["metric"].iloc[0])
     last = [raw[model].dropna().to_numpy()[-config.noise_last_n :] for model in raw]
     spread = signal_and_noise(final_scores(raw).to_numpy(), last, metric_scale(metric))
-    if spread.reason:
+    if spread.reason and models_present >= 2:  # one model in all: the report's note says it once
         notes.append(spread.reason)
 
     da = _decision_accuracy(oriented, config.early_step, notes)

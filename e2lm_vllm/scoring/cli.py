@@ -10,8 +10,9 @@ from pydantic import ValidationError
 
 from e2lm_vllm.scoring.api import ScoreReport, ScoreWeights, ScoringConfig
 from e2lm_vllm.scoring.backends import backend_line
+from e2lm_vllm.scoring.coverage import undefined_line
 from e2lm_vllm.scoring.failures import failure_line
-from e2lm_vllm.scoring.formatting import model_rows, task_rows, text_table
+from e2lm_vllm.scoring.formatting import model_rows, model_value, task_rows, text_table
 from e2lm_vllm.scoring.scored import score_source
 from e2lm_vllm.scoring.table import ScoringInputError
 
@@ -76,15 +77,16 @@ def render_text(report: ScoreReport, failures: str | None = None) -> str:
     weights = report.config.weights
     pair = ",".join(report.reference_pair) if report.reference_pair else "none"
     backends = backend_line(report.backends)
+    undefined = undefined_line(report)
+    per_model = model_value(report)
     parts = [
         *([backends, ""] if backends else []),  # first: it qualifies every number below
         f"Tasks, best first. score = {weights.signal_quality:g}*SQ + {weights.ranking_consistency:g}*RC + "
         f"{weights.compliance:g}*CS; reference pair (CS): {pair}",
+        *([undefined] if undefined else []),
         text_table(*task_rows(report)),
         *([failures] if failures else []),
-        "",
-        "Signal quality per model (E2LM: mean of monotonicity and autocorrelation)",
-        text_table(*model_rows(report)),
+        *(["", per_model[1], text_table(*model_rows(report, per_model[0]))] if per_model else []),
     ]
     notes = report.notes + sorted({f"{row.task}/{row.metric}: {note}" for row in report.tasks for note in row.notes})
     if notes:
