@@ -13,6 +13,7 @@ from e2lm_vllm.scoring.api import (
     prepare_table,
     score_path,
     score_results,
+    score_table,
 )
 from e2lm_vllm.scoring.noise import (
     SignalNoise,
@@ -27,6 +28,7 @@ from e2lm_vllm.scoring.noise import (
 from e2lm_vllm.scoring.ranking import compliance, decision_accuracy, ranking_agreement, ranking_consistency
 from e2lm_vllm.scoring.samples import item_learnability, per_sample_scores, sample_metrics_table
 from e2lm_vllm.scoring.scales import RATE_METRICS, metric_scale
+from e2lm_vllm.scoring.scored import ScoredResults, score_source
 from e2lm_vllm.scoring.signal import SignalQuality, autocorrelation, monotonicity, ordinal_ranks, signal_quality
 from e2lm_vllm.scoring.table import (
     ResultsTables,
@@ -47,6 +49,7 @@ __all__ = [
     "ResultsTables",
     "ScoreReport",
     "ScoreWeights",
+    "ScoredResults",
     "ScoringConfig",
     "ScoringInputError",
     "SignalNoise",
@@ -75,6 +78,8 @@ __all__ = [
     "sample_metrics_table",
     "score_path",
     "score_results",
+    "score_source",
+    "score_table",
     "signal_and_noise",
     "signal_quality",
     "signal_to_noise",
