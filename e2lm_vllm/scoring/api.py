@@ -255,7 +255,7 @@ def score_path(
 
 
 def _score_task(
-    task: str, label: str, cell: pd.DataFrame, config: ScoringConfig, pair: tuple[str, str] | None, models_present: int
+    task: str, label: str, cell: pd.DataFrame, config: ScoringConfig, pair: tuple[str, str] | None, n_models_present: int
 ) -> tuple[list[ModelSignal], TaskScore]:
     oriented = cell.pivot(index="step", columns="model", values="oriented").sort_index()
     raw = cell.pivot(index="step", columns="model", values="value").sort_index()
@@ -281,7 +281,7 @@ def _score_task(
     metric = str(cell["metric"].iloc[0])
     last = [raw[model].dropna().to_numpy()[-config.noise_last_n :] for model in raw]
     spread = signal_and_noise(final_scores(raw).to_numpy(), last, metric_scale(metric))
-    if spread.reason and models_present >= 2:  # one model in all: the report's note says it once
+    if spread.reason and n_models_present >= 2:  # one model in all: the report's note says it once
         notes.append(spread.reason)
 
     da = _decision_accuracy(oriented, config.early_step, notes)
