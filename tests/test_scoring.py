@@ -25,6 +25,7 @@ from e2lm_vllm.scoring import (
     item_learnability,
     iteration_to_tokens,
     load_e2lm_json,
+    metric_scale,
     monotonicity,
     ordinal_ranks,
     per_sample_scores,
@@ -168,6 +169,48 @@ def test_signal_noise_snr_hand_computed():
     assert signal_to_noise(0.9, 0.3) == pytest.approx(3.0)
     assert math.isnan(relative_dispersion([0.4]))  # one model: nothing to tell apart
     assert math.isnan(relative_noise([0.0, 0.0]))  # zero mean
+    assert math.isnan(relative_noise([0.4]))  # one checkpoint: no jitter to measure, not 0
+
+
+def test_positive_rates_are_named_in_one_place():
+    for rate in ("acc", "acc_norm", "exact_match", "f1", "sample_acc", "score"):
+        assert metric_scale(rate) == "rate", rate
+    for other in ("gold_margin", "likelihood", "acc_mutual_info", "word_perplexity", "gold_bits_per_byte", "bleu", "new_metric"):
+        assert metric_scale(other) == "other", other
+
+
+@pytest.mark.parametrize("finals", [(-0.10, 0.12), (-0.12, 0.10)])
+def test_margin_signal_does_not_divide_by_a_mean_near_zero(finals):
+    # A log-likelihood margin ending at -0.10 and +0.12: relative dispersion would be 0.22 / 0.01 = 22
+    # (or -22 the other way round). The absolute definition gives the spread and std in nats.
+    low, high = finals
+    curves = {"a": [low - 0.3, low - 0.2, low - 0.05, low], "b": [high - 0.2, high - 0.1, high + 0.02, high]}
+    task = score_results(long_table(curves, metric="gold_margin")).tasks[0]
+    noise = (np.std(curves["a"]) + np.std(curves["b"])) / 2
+    assert task.signal == pytest.approx(0.22)
+    assert task.noise == pytest.approx(noise)
+    assert task.snr == pytest.approx(0.22 / noise) and 0 < task.snr < 10
+    assert task.signal_definition == "absolute"
+
+
+def test_rates_keep_allenais_relative_signal_and_noise():
+    curves = {"a": [0.2, 0.3, 0.4], "b": [0.3, 0.5, 0.6]}
+    task = score_results(long_table(curves, metric="acc")).tasks[0]
+    assert task.signal_definition == "relative"
+    assert task.signal == pytest.approx(0.2 / 0.5)
+    noise = (np.std(curves["a"]) / np.mean(curves["a"]) + np.std(curves["b"]) / np.mean(curves["b"])) / 2
+    assert task.noise == pytest.approx(noise)
+    assert task.snr == pytest.approx(0.4 / noise)
+
+
+@pytest.mark.parametrize("metric", ["acc", "gold_margin"])
+def test_one_checkpoint_per_model_gives_not_enough_checkpoints_never_inf(metric):
+    task = score_results(long_table({"a": [0.3], "b": [0.5]}, metric=metric)).tasks[0]
+    assert not math.isnan(task.signal)  # two models: their finals differ
+    assert math.isnan(task.noise) and math.isnan(task.snr)
+    assert any("not enough checkpoints" in note for note in task.notes)
+    payload = score_results(long_table({"a": [0.3], "b": [0.5]}, metric=metric)).to_json_dict()
+    assert payload["tasks"][0]["snr"] is None
 
 
 def test_total_variation_hand_computed():

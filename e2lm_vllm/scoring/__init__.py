@@ -13,10 +13,22 @@ from e2lm_vllm.scoring.api import (
     prepare_table,
     score_path,
     score_results,
+    score_table,
 )
-from e2lm_vllm.scoring.noise import relative_dispersion, relative_noise, signal_to_noise, total_variation
+from e2lm_vllm.scoring.noise import (
+    SignalNoise,
+    checkpoint_noise,
+    dispersion,
+    relative_dispersion,
+    relative_noise,
+    signal_and_noise,
+    signal_to_noise,
+    total_variation,
+)
 from e2lm_vllm.scoring.ranking import compliance, decision_accuracy, ranking_agreement, ranking_consistency
 from e2lm_vllm.scoring.samples import item_learnability, per_sample_scores, sample_metrics_table
+from e2lm_vllm.scoring.scales import RATE_METRICS, metric_scale
+from e2lm_vllm.scoring.scored import ScoredResults, score_source
 from e2lm_vllm.scoring.signal import SignalQuality, autocorrelation, monotonicity, ordinal_ranks, signal_quality
 from e2lm_vllm.scoring.table import (
     ResultsTables,
@@ -33,22 +45,28 @@ __all__ = [
     "E2LM_SCHEDULE",
     "BatchSchedule",
     "ModelSignal",
+    "RATE_METRICS",
     "ResultsTables",
     "ScoreReport",
     "ScoreWeights",
+    "ScoredResults",
     "ScoringConfig",
     "ScoringInputError",
+    "SignalNoise",
     "SignalQuality",
     "TaskScore",
     "autocorrelation",
+    "checkpoint_noise",
     "compliance",
     "decision_accuracy",
+    "dispersion",
     "e2lm_checkpoint_filter",
     "is_lower_better",
     "item_learnability",
     "iteration_to_tokens",
     "load_e2lm_json",
     "load_results",
+    "metric_scale",
     "monotonicity",
     "ordinal_ranks",
     "per_sample_scores",
@@ -60,6 +78,9 @@ __all__ = [
     "sample_metrics_table",
     "score_path",
     "score_results",
+    "score_source",
+    "score_table",
+    "signal_and_noise",
     "signal_quality",
     "signal_to_noise",
     "total_variation",

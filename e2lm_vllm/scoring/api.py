@@ -18,9 +18,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from e2lm_vllm.scoring.noise import relative_dispersion, relative_noise, signal_to_noise, total_variation
+from e2lm_vllm.scoring.backends import backend_counts
+from e2lm_vllm.scoring.noise import SignalDefinition, signal_and_noise, total_variation
 from e2lm_vllm.scoring.ranking import compliance, decision_accuracy, early_steps, final_scores, ranking_consistency
-from e2lm_vllm.scoring.samples import sample_metrics_table
+from e2lm_vllm.scoring.samples import sample_metrics_from_scores, sample_metrics_table
+from e2lm_vllm.scoring.scales import metric_scale
 from e2lm_vllm.scoring.signal import MIN_AUTOCORRELATION_LENGTH, signal_quality
 from e2lm_vllm.scoring.table import (
     NanPolicy,
@@ -119,6 +121,7 @@ class TaskScore:
     signal: float
     noise: float
     snr: float
+    signal_definition: SignalDefinition  # "relative" (positive rates) or "absolute": see scoring/scales.py
     decision_accuracy: float
     total_variation: float
     score: float
@@ -134,6 +137,7 @@ class ScoreReport:
     config: ScoringConfig
     reference_pair: tuple[str, str] | None
     notes: list[str] = field(default_factory=list)
+    backends: dict[str, int] = field(default_factory=dict)  # cells per recorded backend (scoring/backends.py)
 
     def models_frame(self) -> pd.DataFrame:
         """Per-model rows as a DataFrame."""
@@ -145,7 +149,7 @@ class ScoreReport:
         return pd.DataFrame(rows)
 
     def to_json_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: ``models``, ``tasks``, ``weights``, ``reference_pair``, ``notes``; NaN/inf become null."""
+        """A JSON-ready dict: ``models``, ``tasks``, ``weights``, ``reference_pair``, ``notes``, ``backends``; NaN/inf become null."""
         return _json_ready(
             {
                 "models": [asdict(row) for row in self.models],
@@ -153,6 +157,7 @@ class ScoreReport:
                 "weights": self.config.weights.model_dump(),
                 "reference_pair": list(self.reference_pair) if self.reference_pair else None,
                 "notes": self.notes,
+                "backends": self.backends,
             }
         )
 
@@ -162,16 +167,21 @@ def prepare_table(
     config: ScoringConfig = ScoringConfig(),
     tasks: list[str] | None = None,
     metrics: list[str] | None = None,
+    sample_scores: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Validated long table with the derived sample metrics, filters and selection applied.
 
     Adds a ``metric_label`` column (``metric`` or ``metric,filter``) and an ``oriented`` column:
     the value, negated for lower-is-better metrics so that larger is always better.
+    ``sample_scores``: :func:`~e2lm_vllm.scoring.samples.per_sample_scores` of ``results.samples``
+    when the caller already has them (they are the slow part); computed here otherwise.
     """
     if isinstance(results, pd.DataFrame):
         results = ResultsTables(metrics=results)
     table = results.metrics
-    if results.samples is not None and not results.samples.empty:
+    if sample_scores is not None:
+        table = pd.concat([table, sample_metrics_from_scores(sample_scores)], ignore_index=True)
+    elif results.samples is not None and not results.samples.empty:
         table = pd.concat([table, sample_metrics_table(results.samples)], ignore_index=True)
     table = validate_metrics(table, config.nan_policy)
     if config.e2lm_tokens:
@@ -201,7 +211,11 @@ def score_results(
         tasks: restrict to these tasks (unknown names raise :class:`ScoringInputError`).
         metrics: restrict to these metrics, by name (``acc``) or label (``exact_match,strict-match``).
     """
-    table = prepare_table(results, config, tasks, metrics)
+    return score_table(prepare_table(results, config, tasks, metrics), config)
+
+
+def score_table(table: pd.DataFrame, config: ScoringConfig = ScoringConfig()) -> ScoreReport:
+    """Score every (task, metric) of a table already prepared by :func:`prepare_table` with the same ``config``."""
     models_present = set(table["model"])
     pair = config.reference_pair
     notes = []
@@ -218,11 +232,16 @@ def score_results(
     model_rows: list[ModelSignal] = []
     task_rows: list[TaskScore] = []
     for (task, label), cell in table.groupby(["task", "metric_label"], sort=True):
-        task_model_rows, task_score = _score_task(str(task), str(label), cell, config, pair)
+        task_model_rows, task_score = _score_task(str(task), str(label), cell, config, pair, len(models_present))
         model_rows.extend(task_model_rows)
         task_rows.append(task_score)
-    task_rows.sort(key=lambda row: (_nan_last(row.score), _nan_last(row.signal_quality), row.task, row.metric))
-    return ScoreReport(models=model_rows, tasks=task_rows, config=config, reference_pair=pair, notes=notes)
+    # Best first; where the score and signal quality are undefined (short runs), by monotonicity.
+    task_rows.sort(
+        key=lambda row: (_nan_last(row.score), _nan_last(row.signal_quality), _nan_last(row.monotonicity), row.task, row.metric)
+    )
+    return ScoreReport(
+        models=model_rows, tasks=task_rows, config=config, reference_pair=pair, notes=notes, backends=backend_counts(table)
+    )
 
 
 def score_path(
@@ -236,7 +255,7 @@ def score_path(
 
 
 def _score_task(
-    task: str, label: str, cell: pd.DataFrame, config: ScoringConfig, pair: tuple[str, str] | None
+    task: str, label: str, cell: pd.DataFrame, config: ScoringConfig, pair: tuple[str, str] | None, n_models_present: int
 ) -> tuple[list[ModelSignal], TaskScore]:
     oriented = cell.pivot(index="step", columns="model", values="oriented").sort_index()
     raw = cell.pivot(index="step", columns="model", values="value").sort_index()
@@ -259,20 +278,23 @@ def _score_task(
         notes.append("no step shared by all models before their last checkpoints: ranking consistency undefined")
     cs = compliance(oriented, *pair) if pair else math.nan
 
-    finals = final_scores(raw).to_numpy()
-    signal = relative_dispersion(finals)
-    noise = _mean_defined([relative_noise(raw[model].dropna().to_numpy()[-config.noise_last_n :]) for model in raw])
-    snr = signal_to_noise(signal, noise)
+    metric = str(cell["metric"].iloc[0])
+    last = [raw[model].dropna().to_numpy()[-config.noise_last_n :] for model in raw]
+    spread = signal_and_noise(final_scores(raw).to_numpy(), last, metric_scale(metric))
+    if spread.reason and n_models_present >= 2:  # one model in all: the report's note says it once
+        notes.append(spread.reason)
 
     da = _decision_accuracy(oriented, config.early_step, notes)
-    tv = _mean_defined([total_variation(oriented[model].dropna().to_numpy()) for model in oriented])
+    # A single checkpoint has no variation to measure (total_variation would call it 0, "smooth").
+    series = [oriented[model].dropna().to_numpy() for model in oriented]
+    tv = _mean_defined([total_variation(values) for values in series if len(values) >= 2])
 
     sq = _mean_defined([row.signal_quality for row in model_rows])
     score = _weighted_score(config.weights, sq, rc, cs)
     return model_rows, TaskScore(
         task=task,
         metric=label,
-        lower_is_better=is_lower_better(str(cell["metric"].iloc[0])),
+        lower_is_better=is_lower_better(metric),
         n_models=n_models,
         n_checkpoints=int(oriented.shape[0]),
         monotonicity=_mean_defined([row.monotonicity for row in model_rows]),
@@ -280,9 +302,10 @@ def _score_task(
         signal_quality=sq,
         ranking_consistency=rc,
         compliance=cs,
-        signal=signal,
-        noise=noise,
-        snr=snr,
+        signal=spread.signal,
+        noise=spread.noise,
+        snr=spread.snr,
+        signal_definition=spread.definition,
         decision_accuracy=da,
         total_variation=tv,
         score=score,

@@ -8,9 +8,12 @@ import sys
 
 from pydantic import ValidationError
 
-from e2lm_vllm.scoring.api import ScoreReport, ScoreWeights, ScoringConfig, score_path
-from e2lm_vllm.scoring.failures import failure_line, read_failures
-from e2lm_vllm.scoring.formatting import model_rows, task_rows, text_table
+from e2lm_vllm.scoring.api import ScoreReport, ScoreWeights, ScoringConfig
+from e2lm_vllm.scoring.backends import backend_line
+from e2lm_vllm.scoring.coverage import undefined_line
+from e2lm_vllm.scoring.failures import failure_line
+from e2lm_vllm.scoring.formatting import model_rows, model_value, task_rows, text_table
+from e2lm_vllm.scoring.scored import score_source
 from e2lm_vllm.scoring.table import ScoringInputError
 
 
@@ -69,23 +72,21 @@ def config_from_args(args: argparse.Namespace) -> ScoringConfig:
         raise ValueError(f"{'.'.join(str(part) for part in first['loc']) or 'option'}: {first['msg']}") from None
 
 
-def load_report(args: argparse.Namespace) -> ScoreReport:
-    """Score the RESULTS of parsed arguments."""
-    return score_path(args.results, config_from_args(args), tasks=args.task, metrics=args.metric)
-
-
 def render_text(report: ScoreReport, failures: str | None = None) -> str:
     """The human-readable output of `score`."""
     weights = report.config.weights
     pair = ",".join(report.reference_pair) if report.reference_pair else "none"
+    backends = backend_line(report.backends)
+    undefined = undefined_line(report)
+    per_model = model_value(report)
     parts = [
+        *([backends, ""] if backends else []),  # first: it qualifies every number below
         f"Tasks, best first. score = {weights.signal_quality:g}*SQ + {weights.ranking_consistency:g}*RC + "
         f"{weights.compliance:g}*CS; reference pair (CS): {pair}",
+        *([undefined] if undefined else []),
         text_table(*task_rows(report)),
         *([failures] if failures else []),
-        "",
-        "Signal quality per model (E2LM: mean of monotonicity and autocorrelation)",
-        text_table(*model_rows(report)),
+        *(["", per_model[1], text_table(*model_rows(report, per_model[0]))] if per_model else []),
     ]
     notes = report.notes + sorted({f"{row.task}/{row.metric}: {note}" for row in report.tasks for note in row.notes})
     if notes:
@@ -96,12 +97,13 @@ def render_text(report: ScoreReport, failures: str | None = None) -> str:
 def run(args: argparse.Namespace) -> int:
     """Print the scores; exit status 2 with a one-line message on unusable input."""
     try:
-        report = load_report(args)
+        config = config_from_args(args)
+        scored = score_source(args.results, config, tasks=args.task, metrics=args.metric, learnability=False)
     except (ScoringInputError, ValueError) as error:
         print(f"e2lm-vllm score: error: {error}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(report.to_json_dict(), indent=1))
+        print(json.dumps(scored.report.to_json_dict(), indent=1))
     else:
-        print(render_text(report, failure_line(read_failures(args.results))))
+        print(render_text(scored.report, failure_line(scored.failures)))
     return 0

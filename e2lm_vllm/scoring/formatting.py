@@ -36,19 +36,36 @@ def format_value(value: object, digits: int | None) -> str:
     return f"{number:.{digits}f}"
 
 
+# (ModelSignal field, section title) of the per-model table: signal quality, else its defined half.
+MODEL_VALUES = [
+    ("signal_quality", "Signal quality per model (E2LM: mean of monotonicity and autocorrelation)"),
+    ("monotonicity", "Monotonicity per model (Spearman rho of score and checkpoint, floored at 0; signal quality needs 8 checkpoints)"),
+]
+
+
 def task_rows(report: ScoreReport) -> tuple[list[str], list[list[str]]]:
-    """Headers and formatted cells of the per-task table, tasks best first."""
+    """Headers and formatted cells of the per-task table, tasks best first.
+
+    A column that is n/a for every task is left out (``coverage.undefined_line`` says why).
+    """
     frame = report.tasks_frame()
-    headers = [header for _, header, _ in TASK_COLUMNS]
-    rows = [[format_value(row[column], digits) for column, _, digits in TASK_COLUMNS] for _, row in frame.iterrows()]
+    columns = [(column, header, digits) for column, header, digits in TASK_COLUMNS if digits is None or frame[column].notna().any()]
+    headers = [header for _, header, _ in columns]
+    rows = [[format_value(row[column], digits) for column, _, digits in columns] for _, row in frame.iterrows()]
     return headers, rows
 
 
-def model_rows(report: ScoreReport) -> tuple[list[str], list[list[str]]]:
-    """Per-model signal quality pivoted to one row per (task, metric), one column per model."""
+def model_value(report: ScoreReport) -> tuple[str, str] | None:
+    """(field, title) of the per-model table: the first of MODEL_VALUES some model has; None if none has."""
+    frame = report.models_frame()
+    return next(((field, title) for field, title in MODEL_VALUES if frame[field].notna().any()), None)
+
+
+def model_rows(report: ScoreReport, value: str = "signal_quality") -> tuple[list[str], list[list[str]]]:
+    """Per-model ``value`` (a ModelSignal field) pivoted to one row per (task, metric), one column per model."""
     frame = report.models_frame()
     order = [(row.task, row.metric) for row in report.tasks]
-    pivot = frame.pivot_table(index=["task", "metric"], columns="model", values="signal_quality", dropna=False)
+    pivot = frame.pivot_table(index=["task", "metric"], columns="model", values=value, dropna=False)
     pivot = pivot.reindex(pd.MultiIndex.from_tuples(order, names=["task", "metric"]))
     headers = ["task", "metric", *[str(model) for model in pivot.columns]]
     rows = [[task, metric, *[format_value(value, 3) for value in values]] for (task, metric), values in zip(pivot.index, pivot.to_numpy())]

@@ -1,9 +1,10 @@
 """`e2lm-vllm report RESULTS -o DIR`: plots and a markdown report of a results table.
 
 Writes into DIR: ``report.md`` (tables, figures, notes), ``summary.png`` (global score per task
-split into its weighted parts), one ``curves-<metric>.png`` per metric (a panel per task, a line
-per model, signal quality in each panel's title), ``scores.json``, and, when per-sample rows are
-present, ``item_learnability.csv``.
+split into its weighted parts, or, where no task has one, the quantities that are defined), one
+``curves-<metric>.png`` per metric (a panel per task, a line per model, the task's defined scores
+in each panel's title), ``scores.json``, and, when per-sample rows are present,
+``item_learnability.csv``. Figures: ``scoring/plots.py``.
 """
 
 from __future__ import annotations
@@ -15,21 +16,17 @@ import re
 import sys
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # files only: no display on servers and CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from e2lm_vllm.scoring.api import ScoreReport, TaskScore, prepare_table, score_results  # noqa: E402
-from e2lm_vllm.scoring.cli import add_scoring_arguments, config_from_args  # noqa: E402
-from e2lm_vllm.scoring.failures import failure_line, failure_rows, read_failures  # noqa: E402
-from e2lm_vllm.scoring.formatting import format_value, markdown_table, model_rows, task_rows  # noqa: E402
-from e2lm_vllm.scoring.samples import item_learnability  # noqa: E402
-from e2lm_vllm.scoring.table import ScoringInputError, load_results  # noqa: E402
-
-PANEL_COLUMNS = 4
+from e2lm_vllm.scoring.api import ScoreReport, ScoringConfig
+from e2lm_vllm.scoring.backends import backend_line
+from e2lm_vllm.scoring.cli import add_scoring_arguments, config_from_args
+from e2lm_vllm.scoring.coverage import undefined_line
+from e2lm_vllm.scoring.failures import failure_line, failure_rows
+from e2lm_vllm.scoring.formatting import format_value, markdown_table, model_rows, model_value, task_rows
+from e2lm_vllm.scoring.plots import curve_scores, plot_curves, plot_summary, task_title
+from e2lm_vllm.scoring.scored import ScoredResults, score_source
+from e2lm_vllm.scoring.table import ScoringInputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,20 +38,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write the report; exit status 2 with a one-line message on unusable input."""
     try:
-        config = config_from_args(args)
-        results = load_results(args.results)
-        report = score_results(results, config, tasks=args.task, metrics=args.metric)
-        table = prepare_table(results, config, tasks=args.task, metrics=args.metric)
+        scored = score_source(args.results, config_from_args(args), tasks=args.task, metrics=args.metric)
     except (ScoringInputError, ValueError) as error:
         print(f"e2lm-vllm report: error: {error}", file=sys.stderr)
         return 2
-    learnability = item_learnability(results.samples) if results.samples is not None and not results.samples.empty else None
-    path = write_report(
-        report, table, Path(args.output), source=str(args.results), learnability=learnability,
-        failures=read_failures(args.results),
-    )  # fmt: skip
-    print(f"wrote {path}")
+    print(f"wrote {write_scored_report(scored, Path(args.output))}")
     return 0
+
+
+def write_results_report(
+    results: str | Path,
+    output: Path,
+    config: ScoringConfig = ScoringConfig(),
+    tasks: list[str] | None = None,
+    metrics: list[str] | None = None,
+) -> ScoredResults:
+    """Score ``results`` and write its report into ``output``, each Parquet file read once.
+
+    One call per rebuild for a caller such as the sweep watcher; the returned scores also give
+    the `score` text (``cli.render_text(scored.report, failure_line(scored.failures))``).
+    """
+    scored = score_source(results, config, tasks, metrics)
+    write_scored_report(scored, output)
+    return scored
+
+
+def write_scored_report(scored: ScoredResults, output: Path) -> Path:
+    """:func:`write_report` of results already scored by :func:`~e2lm_vllm.scoring.scored.score_source`."""
+    return write_report(
+        scored.report, scored.table, output, source=scored.source, learnability=scored.learnability, failures=scored.failures
+    )
 
 
 def write_report(
@@ -84,85 +97,23 @@ def write_report(
     return path
 
 
-def plot_summary(report: ScoreReport, path: Path) -> Path:
-    """Horizontal stacked bars: each task's global score as its weighted SQ, RC and CS parts."""
-    weights = report.config.weights
-    rows = list(reversed(report.tasks))  # best at the top
-    labels = [_task_title(row) for row in rows]
-    parts = [
-        (f"{weights.signal_quality:g} x signal quality", weights.signal_quality, [row.signal_quality for row in rows]),
-        (f"{weights.ranking_consistency:g} x ranking consistency", weights.ranking_consistency, [row.ranking_consistency for row in rows]),
-        (f"{weights.compliance:g} x compliance", weights.compliance, [row.compliance for row in rows]),
-    ]
-    figure, axes = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.8))
-    left = [0.0] * len(rows)
-    for (name, weight, values), color in zip(parts, ("#1f77b4", "#ff7f0e", "#2ca02c")):
-        widths = [0.0 if math.isnan(value) else weight * value for value in values]
-        axes.barh(labels, widths, left=left, color=color, label=name)
-        left = [start + width for start, width in zip(left, widths)]
-    for index, row in enumerate(rows):
-        axes.text(left[index] + 0.01, index, format_value(row.score, 3), va="center", fontsize=8)
-    axes.set_xlim(0, max(1.0, max(left) + 0.12))
-    axes.set_xlabel("E2LM global score (undefined parts count as 0 in the bar, n/a in the label)")
-    axes.set_title("Benchmark quality per task, best first")
-    axes.legend(loc="lower right", fontsize=8)
-    axes.tick_params(axis="y", labelsize=8)
-    axes.grid(axis="x", linestyle="--", alpha=0.5)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
-
-
-def plot_curves(tasks: list[TaskScore], table: pd.DataFrame, path: Path) -> Path:
-    """A panel per task (best first), a line per model: score vs tokens (billions) or step."""
-    models = sorted(table["model"].unique())
-    colors = {model: plt.get_cmap("tab10")(index % 10) for index, model in enumerate(models)}
-    use_tokens = bool(table["tokens"].notna().all())
-    rows = math.ceil(len(tasks) / PANEL_COLUMNS)
-    columns = min(PANEL_COLUMNS, len(tasks))
-    height = 3.3 * rows + 1.2
-    figure, axes_grid = plt.subplots(rows, columns, figsize=(4.2 * columns, height), squeeze=False)
-    for axes, task in zip(axes_grid.flat, tasks):
-        cell = table[table["task"] == task.task]
-        for model, series in cell.groupby("model"):
-            series = series.sort_values("step")
-            x = series["tokens"] / 1e9 if use_tokens else series["step"]
-            axes.plot(x, series["value"], marker="o", markersize=2.5, linewidth=1.3, color=colors[model], label=model)
-        axes.set_title(
-            f"{task.task}\nSQ {format_value(task.signal_quality, 3)}  RC {format_value(task.ranking_consistency, 2)}  "
-            f"score {format_value(task.score, 2)}",
-            fontsize=9,
-        )
-        axes.set_xlabel("tokens (billions)" if use_tokens else "training step", fontsize=8)
-        axes.set_ylabel(task.metric + (" (lower is better)" if task.lower_is_better else ""), fontsize=8)
-        axes.tick_params(labelsize=7)
-        axes.grid(linestyle="--", alpha=0.5)
-    for axes in list(axes_grid.flat)[len(tasks) :]:
-        axes.set_visible(False)
-    handles = [plt.Line2D([], [], color=colors[model], linewidth=2) for model in models]
-    figure.legend(handles, models, loc="lower center", ncol=min(len(models), 6), fontsize=9, frameon=False)
-    figure.suptitle(f"Score per checkpoint, metric '{tasks[0].metric}' (SQ: E2LM signal quality, mean over models)", fontsize=11)
-    # Leave room for the legend below the panels and the title above them.
-    figure.tight_layout(rect=(0, 0.6 / height, 1, 1 - 0.5 / height))
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
 def render_markdown(
     report: ScoreReport,
     table: pd.DataFrame,
     source: str,
-    summary: Path,
+    summary: Path | None,
     curves: list[tuple[str, Path]],
     learnability: pd.DataFrame | None,
     failures: pd.DataFrame | None = None,
 ) -> str:
     """The text of report.md."""
     weights = report.config.weights
-    pair = " above ".join(report.reference_pair) if report.reference_pair else "none given"
+    pair = " above ".join(report.reference_pair) if report.reference_pair else "a reference pair's stronger model above its weaker (none given)"
     best = report.tasks[0]
+    basis = next((name for name, value in _BEST_BY if not math.isnan(getattr(best, value))), None)
+    backends = backend_line(report.backends)
+    undefined = undefined_line(report)
+    per_model = model_value(report)
     lines = [
         "# Benchmark quality report",
         "",
@@ -170,6 +121,7 @@ def render_markdown(
         f"{len(report.tasks)} task/metric pairs."
         + (" Organisers' checkpoint filter applied (step % 4000 == 0, <= 206B tokens)." if report.config.e2lm_filter else ""),
         "",
+        *([f"> **Warning: {backends}**", ""] if backends else []),
         "## How to read this",
         "",
         "Each task (and metric of it) is scored on how well it tells checkpoints and models apart early in training:",
@@ -181,26 +133,23 @@ def render_markdown(
         f"- **CS** (compliance, ours): share of checkpoints at which the task ranks {pair}; 1 = always, 0.5 = chance.",
         f"- **score** = {weights.signal_quality:g} SQ + {weights.ranking_consistency:g} RC + {weights.compliance:g} CS "
         "(the E2LM global score's form; n/a when a weighted part is undefined).",
-        "- **SNR** (allenai signal-and-noise): spread of the models' final scores over checkpoint-to-checkpoint noise; "
-        "higher is better. **dec.acc**: share of model pairs already ordered as at the end at the first shared checkpoint. "
+        "- **SNR** (allenai signal-and-noise): spread of the models' final scores over checkpoint-to-checkpoint noise "
+        "(both relative to the mean for rates such as acc, absolute for margins and other metrics); higher is better. **dec.acc**: share of model pairs already ordered as at the end at the first shared checkpoint. "
         "**TV-I**: normalised total variation minus improvement; lower is smoother.",
         "",
         "Exact formulas: `docs/scoring.md` in the e2lm-vllm repository.",
         "",
-        f"**Best task: {_task_title(best)}**, score {format_value(best.score, 3)}, "
-        f"signal quality {format_value(best.signal_quality, 3)}.",
-        "",
-        f"![Global score per task]({summary.name})",
-        "",
+        *([f"**Best task by {basis}: {task_title(best)}**, " + ", ".join(f"{name} {text}" for name, text in curve_scores(best, digits=3)) + ".", ""]
+          if basis else []),
+        *([f"**{undefined}**", ""] if undefined else []),
+        *([f"![{'Global score per task' if _any_score(report) else 'What these results define, per task'}]({summary.name})", ""]
+          if summary else []),
         "## Scores per task, best first",
         "",
         markdown_table(*task_rows(report)),
         "",
         *([failure_line(failures), ""] if failures is not None and not failures.empty else []),
-        "## Signal quality per model",
-        "",
-        markdown_table(*model_rows(report)),
-        "",
+        *([f"## {per_model[1]}", "", markdown_table(*model_rows(report, per_model[0])), ""] if per_model else []),
         "## Curves",
         "",
     ]
@@ -238,9 +187,12 @@ def render_markdown(
     return "\n".join(lines)
 
 
-def _task_title(row: TaskScore) -> str:
-    # The organisers' JSON names no metric ("score"): the task name alone is clearer there.
-    return row.task if row.metric == "score" else f"{row.task} ({row.metric})"
+def _any_score(report: ScoreReport) -> bool:
+    return any(not math.isnan(task.score) for task in report.tasks)
+
+
+# What "best" rests on, in order: the first of these the top task has.
+_BEST_BY = [("score", "score"), ("signal quality", "signal_quality"), ("monotonicity", "monotonicity")]
 
 
 def _slug(text: str) -> str:

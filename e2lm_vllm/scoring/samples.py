@@ -59,7 +59,12 @@ def per_sample_scores(samples: pd.DataFrame) -> pd.DataFrame:
 
 def sample_metrics_table(samples: pd.DataFrame) -> pd.DataFrame:
     """The derived metrics in the long results format: one row per cell and metric (mean over docs)."""
-    scores = per_sample_scores(samples)
+    return sample_metrics_from_scores(per_sample_scores(samples))
+
+
+def sample_metrics_from_scores(scores: pd.DataFrame) -> pd.DataFrame:
+    """:func:`sample_metrics_table` from per-sample scores already computed (:func:`per_sample_scores`)."""
+    scores = scores.copy()  # the caller may share these scores with item learnability
     if scores.empty:
         return pd.DataFrame(columns=[*CELL_KEY, "tokens", "metric", "filter", "value"])
     if "tokens" not in scores:
@@ -81,7 +86,12 @@ def item_learnability(samples: pd.DataFrame, axis: LearnabilityAxis = "index") -
     Returns columns model, task, doc_id, slope, mean_margin, n_checkpoints; the slope is NaN for
     items seen at fewer than two checkpoints.
     """
-    scores = per_sample_scores(samples)
+    return learnability_from_scores(per_sample_scores(samples), axis)
+
+
+def learnability_from_scores(scores: pd.DataFrame, axis: LearnabilityAxis = "index") -> pd.DataFrame:
+    """:func:`item_learnability` from per-sample scores already computed (:func:`per_sample_scores`)."""
+    scores = scores[["model", "task", "doc_id", "step", "gold_margin"]].copy()  # columns are added below
     if axis == "index":
         steps = scores.groupby(["model", "task"])["step"].rank(method="dense") - 1
         scores["x"] = steps.astype(np.float64)
