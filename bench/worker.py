@@ -33,7 +33,7 @@ def run_backend(
     from bench.backends import BUILDERS, SETTINGS, settings_record, shutdown, vllm_llm_of
     from bench.measure import ScoringProbe, account_tokens, counter_deltas, sample_scores
     from bench.workloads import WORKLOADS
-    from e2lm_vllm.engine import vllm_counter_totals
+    from e2lm_vllm.engine.vllm_engine import vllm_counter_totals
 
     settings = SETTINGS
     recorded = settings_record(settings)

@@ -60,7 +60,7 @@ def parallel_lm(smollm2_path, small_chunks):
 
 
 def test_two_engines_score_as_one(vllm_lm, parallel_lm, requests_, small_chunks) -> None:
-    from e2lm_vllm.data_parallel import DataParallelEngine
+    from e2lm_vllm.engine.data_parallel import DataParallelEngine
 
     assert isinstance(parallel_lm.engine, DataParallelEngine) and len(parallel_lm.engine.actors) == 2
     one = vllm_lm._loglikelihood_tokens(requests_, disable_tqdm=True)

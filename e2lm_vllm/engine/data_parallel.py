@@ -22,8 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
-from e2lm_vllm.engine_protocol import EngineStats
-from e2lm_vllm.planner import NextTokenQuery, PrefixPrimer, ScoreResult, ScoringPlan, SequenceQuery
+from e2lm_vllm.engine.types import EngineStats, NextTokenQuery, PrefixPrimer, ScoreResult, ScoringPlan, SequenceQuery
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +93,7 @@ class EngineActor:
     """One engine of a data-parallel lm, in its own Ray worker process (GPUs per `tensor_parallel_size`)."""
 
     def __init__(self, llm_kwargs: dict[str, Any], environment: dict[str, str]):
-        from e2lm_vllm.engine import VLLMEngine
+        from e2lm_vllm.engine.vllm_engine import VLLMEngine
 
         self.engine = VLLMEngine(llm_kwargs, environment)
 

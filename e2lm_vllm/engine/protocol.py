@@ -1,49 +1,20 @@
-"""What the lm-eval model needs of an engine: the `ScoringEngine` protocol, its counters and its error.
+"""What the lm-eval model needs of an engine: the `ScoringEngine` protocol (its counters and its error
+are in `e2lm_vllm.engine.types`).
 
-`e2lm_vllm.lm.E2LMVLLM` talks to its engine only through this protocol; `e2lm_vllm.engine.VLLMEngine`
-implements it on vLLM. Another engine (SGLang, a later vLLM) implements the same methods: token ids
-in, numbers out, with a prefix cache of `block_size`-token blocks that the planner plans for. Its
-scoring primitives (`e2lm_vllm.planner.EngineSteps`) are what `planner.execute_plan` drives, and
-that function repairs the rows a prefix cache hides, so an engine need not.
+`e2lm_vllm.lm.E2LMVLLM` talks to its engine only through this protocol;
+`e2lm_vllm.engine.vllm_engine.VLLMEngine` implements it on vLLM. Another engine (SGLang, a later
+vLLM) implements the same methods: token ids in, numbers out, with a prefix cache of
+`block_size`-token blocks that the planner plans for. Its scoring primitives
+(`e2lm_vllm.engine.planner.EngineSteps`) are what `planner.execute_plan` drives, and that function
+repairs the rows a prefix cache hides, so an engine need not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from e2lm_vllm.checkpoint import NonFiniteError
-
-if TYPE_CHECKING:
-    from e2lm_vllm.planner import ScoreResult, ScoringPlan
-
-
-class NonFiniteScoreError(NonFiniteError):
-    """A log-probability came out NaN or inf: the checkpoint is diverged, its scores are not numbers.
-
-    Raised by every scoring path (decode-step and prompt logprobs, so rolling too) and by greedy
-    generation; the message names the request (prompt length and first tokens).
-    """
-
-
-def describe_prompt(tokens: Sequence[int], shown: int = 8) -> str:
-    """``a prompt of 1234 tokens [1, 2, 3, ...]``: enough to find the request again."""
-    head = ", ".join(str(token) for token in tokens[:shown])
-    return f"a prompt of {len(tokens)} tokens [{head}{', ...' if len(tokens) > shown else ''}]"
-
-
-@dataclass
-class EngineStats:
-    """What the engine did, read from its own counters and from the planner's repairs."""
-
-    prompt_tokens: int = 0  # tokens of all prompts submitted to the engine
-    computed_prefill_tokens: int = 0  # prefill tokens actually computed (not read from the cache)
-    cached_prefill_tokens: int = 0
-    requests: int = 0
-    # continuation rows the cache hid (`planner.repair_hidden_rows`): read from a sibling, or decoded
-    borrowed_rows: int = 0
-    decoded_rows: int = 0
+from e2lm_vllm.engine.types import EngineStats, ScoreResult, ScoringPlan
 
 
 @runtime_checkable

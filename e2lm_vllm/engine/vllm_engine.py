@@ -1,4 +1,4 @@
-"""The vLLM engine: the only module that talks to vLLM, a `ScoringEngine` (`e2lm_vllm.engine_protocol`).
+"""The vLLM engine: the only module that talks to vLLM, a `ScoringEngine` (`e2lm_vllm.engine.protocol`).
 
 It runs a `ScoringPlan` (`planner.execute_plan` over its three scoring steps), tells the planner which
 prompt-logprob rows vLLM computed rather than left unfilled for cached tokens, and generates (greedily,
@@ -15,21 +15,20 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from e2lm_vllm.engine_protocol import EngineStats, NonFiniteScoreError, describe_prompt
-from e2lm_vllm.planner import (
+from e2lm_vllm.engine.planner import execute_plan
+from e2lm_vllm.engine.types import (
     ComputedRows,
+    EngineStats,
     NextTokenQuery,
+    NonFiniteScoreError,
     Row,
     ScoreResult,
     ScoringPlan,
     SequenceQuery,
-    execute_plan,
+    describe_prompt,
 )
 
 logger = logging.getLogger(__name__)
-
-# Re-exported: they were defined here first.
-__all__ = ["EngineStats", "NonFiniteScoreError", "VLLMEngine", "WeightSwapExtension", "describe_prompt"]
 
 # vLLM accepts at most this many `logprob_token_ids` per request (vllm.sampling_params).
 MAX_TOKEN_IDS_PER_REQUEST = 128
