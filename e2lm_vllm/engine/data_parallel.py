@@ -124,7 +124,7 @@ class DataParallelEngine:
     """N `VLLMEngine`s behind the same methods as one: `run_plans`, generation, weight swaps, stats."""
 
     def __init__(self, llm_kwargs: dict[str, Any], environment: dict[str, str], size: int, cpus_per_engine: int):
-        from e2lm_vllm.sweep.pool import init_ray, worker_environment
+        from e2lm_vllm.raycluster import init_ray, worker_environment
 
         self.ray = ray = init_ray(None)
         gpus_per_engine = int(llm_kwargs.get("tensor_parallel_size") or 1) if ray.cluster_resources().get("GPU") else 0
