@@ -167,6 +167,8 @@ class PrefixCachingFakeEngine:
 
         self.block_size = block_size
         self.max_model_len = 4096
+        self.dtype = "float32"
+        self.llm_kwargs = {"model": "made-up"}
         self.stats = EngineStats()
         self.model_seed = model_seed
         self.cached_blocks: set[tuple[int, ...]] = set()
@@ -252,6 +254,13 @@ class PrefixCachingFakeEngine:
     def swap_weights(self, model_path):
         self.model_seed, self.cached_blocks = hash(model_path), set()
         return []
+
+    def reset_prefix_cache(self):
+        self.cached_blocks = set()
+        return True
+
+    def counter_totals(self):
+        return {"prompt_tokens": float(self.stats.prompt_tokens), "cached_prefill_tokens": float(self.stats.cached_prefill_tokens)}
 
     def shutdown(self):
         self.cached_blocks = set()

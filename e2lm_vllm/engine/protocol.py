@@ -23,7 +23,9 @@ class ScoringEngine(Protocol):
 
     block_size: int  # prefix-cache block, in tokens: the planner primes whole blocks only
     max_model_len: int  # the longest prompt plus generation it takes
+    dtype: str  # the dtype the weights run in, `auto` resolved: "float32", "bfloat16", ...
     stats: EngineStats
+    llm_kwargs: dict[str, Any]  # what the engine was built from (`vllm.LLM`'s kwargs; `model`: the current weights)
 
     def run_plan(self, plan: ScoringPlan, progress: Callable[[int], None] | None = None) -> list[ScoreResult]:
         """One result per planned request, in request order (`progress` gets the requests done per wave)."""
@@ -59,6 +61,14 @@ class ScoringEngine(Protocol):
 
     def swap_weights(self, model_path: str) -> list[str]:
         """Load another checkpoint of the same architecture in place; returns the modules refreshed beyond the reload."""
+        ...
+
+    def reset_prefix_cache(self) -> bool:
+        """Drop every cached prefix (a timing must not read what earlier requests cached); False if refused."""
+        ...
+
+    def counter_totals(self) -> dict[str, float]:
+        """The engine's own counters by name, summed over its engines (vLLM's metrics; a histogram by its sum)."""
         ...
 
     def shutdown(self) -> None:

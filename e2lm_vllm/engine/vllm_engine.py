@@ -91,6 +91,7 @@ class VLLMEngine:
         self.llm = LLM(**self.llm_kwargs)
         self.block_size = int(self.llm.llm_engine.vllm_config.cache_config.block_size)
         self.max_model_len = int(self.llm.llm_engine.vllm_config.model_config.max_model_len)
+        self.dtype = str(self.llm.llm_engine.vllm_config.model_config.dtype).removeprefix("torch.")
         self.stats = EngineStats()
 
     # -- weights -------------------------------------------------------------------------------
@@ -107,7 +108,7 @@ class VLLMEngine:
         """
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_path})
         refreshed = self.llm.collective_rpc("refresh_shared_modules")
-        if not self.llm.reset_prefix_cache():
+        if not self.reset_prefix_cache():
             raise RuntimeError("vLLM refused to reset the prefix cache after a weight swap")
         self.llm_kwargs["model"] = model_path
         return sorted({name for names in refreshed for name in names})
@@ -258,6 +259,12 @@ class VLLMEngine:
         return [list(output.outputs[0].token_ids) for output in outputs]
 
     # -- bookkeeping ---------------------------------------------------------------------------
+
+    def reset_prefix_cache(self) -> bool:
+        return bool(self.llm.reset_prefix_cache())
+
+    def counter_totals(self) -> dict[str, float]:
+        return vllm_counter_totals(self.llm)
 
     def _account(self, before: dict[str, float]) -> None:
         after = vllm_counter_totals(self.llm)
