@@ -1,5 +1,5 @@
 # e2lm-vllm: `make demo` runs the main job on the embedded model, `make test` passes the suite.
-# `make lint` (ruff) and `make test-fast` (no vLLM engine, no Ray, nothing slow; under 2 minutes) are the quick checks.
+# `make lint` (ruff, import cycles) and `make test-fast` (no vLLM engine, no Ray, nothing slow; under 2 minutes) are the quick checks.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -36,11 +36,15 @@ test: test-fast
 test-fast: install
 	$(BIN)/python -m pytest -ra --timeout=300 -m "not engine and not ray and not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-# Needs only ruff (pinned in the `test` extra), not the whole install.
+# Needs only ruff and import-linter (pinned in the `test` extra), not the whole install. lint-imports:
+# no import cycle in e2lm_vllm, function-level imports included, and the engine below lm, sweep and
+# scoring (contracts: pyproject.toml [tool.importlinter]); PYTHONPATH: this tree's e2lm_vllm, not an installed one.
 lint:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m ruff --version >/dev/null 2>&1 || $(BIN)/pip install -q "$$(sed -n 's/.*"\(ruff==[^"]*\)".*/\1/p' pyproject.toml)"
+	$(BIN)/python -c "import importlinter" 2>/dev/null || $(BIN)/pip install -q "$$(sed -n 's/.*"\(import-linter==[^"]*\)".*/\1/p' pyproject.toml)"
 	$(BIN)/python -m ruff check .
+	PYTHONPATH=$(CURDIR) $(BIN)/lint-imports --no-cache
 
 demo: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m e2lm_vllm.demo

@@ -82,12 +82,14 @@ BUILDERS: dict[str, Callable[[str, EngineSettings], Any]] = {
 }
 
 
-def vllm_llm_of(backend: str, lm: Any) -> Any | None:
-    """The `vllm.LLM` inside a backend (its counters are read before and after each workload)."""
+def vllm_counters_of(backend: str, lm: Any) -> Callable[[], dict[str, float]] | None:
+    """How to read the vLLM counters of a backend's engine (before and after each workload)."""
     if backend == "vllm":
-        return lm.model
+        from e2lm_vllm.engine.vllm_engine import vllm_counter_totals
+
+        return lambda: vllm_counter_totals(lm.model)
     if backend == "e2lm_vllm":
-        return lm.engine.llm
+        return lm.engine.counter_totals
     return None
 
 

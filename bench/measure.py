@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from e2lm_vllm.config import GPU_BLOCK_SIZE
-from e2lm_vllm.planner import common_prefix_length, trie_token_count, truncate_like_hf
+from e2lm_vllm.engine.planner import common_prefix_length, trie_token_count, truncate_like_hf
 
 # vLLM counters read before and after each workload (sums of counters and histograms).
 VLLM_COUNTERS = {

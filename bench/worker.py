@@ -30,10 +30,9 @@ def run_backend(
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from bench.backends import BUILDERS, SETTINGS, settings_record, shutdown, vllm_llm_of
+    from bench.backends import BUILDERS, SETTINGS, settings_record, shutdown, vllm_counters_of
     from bench.measure import ScoringProbe, account_tokens, counter_deltas, sample_scores
     from bench.workloads import WORKLOADS
-    from e2lm_vllm.engine import vllm_counter_totals
 
     settings = SETTINGS
     recorded = settings_record(settings)
@@ -47,13 +46,13 @@ def run_backend(
     lm = BUILDERS[backend](model_path, settings)
     report["start_seconds"] = time.perf_counter() - started
     probe = ScoringProbe(lm)
-    llm = vllm_llm_of(backend, lm)
+    counters = vllm_counters_of(backend, lm)
     task_manager = TaskManager(include_path=include_path)
     try:
         for name in workload_names:
             workload = WORKLOADS[name]
             probe.reset()
-            counters_before = vllm_counter_totals(llm) if llm is not None else None
+            counters_before = counters() if counters is not None else None
             e2lm_before = dict(lm.engine.stats.__dict__) if backend == "e2lm_vllm" else None
             evaluate_started = time.perf_counter()
             results = simple_evaluate(
@@ -76,7 +75,7 @@ def run_backend(
                 "loglikelihoods": loglikelihoods,
             }
             if counters_before is not None:
-                measured["vllm_counters"] = counter_deltas(counters_before, vllm_counter_totals(llm))
+                measured["vllm_counters"] = counter_deltas(counters_before, counters())
             if e2lm_before is not None:
                 after = lm.engine.stats.__dict__
                 measured["e2lm_engine_stats"] = {key: after[key] - e2lm_before[key] for key in after}

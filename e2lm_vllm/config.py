@@ -267,8 +267,8 @@ def engine_kwargs(
         # Counters of computed vs cached prefill tokens (the benchmark reads them).
         "disable_log_stats": False,
         "block_size": CPU_BLOCK_SIZE if on_cpu else GPU_BLOCK_SIZE,
-        # Worker methods for in-place weight swaps (engine.VLLMEngine.swap_weights).
-        "worker_extension_cls": "e2lm_vllm.engine.WeightSwapExtension",
+        # Worker methods for in-place weight swaps (engine.vllm_engine.VLLMEngine.swap_weights).
+        "worker_extension_cls": "e2lm_vllm.engine.vllm_engine.WeightSwapExtension",
     }
     if args.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = args.gpu_memory_utilization

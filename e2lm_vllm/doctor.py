@@ -232,7 +232,7 @@ class Benchmark:
 
     def run(self, backend: str, lm: Any) -> None:
         if backend == "e2lm_vllm":
-            lm.engine.llm.reset_prefix_cache()  # the parity requests must not make it look faster
+            lm.engine.reset_prefix_cache()  # the parity requests must not make it look faster
             self.times[backend] = time_rounds(lm, self.rounds, self.seconds)
         elif self.with_reference and "e2lm_vllm" in self.times:
             # the same rounds as e2lm_vllm at most, so that the speed-up compares equal work

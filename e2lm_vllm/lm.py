@@ -2,8 +2,8 @@
 
 Tokenization, truncation, rolling windows and generation post-processing follow lm-eval's HF model
 step by step (reusing its helpers), so the two backends see the same tokens; only the forward
-passes run on an engine (`e2lm_vllm.engine_protocol.ScoringEngine`, vLLM's in `e2lm_vllm.engine`),
-planned by `e2lm_vllm.planner` so that shared prefixes are computed once.
+passes run on an engine (`e2lm_vllm.engine.protocol.ScoringEngine`, vLLM's in `e2lm_vllm.engine.vllm_engine`),
+planned by `e2lm_vllm.engine.planner` so that shared prefixes are computed once.
 
 `E2LMVLLM(...)` is always the model on vLLM. lm-eval builds models through `create_from_arg_string`
 and `create_from_arg_obj`, which dispatch on `backend` (`build_lm`): `backend=hf` (or `auto` where
@@ -46,8 +46,9 @@ from e2lm_vllm.checkpoint import (
     swap_signature,
 )
 from e2lm_vllm.config import ModelArgs, ModelArgsError, cuda_available, engine_environment, engine_kwargs
-from e2lm_vllm.engine_protocol import ScoringEngine
-from e2lm_vllm.planner import ScoreRequest, ScoringPlan, plan_scoring
+from e2lm_vllm.engine.planner import plan_scoring
+from e2lm_vllm.engine.protocol import ScoringEngine
+from e2lm_vllm.engine.types import ScoreRequest, ScoringPlan
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class E2LMVLLM(TemplateLM):
         super().__init__()
         import transformers
 
-        from e2lm_vllm.engine import VLLMEngine
+        from e2lm_vllm.engine.vllm_engine import VLLMEngine
 
         if args is not None and kwargs:
             raise TypeError("E2LMVLLM takes a ModelArgs or keyword model args, not both")
@@ -212,7 +213,7 @@ class E2LMVLLM(TemplateLM):
         )
         self.engine: ScoringEngine
         if self.args.data_parallel_size > 1:
-            from e2lm_vllm.data_parallel import DataParallelEngine
+            from e2lm_vllm.engine.data_parallel import DataParallelEngine
 
             size = self.args.data_parallel_size
             per_engine = max(1, cpus // size)

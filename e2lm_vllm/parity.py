@@ -325,7 +325,7 @@ def hf_distances(ours: dict, reference: dict, hf: dict, tolerance: float, tokens
 
 def resolved_dtype(lm: Any) -> str:
     """The dtype our engine really runs in (`auto` resolved by vLLM), by its short name."""
-    dtype = str(lm.engine.llm.llm_engine.vllm_config.model_config.dtype).removeprefix("torch.")
+    dtype = lm.engine.dtype
     return DTYPE_NAMES.get(dtype, dtype)
 
 

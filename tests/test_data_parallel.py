@@ -5,8 +5,9 @@ The engine test (results equal to one engine) is in tests/test_data_parallel_eng
 
 from __future__ import annotations
 
-from e2lm_vllm.data_parallel import clean_cuts, first_blocks, shard_plans, split_evenly
-from e2lm_vllm.planner import ScoreRequest, plan_scoring
+from e2lm_vllm.engine.data_parallel import clean_cuts, first_blocks, shard_plans, split_evenly
+from e2lm_vllm.engine.planner import plan_scoring
+from e2lm_vllm.engine.types import ScoreRequest
 
 BLOCK = 4
 

@@ -60,9 +60,11 @@ def parallel_lm(smollm2_path, small_chunks):
 
 
 def test_two_engines_score_as_one(vllm_lm, parallel_lm, requests_, small_chunks) -> None:
-    from e2lm_vllm.data_parallel import DataParallelEngine
+    from e2lm_vllm.engine.data_parallel import DataParallelEngine
+    from e2lm_vllm.engine.protocol import ScoringEngine
 
     assert isinstance(parallel_lm.engine, DataParallelEngine) and len(parallel_lm.engine.actors) == 2
+    assert isinstance(parallel_lm.engine, ScoringEngine) and parallel_lm.engine.dtype == vllm_lm.engine.dtype == "float32"
     one = vllm_lm._loglikelihood_tokens(requests_, disable_tqdm=True)
     two = parallel_lm._loglikelihood_tokens(requests_, disable_tqdm=True)
     assert len(one) == len(two) == 64
@@ -73,6 +75,8 @@ def test_two_engines_score_as_one(vllm_lm, parallel_lm, requests_, small_chunks)
     per_engine = parallel_lm.engine.ray.get([engine.stats.remote() for engine in parallel_lm.engine.actors])
     assert all(stats["requests"] > 0 for stats in per_engine), per_engine
     assert parallel_lm.engine.stats.requests == sum(stats["requests"] for stats in per_engine)
+    # vLLM's own counters, summed over the engines, saw at least the prompts the engines accounted.
+    assert parallel_lm.engine.counter_totals()["vllm:prompt_tokens"] >= parallel_lm.engine.stats.prompt_tokens > 0
 
     shuffled = list(range(len(requests_)))
     random.Random(0).shuffle(shuffled)

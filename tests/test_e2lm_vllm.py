@@ -141,7 +141,7 @@ def test_context_longer_than_max_length_is_left_truncated_as_hf_does(vllm_lm, hf
 def test_backend_is_chosen_by_lm_evals_constructors_and_e2lm_vllm_is_always_on_vllm(vllm_lm, hf_lm, smollm2_path):
     from lm_eval.models.huggingface import HFLM
 
-    from e2lm_vllm.engine_protocol import ScoringEngine
+    from e2lm_vllm.engine.protocol import ScoringEngine
     from e2lm_vllm.lm import E2LMVLLM
 
     assert type(vllm_lm) is E2LMVLLM and isinstance(vllm_lm.engine, ScoringEngine)

@@ -173,12 +173,12 @@ def test_sampling_seeds_repeat_across_runs_and_differ_across_repeats():
 
 @pytest.fixture
 def no_engine(monkeypatch):
-    import e2lm_vllm.engine
+    import e2lm_vllm.engine.vllm_engine
 
     def refuse(*args, **kwargs):
         raise AssertionError("an engine was started")
 
-    monkeypatch.setattr(e2lm_vllm.engine, "VLLMEngine", refuse)
+    monkeypatch.setattr(e2lm_vllm.engine.vllm_engine, "VLLMEngine", refuse)
 
 
 def _build(**kwargs):

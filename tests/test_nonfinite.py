@@ -23,8 +23,15 @@ from e2lm_vllm.checkpoint import (
     check_finite_weights,
     first_non_finite_tensor,
 )
-from e2lm_vllm.engine import EngineStats, NonFiniteScoreError, VLLMEngine
-from e2lm_vllm.planner import NextTokenQuery, ScoreResult, ScoringPlan, SequenceQuery
+from e2lm_vllm.engine.types import (
+    EngineStats,
+    NextTokenQuery,
+    NonFiniteScoreError,
+    ScoreResult,
+    ScoringPlan,
+    SequenceQuery,
+)
+from e2lm_vllm.engine.vllm_engine import VLLMEngine
 
 BAD_TENSOR = "model.layers.7.mlp.up_proj.weight"
 

@@ -6,17 +6,14 @@ import random
 
 import pytest
 
-from e2lm_vllm.planner import (
-    NextTokenQuery,
-    PrefixPrimer,
-    ScoreRequest,
-    SequenceQuery,
+from e2lm_vllm.engine.planner import (
     nesting_levels,
     plan_scoring,
     shared_prefixes,
     trie_token_count,
     truncate_like_hf,
 )
+from e2lm_vllm.engine.types import NextTokenQuery, PrefixPrimer, ScoreRequest, SequenceQuery
 
 
 def test_truncation_keeps_the_last_max_length_plus_one_tokens_like_hflm():
@@ -108,7 +105,7 @@ def test_plan_accounts_tokens_and_truncations():
 
 
 def test_primers_that_add_no_full_block_are_dropped():
-    from e2lm_vllm.planner import useful_primers
+    from e2lm_vllm.engine.planner import useful_primers
 
     few_shot = tuple(range(64))  # two blocks of 32
     question_stem = few_shot + (900, 901)  # shared by several questions: no new full block
@@ -166,10 +163,12 @@ class PrefixCachingFakeEngine:
     VOCAB = 24
 
     def __init__(self, block_size: int = 4, model_seed: int = 0):
-        from e2lm_vllm.engine_protocol import EngineStats
+        from e2lm_vllm.engine.types import EngineStats
 
         self.block_size = block_size
         self.max_model_len = 4096
+        self.dtype = "float32"
+        self.llm_kwargs = {"model": "made-up"}
         self.stats = EngineStats()
         self.model_seed = model_seed
         self.cached_blocks: set[tuple[int, ...]] = set()
@@ -214,7 +213,7 @@ class PrefixCachingFakeEngine:
         return answers
 
     def prompt_rows(self, queries):
-        from e2lm_vllm.planner import ComputedRows
+        from e2lm_vllm.engine.types import ComputedRows
 
         computed = []
         for query in queries:
@@ -224,7 +223,7 @@ class PrefixCachingFakeEngine:
 
     # ScoringEngine
     def run_plan(self, plan, progress=None):
-        from e2lm_vllm.planner import execute_plan
+        from e2lm_vllm.engine.planner import execute_plan
 
         run = execute_plan(plan, self, progress)
         self.stats.borrowed_rows += run.borrowed_rows
@@ -256,6 +255,13 @@ class PrefixCachingFakeEngine:
         self.model_seed, self.cached_blocks = hash(model_path), set()
         return []
 
+    def reset_prefix_cache(self):
+        self.cached_blocks = set()
+        return True
+
+    def counter_totals(self):
+        return {"prompt_tokens": float(self.stats.prompt_tokens), "cached_prefill_tokens": float(self.stats.cached_prefill_tokens)}
+
     def shutdown(self):
         self.cached_blocks = set()
 
@@ -286,7 +292,7 @@ def _cloze_requests(seed: int, block_size: int) -> list[ScoreRequest]:
 
 
 def test_fake_engine_is_a_scoring_engine():
-    from e2lm_vllm.engine_protocol import ScoringEngine
+    from e2lm_vllm.engine.protocol import ScoringEngine
 
     assert isinstance(PrefixCachingFakeEngine(), ScoringEngine)
 
@@ -305,7 +311,8 @@ def test_plans_on_a_prefix_cache_score_as_fresh_prompts_exactly(seed):
 
 
 def test_hidden_rows_are_borrowed_from_a_sibling_else_decoded():
-    from e2lm_vllm.planner import ComputedRows, repair_hidden_rows
+    from e2lm_vllm.engine.planner import repair_hidden_rows
+    from e2lm_vllm.engine.types import ComputedRows
 
     # Two answers sharing their first token after an 8-token context: the first computed row 8, the
     # second read tokens up to 9 from the cache (rows 8 and 9 hidden). Row 9 of the second (token 7

@@ -14,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from e2lm_vllm.raycluster import passed_environment
 from e2lm_vllm.sweep.config import SweepConfigError, validate_config
 from e2lm_vllm.sweep.plan import build_plan
-from e2lm_vllm.sweep.pool import NodeCapacity, RayWorkers, passed_environment, plan_slots
+from e2lm_vllm.sweep.pool import NodeCapacity, RayWorkers, plan_slots
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS_DIR = str(REPO / "tests" / "data" / "sweep_tasks")

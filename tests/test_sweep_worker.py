@@ -95,9 +95,9 @@ def test_swap_check_fails_when_the_tied_head_is_not_refreshed(
     units: list[WorkUnit], swept: list[UnitResult], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The defect that once made swaps 5.35 nats wrong: the tied lm_head keeps the old weights."""
-    import e2lm_vllm.engine
+    import e2lm_vllm.engine.vllm_engine
 
-    monkeypatch.setattr(e2lm_vllm.engine, "refresh_shared_modules", lambda model: [])
+    monkeypatch.setattr(e2lm_vllm.engine.vllm_engine, "refresh_shared_modules", lambda model: [])
     results = _run(units[:2])
     assert [result.engine for result in results] == ["checked", "built"]
     check = results[0].swap_check
@@ -109,7 +109,7 @@ def test_swap_check_fails_when_the_tied_head_is_not_refreshed(
 
 
 def test_swap_check_fails_when_the_weights_are_not_swapped(units: list[WorkUnit], monkeypatch: pytest.MonkeyPatch) -> None:
-    from e2lm_vllm.engine import VLLMEngine
+    from e2lm_vllm.engine.vllm_engine import VLLMEngine
 
     monkeypatch.setattr(VLLMEngine, "swap_weights", lambda self, model_path: [])
     (result,) = _run(units[:1])

@@ -1,6 +1,7 @@
 """Benchmark-quality metrics: which task, and which metric of it, gives signal early in training.
 
 Pure numpy/scipy/pandas; no engine needed. Formulas: docs/scoring.md.
+Imports no other e2lm_vllm package; the sweep (its report) and curriculum import it, the engine never does.
 """
 
 from e2lm_vllm.scoring.api import (

@@ -37,7 +37,7 @@ from e2lm_vllm.sweep.checkpoints import Completeness
 
 if TYPE_CHECKING:
     from e2lm_vllm.sweep.plan import Plan, WorkUnit
-    from e2lm_vllm.sweep.runner import SweepSession
+    from e2lm_vllm.sweep.session import Session
 
 log = logging.getLogger("e2lm_vllm.sweep")
 
@@ -232,7 +232,7 @@ def _interrupts(stop: threading.Event) -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _until_step_reached(session: SweepSession, plan: Plan, until_step: int | None) -> bool:
+def _until_step_reached(session: Session, plan: Plan, until_step: int | None) -> bool:
     """A checkpoint at or past ``until_step`` has every cell written or failed in this run."""
     if until_step is None:
         return False
@@ -253,7 +253,7 @@ def _keep_earlier_cells(plan: Plan, earlier: Plan) -> Plan:
     return plan
 
 
-def follow(session: SweepSession, plan: Plan, options: WatchOptions, completeness: Completeness | None) -> Plan:
+def follow(session: Session, plan: Plan, options: WatchOptions, completeness: Completeness | None) -> Plan:
     """Evaluate ``plan``, then poll for new complete checkpoints until told to stop; returns the last plan."""
     output = session.output
     state = WatchState(options)

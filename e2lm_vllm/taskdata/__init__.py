@@ -1,4 +1,5 @@
 """Real evaluation data -> normalised JSONL + lm-eval task folders (the one converter).
+Imports no other e2lm_vllm package (stdlib and yaml); doctor, curriculum and the bench use it.
 
 Reads the raw layout of the shared data folder (``../shared/data`` beside the repo, or
 ``$E2LM_DATA_DIR``), writes one JSONL file per split with the same fields as the Hugging Face

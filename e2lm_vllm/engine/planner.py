@@ -11,84 +11,30 @@ Two exact paths:
   after the cached prefix; a row the cache hid is read from a sibling or from one decode step.
 
 `execute_plan` runs a plan on an engine's three steps (`EngineSteps`), and repairs the rows its
-prefix cache hid (`repair_hidden_rows`), still without knowing which engine it drives.
+prefix cache hid (`repair_hidden_rows`), still without knowing which engine it drives. The requests,
+queries, plans and results it works on are in `e2lm_vllm.engine.types`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-from e2lm_vllm.engine_protocol import NonFiniteScoreError, describe_prompt
-
-# A token's log-probability given the tokens before it, and whether it is the argmax there.
-Row = tuple[float, bool]
-
-
-@dataclass(frozen=True)
-class ScoreRequest:
-    """One lm-eval loglikelihood request after tokenization."""
-
-    context: tuple[int, ...]
-    continuation: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ScoreResult:
-    logprob: float
-    is_greedy: bool
-
-
-@dataclass
-class NextTokenQuery:
-    """Decode one step after `context`; read the logprobs of `token_ids` (and the greedy token)."""
-
-    context: tuple[int, ...]
-    token_ids: list[int]
-    # request index -> position of its token in `token_ids`
-    readers: list[tuple[int, int]] = field(default_factory=list)
-
-
-@dataclass
-class SequenceQuery:
-    """Prefill `tokens`; the continuation is `tokens[first_scored:]`."""
-
-    tokens: tuple[int, ...]
-    first_scored: int
-    readers: list[int] = field(default_factory=list)
-
-    @property
-    def cacheable(self) -> tuple[int, ...]:
-        """The longest prefix the cache may serve: the first scored row needs the logits of the
-        context's last token, which must be computed (see `ComputedRows`)."""
-        return self.tokens[: self.first_scored - 1]
-
-
-@dataclass
-class PrefixPrimer:
-    """Prefill a shared prefix once so that the requests of the next wave read it from the cache."""
-
-    tokens: tuple[int, ...]
-
-
-Query = NextTokenQuery | SequenceQuery | PrefixPrimer
-
-
-@dataclass
-class ScoringPlan:
-    """Waves of engine work: every query of wave k may read the prefixes computed by waves < k."""
-
-    waves: list[list[Query]]
-    num_requests: int
-    num_truncated: int
-    submitted_tokens: int  # prompt tokens lm-eval's own backends would submit (one prompt per request)
-    trie_tokens: int  # distinct tokens of all prompts: the floor of prefill work
-
-    @property
-    def queries(self) -> list[Query]:
-        return [query for wave in self.waves for query in wave]
+from e2lm_vllm.engine.types import (
+    ComputedRows,
+    NextTokenQuery,
+    NonFiniteScoreError,
+    PrefixPrimer,
+    Query,
+    Row,
+    ScoreRequest,
+    ScoreResult,
+    ScoringPlan,
+    SequenceQuery,
+    describe_prompt,
+)
 
 
 def truncate_like_hf(
@@ -259,23 +205,8 @@ def plan_scoring(
 # --- running a plan ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ComputedRows:
-    """The prompt-logprob rows an engine computed for one `SequenceQuery`: `rows[i]` is row
-    `start + i`, up to the last token.
-
-    Row `p` needs the logits of token `p - 1`; an engine with a prefix cache computes them only
-    from the first uncached token on, so rows from `first_scored` up to `start` are hidden: the
-    cache can reach into a continuation when its context ends on a block boundary, or when a sibling
-    with the same first tokens filled a block a step earlier.
-    """
-
-    start: int
-    rows: tuple[Row, ...]
-
-
 class EngineSteps(Protocol):
-    """The scoring steps `execute_plan` drives (`e2lm_vllm.engine.VLLMEngine` has them on vLLM)."""
+    """The scoring steps `execute_plan` drives (`e2lm_vllm.engine.vllm_engine.VLLMEngine` has them on vLLM)."""
 
     def prefill(self, prompts: Sequence[Sequence[int]]) -> None:
         """Compute `prompts` into the prefix cache."""

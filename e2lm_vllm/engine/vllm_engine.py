@@ -1,4 +1,4 @@
-"""The vLLM engine: the only module that talks to vLLM, a `ScoringEngine` (`e2lm_vllm.engine_protocol`).
+"""The vLLM engine: the only module that talks to vLLM, a `ScoringEngine` (`e2lm_vllm.engine.protocol`).
 
 It runs a `ScoringPlan` (`planner.execute_plan` over its three scoring steps), tells the planner which
 prompt-logprob rows vLLM computed rather than left unfilled for cached tokens, and generates (greedily,
@@ -15,21 +15,20 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from e2lm_vllm.engine_protocol import EngineStats, NonFiniteScoreError, describe_prompt
-from e2lm_vllm.planner import (
+from e2lm_vllm.engine.planner import execute_plan
+from e2lm_vllm.engine.types import (
     ComputedRows,
+    EngineStats,
     NextTokenQuery,
+    NonFiniteScoreError,
     Row,
     ScoreResult,
     ScoringPlan,
     SequenceQuery,
-    execute_plan,
+    describe_prompt,
 )
 
 logger = logging.getLogger(__name__)
-
-# Re-exported: they were defined here first.
-__all__ = ["EngineStats", "NonFiniteScoreError", "VLLMEngine", "WeightSwapExtension", "describe_prompt"]
 
 # vLLM accepts at most this many `logprob_token_ids` per request (vllm.sampling_params).
 MAX_TOKEN_IDS_PER_REQUEST = 128
@@ -92,6 +91,7 @@ class VLLMEngine:
         self.llm = LLM(**self.llm_kwargs)
         self.block_size = int(self.llm.llm_engine.vllm_config.cache_config.block_size)
         self.max_model_len = int(self.llm.llm_engine.vllm_config.model_config.max_model_len)
+        self.dtype = str(self.llm.llm_engine.vllm_config.model_config.dtype).removeprefix("torch.")
         self.stats = EngineStats()
 
     # -- weights -------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ class VLLMEngine:
         """
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_path})
         refreshed = self.llm.collective_rpc("refresh_shared_modules")
-        if not self.llm.reset_prefix_cache():
+        if not self.reset_prefix_cache():
             raise RuntimeError("vLLM refused to reset the prefix cache after a weight swap")
         self.llm_kwargs["model"] = model_path
         return sorted({name for names in refreshed for name in names})
@@ -259,6 +259,12 @@ class VLLMEngine:
         return [list(output.outputs[0].token_ids) for output in outputs]
 
     # -- bookkeeping ---------------------------------------------------------------------------
+
+    def reset_prefix_cache(self) -> bool:
+        return bool(self.llm.reset_prefix_cache())
+
+    def counter_totals(self) -> dict[str, float]:
+        return vllm_counter_totals(self.llm)
 
     def _account(self, before: dict[str, float]) -> None:
         after = vllm_counter_totals(self.llm)

@@ -22,8 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
-from e2lm_vllm.engine_protocol import EngineStats
-from e2lm_vllm.planner import NextTokenQuery, PrefixPrimer, ScoreResult, ScoringPlan, SequenceQuery
+from e2lm_vllm.engine.types import EngineStats, NextTokenQuery, PrefixPrimer, ScoreResult, ScoringPlan, SequenceQuery
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +93,13 @@ class EngineActor:
     """One engine of a data-parallel lm, in its own Ray worker process (GPUs per `tensor_parallel_size`)."""
 
     def __init__(self, llm_kwargs: dict[str, Any], environment: dict[str, str]):
-        from e2lm_vllm.engine import VLLMEngine
+        from e2lm_vllm.engine.vllm_engine import VLLMEngine
 
         self.engine = VLLMEngine(llm_kwargs, environment)
 
-    def limits(self) -> tuple[int, int]:
-        """(block size, max model length): the same on every engine of one lm."""
-        return self.engine.block_size, self.engine.max_model_len
+    def limits(self) -> tuple[int, int, str]:
+        """(block size, max model length, dtype): the same on every engine of one lm."""
+        return self.engine.block_size, self.engine.max_model_len, self.engine.dtype
 
     def run_plan(self, plan: ScoringPlan) -> list[ScoreResult]:
         return self.engine.run_plan(plan)
@@ -117,6 +116,12 @@ class EngineActor:
     def stats(self) -> dict[str, int]:
         return dict(self.engine.stats.__dict__)
 
+    def reset_prefix_cache(self) -> bool:
+        return self.engine.reset_prefix_cache()
+
+    def counter_totals(self) -> dict[str, float]:
+        return self.engine.counter_totals()
+
     def shutdown(self) -> None:
         self.engine.shutdown()
 
@@ -125,8 +130,9 @@ class DataParallelEngine:
     """N `VLLMEngine`s behind the same methods as one: `run_plans`, generation, weight swaps, stats."""
 
     def __init__(self, llm_kwargs: dict[str, Any], environment: dict[str, str], size: int, cpus_per_engine: int):
-        from e2lm_vllm.sweep.pool import init_ray, worker_environment
+        from e2lm_vllm.raycluster import init_ray, worker_environment
 
+        self.llm_kwargs = dict(llm_kwargs)
         self.ray = ray = init_ray(None)
         gpus_per_engine = int(llm_kwargs.get("tensor_parallel_size") or 1) if ray.cluster_resources().get("GPU") else 0
         env = worker_environment(cpus_per_engine, "sweep")  # engine core in the actor's own process
@@ -134,7 +140,7 @@ class DataParallelEngine:
             num_cpus=cpus_per_engine, num_gpus=gpus_per_engine, max_restarts=0, runtime_env={"env_vars": env}
         )
         self.actors = [actor.remote(llm_kwargs, environment) for _ in range(size)]
-        self.block_size, self.max_model_len = ray.get([engine.limits.remote() for engine in self.actors])[0]
+        self.block_size, self.max_model_len, self.dtype = ray.get([engine.limits.remote() for engine in self.actors])[0]
         logger.info("e2lm_vllm: %d data-parallel engines x %d CPUs + %d GPUs", size, cpus_per_engine, gpus_per_engine)
 
     @property
@@ -203,8 +209,20 @@ class DataParallelEngine:
         kwargs = {"max_tokens": max_tokens, "stop_token_ids": list(stop_token_ids), "options": options}
         return self._generate("generate_sampled", prompts, kwargs, seeds)
 
+    def reset_prefix_cache(self) -> bool:
+        return all(self.ray.get([engine.reset_prefix_cache.remote() for engine in self.actors]))
+
+    def counter_totals(self) -> dict[str, float]:
+        """Each counter summed over the engines."""
+        totals: dict[str, float] = {}
+        for counters in self.ray.get([engine.counter_totals.remote() for engine in self.actors]):
+            for name, value in counters.items():
+                totals[name] = totals.get(name, 0.0) + value
+        return totals
+
     def swap_weights(self, model_path: str) -> list[str]:
         refreshed = self.ray.get([engine.swap_weights.remote(model_path) for engine in self.actors])
+        self.llm_kwargs["model"] = model_path
         return sorted({name for names in refreshed for name in names})
 
     def shutdown(self) -> None:
