@@ -170,6 +170,37 @@ def test_weight_scan_reads_sharded_checkpoints_in_index_order(tmp_path):
     assert first_non_finite_tensor(folder) is None
 
 
+def test_weight_scan_reads_bin_checkpoints(tmp_path):
+    """A checkpoint of PyTorch ``.bin`` files only (no safetensors) is scanned too: sharded by its
+    index, memory-mapped or in torch's legacy format, trainer files beside it skipped."""
+    import torch
+
+    from e2lm_vllm.checkpoint import check_finite_weights
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    torch.save({"a.weight": torch.ones(4, 4), "steps": torch.arange(3)}, folder / "pytorch_model-00001-of-00002.bin")
+    bad = torch.ones(2, 3, dtype=torch.float16)
+    bad[1, 2] = math.nan
+    torch.save({"b.weight": bad}, folder / "pytorch_model-00002-of-00002.bin", _use_new_zipfile_serialization=False)
+    (folder / "pytorch_model.bin.index.json").write_text(
+        '{"weight_map": {"a.weight": "pytorch_model-00001-of-00002.bin", "b.weight": "pytorch_model-00002-of-00002.bin"}}'
+    )
+    torch.save({"lr": 0.1}, folder / "training_args.bin")  # not weights: never loaded, never scanned
+    with pytest.raises(NonFiniteWeightsError) as error:
+        check_finite_weights(folder)
+    assert str(error.value) == (
+        f"checkpoint {folder} holds NaN in weight tensor b.weight (file pytorch_model-00002-of-00002.bin): "
+        "a diverged checkpoint, not evaluated"
+    )
+    # Without an index, every *.bin but the trainer's; a finite file passes.
+    (folder / "pytorch_model.bin.index.json").unlink()
+    torch.save({"b.weight": torch.zeros(2)}, folder / "pytorch_model-00002-of-00002.bin")
+    assert first_non_finite_tensor(folder) is None
+    torch.save({"c.weight": torch.tensor([-math.inf])}, folder / "pytorch_model-00003-of-00003.bin")
+    assert first_non_finite_tensor(folder) == "c.weight"
+
+
 def test_weight_scan_time_on_smollm2(smollm2_path):
     first_non_finite_tensor(smollm2_path)  # page cache warm, as after the engine read the checkpoint
     started = time.perf_counter()
