@@ -287,3 +287,96 @@ def test_lm_eval_cli_on_a_nan_rung_exits_non_zero_naming_the_tensor(nan_rung):
     )  # fmt: skip
     assert run.returncode != 0
     assert f"holds NaN in weight tensor {BAD_TENSOR}" in run.stderr.strip().splitlines()[-1]
+
+
+# --- the HF backend: the same checks, the same error kinds -------------------------------------------
+
+
+def test_the_hf_backend_refuses_a_nan_rung_before_loading_it(nan_rung, caplog):
+    """`backend=hf`, a sweep's `lm: hf` and `auto` without vLLM: the weight scan first, as on vLLM."""
+    import sys
+    from unittest.mock import patch
+
+    from e2lm_vllm.config import ModelArgs
+    from e2lm_vllm.lm import build_lm
+    from e2lm_vllm.sweep.worker import build_lm as sweep_build_lm
+    from e2lm_vllm.sweep.worker import failure_kind
+
+    message = f"holds NaN in weight tensor {BAD_TENSOR}"
+    with pytest.raises(NonFiniteWeightsError, match=message):
+        build_lm(ModelArgs(pretrained=str(nan_rung), backend="hf"))
+    with pytest.raises(NonFiniteWeightsError, match=message) as error:
+        sweep_build_lm("hf", {"pretrained": str(nan_rung), "dtype": "float32"})
+    assert failure_kind(error.value) == "non_finite"
+    with patch.dict(sys.modules, {"vllm": None}), pytest.raises(NonFiniteWeightsError, match=message):
+        sweep_build_lm("e2lm_vllm", {"pretrained": str(nan_rung), "dtype": "float32", "backend": "auto"})
+    assert "backend=auto and vLLM does not import here" in caplog.text
+
+
+class _Cache:
+    """lm-eval's cache hook interface (`CacheHook.add_partial`), recording what it is given."""
+
+    def __init__(self):
+        self.answers = []
+
+    def add_partial(self, attr, req, res):
+        self.answers.append((attr, req, res))
+
+
+@pytest.mark.slow
+def test_hf_scores_refuse_non_finite(nan_rung, smollm2_path):
+    """lm-eval's HFLM on the NaN rung (weight check off, to reach the scores): loglikelihood and rolling
+    raise `NonFiniteScoreError` naming the request, and nothing reaches lm-eval's cache."""
+    from lm_eval.api.instance import Instance
+
+    from e2lm_vllm.config import ModelArgs
+    from e2lm_vllm.lm import build_hf_lm
+
+    lm = build_hf_lm(ModelArgs(pretrained=str(nan_rung), dtype="float32", max_model_len=256, backend="hf", check_weights=False))
+    cache = _Cache()
+    lm.set_cache_hook(cache)
+    letter = [Instance("loglikelihood", {}, ("Question: 2 + 2 = ?\nAnswer:", " B"), 0)]
+    with pytest.raises(NonFiniteScoreError) as error:
+        lm.loglikelihood(letter, disable_tqdm=True)
+    assert str(error.value) == (
+        "log-probability nan of the 1-token continuation [389] after a prompt of 12 tokens [17872, 42, 216, 34, 1232, 216, 34, 446, ...]"
+    )
+    assert isinstance(error.value, NonFiniteError)
+    rolling = [Instance("loglikelihood_rolling", {}, ("Some text to score as a whole document.",), 0)]
+    with pytest.raises(NonFiniteScoreError, match=r"log-probability nan of the \d+-token continuation \[.*\] after a prompt of 1 tokens"):
+        lm.loglikelihood_rolling(rolling, disable_tqdm=True)
+    assert cache.answers == []
+    # The same HF model on finite weights: its answers are cached, as lm-eval's HFLM caches them.
+    finite = build_hf_lm(ModelArgs(pretrained=str(smollm2_path), dtype="float32", max_model_len=256, backend="hf"))
+    finite.set_cache_hook(cache)
+    (answer,) = finite.loglikelihood(letter, disable_tqdm=True)
+    assert cache.answers == [("loglikelihood", ("Question: 2 + 2 = ?\nAnswer:", " B"), answer)]
+
+
+@pytest.mark.slow
+def test_a_sweep_on_hf_records_a_nan_rung_as_non_finite(ladder_dirs, nan_rung, tmp_path):
+    """`lm: hf` in a sweep (in this process): the NaN rung is a failure of kind non_finite, not a score;
+    the finite rung is scored, and its rows say backend hf."""
+    import pandas as pd
+
+    from e2lm_vllm.sweep.config import config_from_flags
+    from e2lm_vllm.sweep.runner import run_sweep
+
+    config = config_from_flags(
+        checkpoints=[str(ladder_dirs[0]), str(nan_rung)],
+        model_name="diverging",
+        tasks="sweep_arc_easy",
+        include_path=[str(Path(__file__).parent / "data" / "sweep_tasks")],
+        limit=1,
+        output=str(tmp_path / "sweep"),
+        lm="hf",
+        model_args={"dtype": "float32"},
+    )
+    summary = run_sweep(config, progress=False, in_process=True)
+    failures = pd.read_parquet(tmp_path / "sweep" / "failures.parquet")
+    metrics = pd.read_parquet(tmp_path / "sweep" / "metrics.parquet")
+    assert summary.exit_code == 1
+    assert list(failures.kind) == ["non_finite"] and list(failures.attempts) == [1]
+    assert f"NaN in weight tensor {BAD_TENSOR}" in failures.error[0]
+    assert list(metrics.checkpoint.unique()) == [str(ladder_dirs[0])] and set(metrics.backend) == {"hf"}
+

@@ -59,15 +59,15 @@ def failure_kind(error: BaseException) -> str:
 
 def build_lm(lm_name: str, model_args: dict[str, Any]) -> Any:
     """One lm-eval model for one checkpoint. ``lm_name`` is ``e2lm_vllm`` (ours, on vLLM unless
-    ``backend=hf``) or ``hf``: lm-eval's HF model on the same args, as lm-eval runs it (without our
-    weight check unless ``check_weights`` is given)."""
+    ``backend=hf``) or ``hf``: lm-eval's HF model on the same args, with the checks of the vLLM path
+    (NaN/inf weights and scores: `e2lm_vllm.hf_checked`)."""
     from e2lm_vllm.config import ModelArgs
     from e2lm_vllm.lm import build_hf_lm
     from e2lm_vllm.lm import build_lm as build_e2lm_vllm
 
     if lm_name == "e2lm_vllm":
         return build_e2lm_vllm(ModelArgs.from_kwargs(model_args))
-    return build_hf_lm(ModelArgs.from_kwargs({"check_weights": False, **model_args}))
+    return build_hf_lm(ModelArgs.from_kwargs(model_args))
 
 
 def backend_of(lm: Any) -> str:
