@@ -380,3 +380,37 @@ def test_a_sweep_on_hf_records_a_nan_rung_as_non_finite(ladder_dirs, nan_rung, t
     assert f"NaN in weight tensor {BAD_TENSOR}" in failures.error[0]
     assert list(metrics.checkpoint.unique()) == [str(ladder_dirs[0])] and set(metrics.backend) == {"hf"}
 
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_a_neighbour_that_scores_nan_is_never_blamed_on_the_checkpoint_under_test(
+    ladder_dirs, nan_rung, tmp_path, engine_in_this_process, caplog
+):
+    """The swap check's reference, the neighbouring checkpoint, is diverged (weight check off, so it
+    loads and scores NaN): no swap check, a fresh engine, and the checkpoint under test is scored."""
+    from e2lm_vllm.sweep.config import config_from_flags
+    from e2lm_vllm.sweep.plan import build_plan
+    from e2lm_vllm.sweep.worker import SweepWorker
+
+    config = config_from_flags(
+        checkpoints=[str(ladder_dirs[0]), str(nan_rung)],
+        model_name="diverging",
+        tasks="sweep_arc_easy",
+        include_path=[str(Path(__file__).parent / "data" / "sweep_tasks")],
+        limit=1,
+        output=str(tmp_path / "sweep"),
+        lm="e2lm_vllm",
+        model_args={"dtype": "float32", "backend": "vllm", "check_weights": False, "max_model_len": 256},
+    )
+    unit = build_plan(config, tmp_path / "sweep").units[0]
+    assert unit.checkpoint.step == 0 and unit.partner_args is not None and unit.partner_args["pretrained"] == str(nan_rung)
+    worker = SweepWorker()
+    try:
+        result = worker.evaluate(unit)
+    finally:
+        worker.shutdown()
+    assert [cell.error for cell in result.cells] == [None] and result.cells[0].metrics
+    assert result.engine == "built" and result.backend == "vllm"
+    check = worker.swap_check
+    assert check is not None and not check.passed and check.skipped.startswith("NonFiniteScoreError: log-probability nan")
+    assert f"diverging@0: no swap check: the neighbouring checkpoint {nan_rung} cannot serve as reference (NonFiniteScoreError" in caplog.text

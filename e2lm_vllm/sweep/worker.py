@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import math
 import os
 import socket
 import time
@@ -107,6 +108,18 @@ def _swappable_lm(model_args: dict[str, Any], lm_name: str) -> bool:
     from e2lm_vllm.lm import resolve_backend
 
     return lm_name == "e2lm_vllm" and resolve_backend(ModelArgs.from_kwargs(model_args)) == "vllm"
+
+
+def _swapped_probe_scores(lm: Any) -> list[float]:
+    """Probe scores of a swapped engine; NaN where it scores non-finite (both fresh engines scored
+    finite, so that is the swap's fault: the check fails, never the checkpoint under test)."""
+    from e2lm_vllm.checkpoint import NonFiniteError
+    from e2lm_vllm.sweep.swapcheck import PROBE_TEXTS
+
+    try:
+        return probe_scores(lm)
+    except NonFiniteError:
+        return [math.nan] * (2 * len(PROBE_TEXTS))
 
 
 def _location(model_args: dict[str, Any]) -> dict[str, Any]:
@@ -199,18 +212,29 @@ class SweepWorker:
         the fresh engines did. Swapping *into* a checkpoint the engine was not built on is what
         exposes derived state a swap forgot (a stale tied head keeps the weights the engine was
         built with: a round trip alone would hide it). Leaves a fresh or verified engine on A.
-        Returns False when P turns out not to be swappable with A (the check waits for a later unit).
+        Returns False when P turns out not to be swappable with A (the check waits for a later unit),
+        or cannot serve as reference (P does not load, or scores NaN: a diverged neighbour). P's
+        failure is never A's: no check then, fresh engines from then on, and A proceeds.
         """
         from e2lm_vllm.checkpoint import CheckpointMismatchError
 
         assert unit.partner_args is not None
+        partner = unit.partner_args.get("subfolder") or unit.partner_args.get("revision") or unit.partner_args["pretrained"]
         try:
             self._build(unit.lm, unit.partner_args, unit.engine_key)
-        except Exception as error:  # noqa: BLE001 - the neighbour is not this unit: its failure is its own
-            log.warning("%s: swap check postponed, the neighbouring checkpoint did not load: %s", unit.label, error)
+            partner_fresh = probe_scores(self.lm)
+        except Exception as error:  # noqa: BLE001 - the neighbour is not this unit: its failure is never this unit's
+            # A neighbour that does not load or scores NaN (diverged) is no reference: no swap check,
+            # fresh engines from now on, and this unit proceeds (its own checks still apply).
+            reason = f"{type(error).__name__}: {error}"
+            self.swap_check = SwapCheck(checkpoint=str(partner), probes=0, max_difference=None, skipped=reason)
+            log.warning(
+                "%s: no swap check: the neighbouring checkpoint %s cannot serve as reference (%s); this worker "
+                "starts a fresh engine for every checkpoint instead",
+                unit.label, partner, reason,
+            )  # fmt: skip
             self._drop_lm()
             return False
-        partner_fresh = probe_scores(self.lm)
         self._build(unit.lm, unit.model_args, unit.engine_key)
         fresh = probe_scores(self.lm)
         try:
@@ -219,10 +243,9 @@ class SweepWorker:
             log.info("%s: swap check postponed: %s", unit.label, error)
             self._build(unit.lm, unit.model_args, unit.engine_key)
             return False
-        swapped_to_partner = probe_scores(self.lm)
+        swapped_to_partner = _swapped_probe_scores(self.lm)
         self.lm.load_checkpoint(**_location(unit.model_args))
-        swapped_back = probe_scores(self.lm)
-        partner = unit.partner_args.get("subfolder") or unit.partner_args.get("revision") or unit.partner_args["pretrained"]
+        swapped_back = _swapped_probe_scores(self.lm)
         self.swap_check = compare(str(partner), swapped_to_partner + swapped_back, partner_fresh + fresh)
         if self.swap_check.passed:
             log.info(
