@@ -9,7 +9,8 @@ once (`taskcache`), tokens and plans once per lm.
 
 Before its first swap, each worker checks that swaps are exact against fresh engines
 (`SweepWorker._check_swap`, `swapcheck`); if not, it warns once and builds a fresh engine per
-checkpoint from then on. A swap that fails midway (a corrupt checkpoint) drops the engine, whose weights are then
+checkpoint from then on, as when the neighbouring checkpoint it checks against cannot serve as
+reference (does not load, or scores NaN): never a failure of the checkpoint under test. A swap that fails midway (a corrupt checkpoint) drops the engine, whose weights are then
 half old, half new, and the error goes to the driver, which retries the checkpoint.
 
 `SweepWorker.evaluate` *returns* its rows; it writes nothing, so a worker on another node needs
