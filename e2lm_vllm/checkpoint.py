@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,33 +119,73 @@ def _safetensors_shards(model_dir: Path) -> list[Path]:
     return sorted(model_dir.glob("*.safetensors"))
 
 
-def _first_non_finite(model_dir: Path) -> tuple[Path, str, str] | None:
-    """(shard, tensor name, "NaN" / "inf") of the first non-finite weight tensor, None if all are finite."""
-    import torch
-    from safetensors import safe_open
+# Trainer files next to the weights that are not weights (vLLM's `filter_files_not_needed_for_inference`).
+_NOT_WEIGHT_FILES = frozenset({"training_args.bin", "optimizer.bin", "optimizer.pt", "scheduler.pt", "scaler.pt"})
 
-    for shard in _safetensors_shards(model_dir):
+
+def _torch_shards(model_dir: Path) -> list[Path]:
+    """The PyTorch weight files that vLLM and HF load when there is no safetensors file: those of
+    ``pytorch_model.bin.index.json``, else every ``*.bin``, else every ``*.pt`` (vLLM's order)."""
+    index = model_dir / "pytorch_model.bin.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map") or {}
+        return [model_dir / name for name in sorted(set(weight_map.values()))]
+    for pattern in ("*.bin", "*.pt"):
+        files = sorted(path for path in model_dir.glob(pattern) if path.name not in _NOT_WEIGHT_FILES)
+        if files:
+            return files
+    return []
+
+
+def _tensors(shard: Path) -> Iterator[tuple[str, Any]]:
+    """(name, tensor) of each tensor in a weight file, one at a time where the format allows."""
+    if shard.suffix == ".safetensors":
+        from safetensors import safe_open
+
         with safe_open(str(shard), framework="pt") as handle:
             for name in handle.keys():
-                tensor = handle.get_tensor(name)
-                if not tensor.is_floating_point():
-                    continue
-                total = tensor.sum(dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
-                if not bool(torch.isfinite(total)) and not bool(torch.isfinite(tensor).all()):
-                    return shard, name, "NaN" if bool(torch.isnan(tensor).any()) else "inf"
+                yield name, handle.get_tensor(name)
+        return
+    import torch
+
+    # weights_only: a checkpoint is data, never code to run. mmap: tensors are read as they are
+    # summed, not all at once; a file in torch's legacy (pre-zip) format cannot be mapped.
+    try:
+        state = torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        state = torch.load(shard, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{shard} holds a {type(state).__name__}, not a state dict of weight tensors")
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor):
+            yield str(name), tensor
+
+
+def _first_non_finite(model_dir: Path) -> tuple[Path, str, str] | None:
+    """(file, tensor name, "NaN" / "inf") of the first non-finite weight tensor, None if all are finite."""
+    import torch
+
+    for shard in _safetensors_shards(model_dir) or _torch_shards(model_dir):
+        for name, tensor in _tensors(shard):
+            if not tensor.is_floating_point():
+                continue
+            total = tensor.sum(dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+            if not bool(torch.isfinite(total)) and not bool(torch.isfinite(tensor).all()):
+                return shard, name, "NaN" if bool(torch.isnan(tensor).any()) else "inf"
     return None
 
 
 def first_non_finite_tensor(model_dir: str | os.PathLike) -> str | None:
     """The name of the first weight tensor holding NaN or inf, or None when every weight is finite.
 
-    Reads every floating-point tensor of the safetensors shards (memory-mapped; shards in index
-    order, tensors in file order) once: a float32 sum per tensor, finite unless some element is
-    NaN or inf (IEEE arithmetic never turns either back into a finite number), then
-    ``torch.isfinite`` on a tensor whose sum is not, since a sum of large finite values can
-    overflow. Measured on SmolLM2-135M in float32 (538 MB, page cache warm), 2 shared CPU cores
-    at nice 19: 0.25-0.5 s at load average 4.5, 0.6-4.2 s at load 7 (about one pass over the
-    bytes). A checkpoint without safetensors files (``.bin`` only) is not checked: None.
+    Reads every floating-point tensor of the files vLLM and HF load (the safetensors shards,
+    memory-mapped, in index order; without any, the PyTorch ``.bin`` (or ``.pt``) files, through
+    ``torch.load(weights_only=True, mmap=True)``), tensors in file order, once: a float32 sum per
+    tensor, finite unless some element is NaN or inf (IEEE arithmetic never turns either back into
+    a finite number), then ``torch.isfinite`` on a tensor whose sum is not, since a sum of large
+    finite values can overflow. Measured on SmolLM2-135M in float32 (538 MB of safetensors, page
+    cache warm), 2 shared CPU cores at nice 19: 0.25-0.5 s at load average 4.5, 0.6-4.2 s at load 7
+    (about one pass over the bytes).
     """
     found = _first_non_finite(Path(model_dir))
     return None if found is None else found[1]

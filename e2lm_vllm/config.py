@@ -36,9 +36,11 @@ LONG_LIVED_WORKER_ENVIRONMENT = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 @dataclasses.dataclass(frozen=True)
 class RefusedArg:
-    """A model arg of lm-eval's `vllm` model that `e2lm_vllm` does not implement (yet).
+    """A model arg that `e2lm_vllm` refuses: one of lm-eval's `vllm` model it does not implement (yet),
+    or a vLLM engine arg that would make the engine load other weights or another config than the
+    checkpoint that `pretrained` names (and that the weight scan and tokenizer checks read).
 
-    `default` is lm-eval's default for it: passing that value changes nothing and is accepted.
+    `default` is lm-eval's (or vLLM's) default for it: passing that value changes nothing and is accepted.
     """
 
     default: Any
@@ -51,9 +53,23 @@ _LORA_REASON = (
     "and pass that folder as pretrained=..."
 )
 
-# The one place that says which of lm-eval's `vllm` model args are refused, and why. Every other arg
-# of `lm_eval.models.vllm_causallms.VLLM.__init__` is a `ModelArgs` field with lm-eval's meaning
-# (tests/test_lm_eval_compat.py walks the live signature), and docs/lm_eval_compat.md lists them all.
+_OTHER_WEIGHTS_REASON = (
+    "the engine would load other weights than the checkpoint that pretrained=... names, which is the one "
+    "checked for NaN/inf and whose tokenizer is checked; pass that checkpoint's folder as pretrained=..."
+)
+_OTHER_CONFIG_REASON = (
+    "the engine would build the model from another config than the checkpoint's config.json, which the "
+    "tokenizer checks and the weight-swap signature read; write the config you want into a copy of the "
+    "checkpoint folder and pass that folder as pretrained=..."
+)
+
+# The one place that says which model args are refused, and why: lm-eval's `vllm` model args that we
+# do not implement, and vLLM engine args that would score something else than the checkpoint named.
+# Every other arg of `lm_eval.models.vllm_causallms.VLLM.__init__` is a `ModelArgs` field with
+# lm-eval's meaning (tests/test_lm_eval_compat.py walks the live signature), every other vLLM
+# `EngineArgs` field passes through (judged harmless: `served_model_name` is a label; `revision`,
+# `tokenizer` and `tokenizer_mode` are our own args, applied to the checks and the engine alike;
+# `quantization` is lm-eval's), and docs/lm_eval_compat.md lists them all.
 REFUSED_VLLM_ARGS: dict[str, RefusedArg] = {
     "lora_local_path": RefusedArg(None, _LORA_REASON),
     "max_lora_rank": RefusedArg(16, _LORA_REASON),
@@ -62,6 +78,17 @@ REFUSED_VLLM_ARGS: dict[str, RefusedArg] = {
         "the tokenizer is read from a local folder: download the revision you want "
         "(`huggingface-cli download REPO --revision REV --local-dir DIR`) and pass tokenizer=DIR",
     ),
+    # vLLM engine args, at vLLM's defaults.
+    "model": RefusedArg(None, _OTHER_WEIGHTS_REASON),
+    "model_weights": RefusedArg("", _OTHER_WEIGHTS_REASON),
+    "load_format": RefusedArg(
+        "auto",
+        "the engine would not read the checkpoint's safetensors (else .bin) files, the ones checked for NaN/inf "
+        "(dummy: random weights; pt, gguf, ...: other files); leave it at auto",
+    ),
+    "hf_config_path": RefusedArg(None, _OTHER_CONFIG_REASON),
+    "config_format": RefusedArg("auto", _OTHER_CONFIG_REASON),
+    "hf_overrides": RefusedArg(None, _OTHER_CONFIG_REASON),
 }
 
 # Args lm-eval's `vllm` model accepts and ignores with a warning; we do the same.
@@ -145,6 +172,15 @@ class EngineSettings(BaseModel):
                 raise ValueError(f"expected a dict literal, got {value!r}") from None
         return {} if value is None else value
 
+    @field_validator("engine_kwargs")
+    @classmethod
+    def _no_refused_engine_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Settings built directly (a sweep's `engine_kwargs:`, the benchmark) skip `ModelArgs.from_kwargs`."""
+        refused = [reason for key, item in value.items() if (reason := refusal(key, item)) is not None]
+        if refused:
+            raise ValueError("; ".join(refused))
+        return {key: item for key, item in value.items() if key not in REFUSED_VLLM_ARGS}
+
     @model_validator(mode="after")
     def _thinking_needs_its_end_token(self) -> EngineSettings:
         if self.enable_thinking and self.think_end_token is None:
@@ -210,15 +246,24 @@ def _same_value(given: Any, default: Any) -> bool:
     return given == default or str(given) == str(default)
 
 
+def refusal(key: str, value: Any) -> str | None:
+    """Why `key=value` is refused (`REFUSED_VLLM_ARGS`), or None when it is not: not in the table, or
+    given at its default (which changes nothing)."""
+    refused = REFUSED_VLLM_ARGS.get(key)
+    if refused is None or value is None or value == {} or _same_value(value, refused.default):
+        return None
+    return f"e2lm_vllm does not support {key}={value!r}: {refused.reason}"
+
+
 def _without_refused_and_ignored(kwargs: dict[str, Any]) -> dict[str, Any]:
     """`kwargs` less the refused args given at lm-eval's default and the ignored ones; a refused arg
     given at any other value is an error saying why and what to use instead."""
     kept = {}
     for key, value in kwargs.items():
         if key in REFUSED_VLLM_ARGS:
-            refused = REFUSED_VLLM_ARGS[key]
-            if value is not None and not _same_value(value, refused.default):
-                raise ModelArgsError(f"e2lm_vllm does not support {key}={value!r}: {refused.reason}")
+            reason = refusal(key, value)
+            if reason is not None:
+                raise ModelArgsError(reason)
         elif key in IGNORED_ARGS:
             logger.warning("e2lm_vllm: %s", IGNORED_ARGS[key])
         else:

@@ -7,7 +7,8 @@ planned by `e2lm_vllm.engine.planner` so that shared prefixes are computed once.
 
 `E2LMVLLM(...)` is always the model on vLLM. lm-eval builds models through `create_from_arg_string`
 and `create_from_arg_obj`, which dispatch on `backend` (`build_lm`): `backend=hf` (or `auto` where
-vLLM does not import) gives lm-eval's own `HFLM` on the same args, the parity reference.
+vLLM does not import, with a warning) gives lm-eval's own `HFLM` on the same args with the same
+NaN/inf checks (`e2lm_vllm.hf_checked`), the parity reference.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import logging
 import os
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from lm_eval import utils as lm_utils
@@ -67,22 +67,23 @@ SAMPLING_WARNING = (
 )
 
 
-def vllm_importable() -> bool:
+def vllm_import_error() -> str | None:
+    """Why vLLM does not import here (``ImportError: ...``), or None when it does."""
     try:
         import vllm  # noqa: F401
     except Exception as error:  # noqa: BLE001 - a broken install is as unusable as a missing one
-        logger.debug("vLLM import failed: %s", error)
-        return False
-    return True
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def vllm_importable() -> bool:
+    return vllm_import_error() is None
 
 
 def build_hf_lm(args: ModelArgs) -> Any:
-    """lm-eval's own HFLM with the same checkpoint and context length: the parity reference."""
-    from lm_eval.models.huggingface import HFLM
-
-    local = Path(args.pretrained).expanduser() / (args.subfolder or "")
-    if args.check_weights and local.is_dir():
-        check_finite_weights(local)
+    """lm-eval's own HFLM with the same checkpoint and context length, and the checks of the vLLM
+    path (`e2lm_vllm.hf_checked.CheckedHFLM`): the parity reference, and ``backend=hf``."""
+    from e2lm_vllm.hf_checked import CheckedHFLM
 
     kwargs: dict[str, Any] = {
         "pretrained": args.pretrained,
@@ -107,22 +108,37 @@ def build_hf_lm(args: ModelArgs) -> Any:
     if args.truncation_side != "left":
         raise ModelArgsError(f"truncation_side={args.truncation_side!r} needs backend=vllm: lm-eval's HF model cuts left")
     kwargs.update({key: value for key, value in optional.items() if value is not None})
-    return HFLM(**kwargs)
+    return CheckedHFLM(check_weights=args.check_weights, **kwargs)
 
 
 def resolve_backend(args: ModelArgs) -> str:
-    """``vllm`` or ``hf``: the backend `build_lm` gives these args (``auto`` is vLLM when it imports)."""
-    if args.backend != "auto":
-        return args.backend
-    return "vllm" if vllm_importable() else "hf"
+    """``vllm`` or ``hf``: the backend `build_lm` gives these args.
+
+    ``auto`` is vLLM when it imports, else HF with a warning naming the import error; ``vllm`` where
+    vLLM does not import is an error naming it (never a silent run on another backend).
+    """
+    if args.backend == "hf":
+        return "hf"
+    error = vllm_import_error()
+    if error is None:
+        return "vllm"
+    if args.backend == "vllm":
+        raise ModelArgsError(
+            f"backend=vllm, but vLLM does not import here ({error}); fix the install (`e2lm-vllm doctor` "
+            "checks it) or pass backend=hf for lm-eval's HF model"
+        )
+    logger.warning(
+        "e2lm_vllm: backend=auto and vLLM does not import here (%s): running lm-eval's HF model instead "
+        "(backend=hf; results say backend hf). Pass backend=vllm to make this an error",
+        error,
+    )
+    return "hf"
 
 
 def build_lm(args: ModelArgs) -> TemplateLM:
-    """The lm-eval model for these args: `E2LMVLLM`, or lm-eval's `HFLM` for ``backend=hf``."""
+    """The lm-eval model for these args: `E2LMVLLM`, or lm-eval's `HFLM` (checked) for ``backend=hf``."""
     if resolve_backend(args) == "vllm":
         return E2LMVLLM(args)
-    if args.backend == "auto":
-        logger.warning("e2lm_vllm: vLLM is not importable here; falling back to lm-eval's HF backend (backend=hf)")
     return build_hf_lm(args)
 
 
@@ -161,10 +177,11 @@ class E2LMVLLM(TemplateLM):
                 "E2LMVLLM runs on vLLM; backend=hf is lm-eval's HFLM: build it with "
                 "E2LMVLLM.create_from_arg_obj(...) or e2lm_vllm.lm.build_lm(ModelArgs(...))"
             )
-        if not vllm_importable():
+        error = vllm_import_error()
+        if error is not None:
             raise ModelArgsError(
-                "E2LMVLLM needs vLLM, which does not import here; backend=hf (or create_from_arg_obj with "
-                "backend=auto) runs lm-eval's HFLM instead"
+                f"E2LMVLLM needs vLLM, which does not import here ({error}); backend=hf (or create_from_arg_obj "
+                "with backend=auto) runs lm-eval's HFLM instead"
             )
         self.checkpoint = resolve_checkpoint(
             self.args.pretrained,

@@ -79,6 +79,18 @@ def _model_args(**kwargs):
     return ModelArgs.from_kwargs({"pretrained": "x", **kwargs})
 
 
+def _without_vllm(tmp: Path, backend: str):
+    """`backend` where `import vllm` really fails (as with a broken install): `None` in sys.modules."""
+    import sys
+    from unittest.mock import patch
+
+    from e2lm_vllm.config import ModelArgs
+    from e2lm_vllm.lm import resolve_backend
+
+    with patch.dict(sys.modules, {"vllm": None}):
+        return resolve_backend(ModelArgs(pretrained="x", backend=backend))
+
+
 def _checkpoint(tmp: Path, pretrained: str, **kwargs):
     from e2lm_vllm.checkpoint import resolve_checkpoint
 
@@ -152,6 +164,11 @@ CASES: dict[str, Callable[[Path], object]] = {
     "model-arg-type": lambda tmp: _model_args(max_model_len="long"),
     "model-arg-dtype": lambda tmp: _model_args(dtype="fp8"),
     "model-arg-backend": lambda tmp: _model_args(backend="tpu"),
+    "model-arg-other-weights": lambda tmp: _model_args(model="/runs/other/step_1000"),
+    "model-arg-load-format": lambda tmp: _model_args(load_format="dummy"),
+    "model-arg-hf-overrides": lambda tmp: _model_args(hf_overrides="{'num_hidden_layers': 2}"),
+    "config-refused-engine-arg": lambda tmp: _config(engine={"extra": {"load_format": "dummy"}}),
+    "backend-vllm-not-importable": lambda tmp: _without_vllm(tmp, "vllm"),
     "pretrained-not-found": lambda tmp: _checkpoint(tmp, "DIR/nope"),
     "pretrained-file": lambda tmp: _checkpoint(tmp, "DIR/file.bin"),
     "pretrained-revision-local": lambda tmp: _checkpoint(tmp, "DIR/ckpt", revision="main"),

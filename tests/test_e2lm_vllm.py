@@ -142,10 +142,12 @@ def test_backend_is_chosen_by_lm_evals_constructors_and_e2lm_vllm_is_always_on_v
     from lm_eval.models.huggingface import HFLM
 
     from e2lm_vllm.engine.protocol import ScoringEngine
+    from e2lm_vllm.hf_checked import CheckedHFLM
     from e2lm_vllm.lm import E2LMVLLM
 
     assert type(vllm_lm) is E2LMVLLM and isinstance(vllm_lm.engine, ScoringEngine)
-    assert type(hf_lm) is HFLM  # conftest: E2LMVLLM.create_from_arg_obj({..., "backend": "hf"})
+    # conftest: E2LMVLLM.create_from_arg_obj({..., "backend": "hf"}): lm-eval's HFLM, with our checks
+    assert type(hf_lm) is CheckedHFLM and isinstance(hf_lm, HFLM)
     with pytest.raises(ModelArgsError, match="E2LMVLLM runs on vLLM; backend=hf is lm-eval's HFLM"):
         E2LMVLLM(pretrained=str(smollm2_path), backend="hf")
 

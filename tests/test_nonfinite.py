@@ -170,6 +170,37 @@ def test_weight_scan_reads_sharded_checkpoints_in_index_order(tmp_path):
     assert first_non_finite_tensor(folder) is None
 
 
+def test_weight_scan_reads_bin_checkpoints(tmp_path):
+    """A checkpoint of PyTorch ``.bin`` files only (no safetensors) is scanned too: sharded by its
+    index, memory-mapped or in torch's legacy format, trainer files beside it skipped."""
+    import torch
+
+    from e2lm_vllm.checkpoint import check_finite_weights
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    torch.save({"a.weight": torch.ones(4, 4), "steps": torch.arange(3)}, folder / "pytorch_model-00001-of-00002.bin")
+    bad = torch.ones(2, 3, dtype=torch.float16)
+    bad[1, 2] = math.nan
+    torch.save({"b.weight": bad}, folder / "pytorch_model-00002-of-00002.bin", _use_new_zipfile_serialization=False)
+    (folder / "pytorch_model.bin.index.json").write_text(
+        '{"weight_map": {"a.weight": "pytorch_model-00001-of-00002.bin", "b.weight": "pytorch_model-00002-of-00002.bin"}}'
+    )
+    torch.save({"lr": 0.1}, folder / "training_args.bin")  # not weights: never loaded, never scanned
+    with pytest.raises(NonFiniteWeightsError) as error:
+        check_finite_weights(folder)
+    assert str(error.value) == (
+        f"checkpoint {folder} holds NaN in weight tensor b.weight (file pytorch_model-00002-of-00002.bin): "
+        "a diverged checkpoint, not evaluated"
+    )
+    # Without an index, every *.bin but the trainer's; a finite file passes.
+    (folder / "pytorch_model.bin.index.json").unlink()
+    torch.save({"b.weight": torch.zeros(2)}, folder / "pytorch_model-00002-of-00002.bin")
+    assert first_non_finite_tensor(folder) is None
+    torch.save({"c.weight": torch.tensor([-math.inf])}, folder / "pytorch_model-00003-of-00003.bin")
+    assert first_non_finite_tensor(folder) == "c.weight"
+
+
 def test_weight_scan_time_on_smollm2(smollm2_path):
     first_non_finite_tensor(smollm2_path)  # page cache warm, as after the engine read the checkpoint
     started = time.perf_counter()
@@ -256,3 +287,130 @@ def test_lm_eval_cli_on_a_nan_rung_exits_non_zero_naming_the_tensor(nan_rung):
     )  # fmt: skip
     assert run.returncode != 0
     assert f"holds NaN in weight tensor {BAD_TENSOR}" in run.stderr.strip().splitlines()[-1]
+
+
+# --- the HF backend: the same checks, the same error kinds -------------------------------------------
+
+
+def test_the_hf_backend_refuses_a_nan_rung_before_loading_it(nan_rung, caplog):
+    """`backend=hf`, a sweep's `lm: hf` and `auto` without vLLM: the weight scan first, as on vLLM."""
+    import sys
+    from unittest.mock import patch
+
+    from e2lm_vllm.config import ModelArgs
+    from e2lm_vllm.lm import build_lm
+    from e2lm_vllm.sweep.worker import build_lm as sweep_build_lm
+    from e2lm_vllm.sweep.worker import failure_kind
+
+    message = f"holds NaN in weight tensor {BAD_TENSOR}"
+    with pytest.raises(NonFiniteWeightsError, match=message):
+        build_lm(ModelArgs(pretrained=str(nan_rung), backend="hf"))
+    with pytest.raises(NonFiniteWeightsError, match=message) as error:
+        sweep_build_lm("hf", {"pretrained": str(nan_rung), "dtype": "float32"})
+    assert failure_kind(error.value) == "non_finite"
+    with patch.dict(sys.modules, {"vllm": None}), pytest.raises(NonFiniteWeightsError, match=message):
+        sweep_build_lm("e2lm_vllm", {"pretrained": str(nan_rung), "dtype": "float32", "backend": "auto"})
+    assert "backend=auto and vLLM does not import here" in caplog.text
+
+
+class _Cache:
+    """lm-eval's cache hook interface (`CacheHook.add_partial`), recording what it is given."""
+
+    def __init__(self):
+        self.answers = []
+
+    def add_partial(self, attr, req, res):
+        self.answers.append((attr, req, res))
+
+
+@pytest.mark.slow
+def test_hf_scores_refuse_non_finite(nan_rung, smollm2_path):
+    """lm-eval's HFLM on the NaN rung (weight check off, to reach the scores): loglikelihood and rolling
+    raise `NonFiniteScoreError` naming the request, and nothing reaches lm-eval's cache."""
+    from lm_eval.api.instance import Instance
+
+    from e2lm_vllm.config import ModelArgs
+    from e2lm_vllm.lm import build_hf_lm
+
+    lm = build_hf_lm(ModelArgs(pretrained=str(nan_rung), dtype="float32", max_model_len=256, backend="hf", check_weights=False))
+    cache = _Cache()
+    lm.set_cache_hook(cache)
+    letter = [Instance("loglikelihood", {}, ("Question: 2 + 2 = ?\nAnswer:", " B"), 0)]
+    with pytest.raises(NonFiniteScoreError) as error:
+        lm.loglikelihood(letter, disable_tqdm=True)
+    assert str(error.value) == (
+        "log-probability nan of the 1-token continuation [389] after a prompt of 12 tokens [17872, 42, 216, 34, 1232, 216, 34, 446, ...]"
+    )
+    assert isinstance(error.value, NonFiniteError)
+    rolling = [Instance("loglikelihood_rolling", {}, ("Some text to score as a whole document.",), 0)]
+    with pytest.raises(NonFiniteScoreError, match=r"log-probability nan of the \d+-token continuation \[.*\] after a prompt of 1 tokens"):
+        lm.loglikelihood_rolling(rolling, disable_tqdm=True)
+    assert cache.answers == []
+    # The same HF model on finite weights: its answers are cached, as lm-eval's HFLM caches them.
+    finite = build_hf_lm(ModelArgs(pretrained=str(smollm2_path), dtype="float32", max_model_len=256, backend="hf"))
+    finite.set_cache_hook(cache)
+    (answer,) = finite.loglikelihood(letter, disable_tqdm=True)
+    assert cache.answers == [("loglikelihood", ("Question: 2 + 2 = ?\nAnswer:", " B"), answer)]
+
+
+@pytest.mark.slow
+def test_a_sweep_on_hf_records_a_nan_rung_as_non_finite(ladder_dirs, nan_rung, tmp_path):
+    """`lm: hf` in a sweep (in this process): the NaN rung is a failure of kind non_finite, not a score;
+    the finite rung is scored, and its rows say backend hf."""
+    import pandas as pd
+
+    from e2lm_vllm.sweep.config import config_from_flags
+    from e2lm_vllm.sweep.runner import run_sweep
+
+    config = config_from_flags(
+        checkpoints=[str(ladder_dirs[0]), str(nan_rung)],
+        model_name="diverging",
+        tasks="sweep_arc_easy",
+        include_path=[str(Path(__file__).parent / "data" / "sweep_tasks")],
+        limit=1,
+        output=str(tmp_path / "sweep"),
+        lm="hf",
+        model_args={"dtype": "float32"},
+    )
+    summary = run_sweep(config, progress=False, in_process=True)
+    failures = pd.read_parquet(tmp_path / "sweep" / "failures.parquet")
+    metrics = pd.read_parquet(tmp_path / "sweep" / "metrics.parquet")
+    assert summary.exit_code == 1
+    assert list(failures.kind) == ["non_finite"] and list(failures.attempts) == [1]
+    assert f"NaN in weight tensor {BAD_TENSOR}" in failures.error[0]
+    assert list(metrics.checkpoint.unique()) == [str(ladder_dirs[0])] and set(metrics.backend) == {"hf"}
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_a_neighbour_that_scores_nan_is_never_blamed_on_the_checkpoint_under_test(
+    ladder_dirs, nan_rung, tmp_path, engine_in_this_process, caplog
+):
+    """The swap check's reference, the neighbouring checkpoint, is diverged (weight check off, so it
+    loads and scores NaN): no swap check, a fresh engine, and the checkpoint under test is scored."""
+    from e2lm_vllm.sweep.config import config_from_flags
+    from e2lm_vllm.sweep.plan import build_plan
+    from e2lm_vllm.sweep.worker import SweepWorker
+
+    config = config_from_flags(
+        checkpoints=[str(ladder_dirs[0]), str(nan_rung)],
+        model_name="diverging",
+        tasks="sweep_arc_easy",
+        include_path=[str(Path(__file__).parent / "data" / "sweep_tasks")],
+        limit=1,
+        output=str(tmp_path / "sweep"),
+        lm="e2lm_vllm",
+        model_args={"dtype": "float32", "backend": "vllm", "check_weights": False, "max_model_len": 256},
+    )
+    unit = build_plan(config, tmp_path / "sweep").units[0]
+    assert unit.checkpoint.step == 0 and unit.partner_args is not None and unit.partner_args["pretrained"] == str(nan_rung)
+    worker = SweepWorker()
+    try:
+        result = worker.evaluate(unit)
+    finally:
+        worker.shutdown()
+    assert [cell.error for cell in result.cells] == [None] and result.cells[0].metrics
+    assert result.engine == "built" and result.backend == "vllm"
+    check = worker.swap_check
+    assert check is not None and not check.passed and check.skipped.startswith("NonFiniteScoreError: log-probability nan")
+    assert f"diverging@0: no swap check: the neighbouring checkpoint {nan_rung} cannot serve as reference (NonFiniteScoreError" in caplog.text

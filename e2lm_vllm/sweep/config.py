@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from e2lm_vllm.config import EngineSettings
+from e2lm_vllm.config import EngineSettings, refusal
 
 
 class SweepConfigError(ValueError):
@@ -35,6 +35,15 @@ class SweepConfigError(ValueError):
 class _Strict(BaseModel):
     # Typos in a config must fail loudly rather than be ignored.
     model_config = ConfigDict(extra="forbid")
+
+
+def _no_refused_args(value: dict[str, Any]) -> dict[str, Any]:
+    """Model args passed as given (`engine.extra`, a family's `model_args`) are refused here, before any
+    work, as `lm_eval --model_args` refuses them (`e2lm_vllm.config.REFUSED_VLLM_ARGS`)."""
+    refused = [reason for key, item in value.items() if (reason := refusal(key, item)) is not None]
+    if refused:
+        raise ValueError("; ".join(refused))
+    return value
 
 
 # --- checkpoints -------------------------------------------------------------------------------
@@ -213,6 +222,7 @@ class ModelFamily(_Strict):
         return [value] if isinstance(value, dict) else value
 
     _kind = field_validator("token_schedule", mode="before")(_schedule_kind)
+    _refused = field_validator("model_args")(_no_refused_args)
 
     def model_post_init(self, _context: Any) -> None:
         if self.tokens_per_step is not None and self.token_schedule is not None:
@@ -261,6 +271,8 @@ class SweepEngineSettings(EngineSettings):
     extra: dict[str, Any] = Field(
         default_factory=dict, description="other constructor kwargs of the lm, passed as given (`--model-args`)"
     )
+
+    _refused = field_validator("extra")(_no_refused_args)
 
     @model_validator(mode="before")
     @classmethod

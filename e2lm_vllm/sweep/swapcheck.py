@@ -29,15 +29,17 @@ PROBE_TEXTS = (
 
 @dataclass(frozen=True)
 class SwapCheck:
-    """The result of comparing a swapped engine with a fresh one on the same checkpoint."""
+    """The result of comparing a swapped engine with a fresh one on the same checkpoint, or why there
+    was none (`skipped`: the neighbouring checkpoint could not serve as reference): not passed either way."""
 
     checkpoint: str
     probes: int
-    max_difference: float
+    max_difference: float | None
+    skipped: str | None = None
 
     @property
     def passed(self) -> bool:
-        return self.max_difference <= SWAP_TOLERANCE
+        return self.skipped is None and self.max_difference is not None and self.max_difference <= SWAP_TOLERANCE
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed, "tolerance": SWAP_TOLERANCE}

@@ -9,7 +9,8 @@ once (`taskcache`), tokens and plans once per lm.
 
 Before its first swap, each worker checks that swaps are exact against fresh engines
 (`SweepWorker._check_swap`, `swapcheck`); if not, it warns once and builds a fresh engine per
-checkpoint from then on. A swap that fails midway (a corrupt checkpoint) drops the engine, whose weights are then
+checkpoint from then on, as when the neighbouring checkpoint it checks against cannot serve as
+reference (does not load, or scores NaN): never a failure of the checkpoint under test. A swap that fails midway (a corrupt checkpoint) drops the engine, whose weights are then
 half old, half new, and the error goes to the driver, which retries the checkpoint.
 
 `SweepWorker.evaluate` *returns* its rows; it writes nothing, so a worker on another node needs
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import math
 import os
 import socket
 import time
@@ -59,15 +61,15 @@ def failure_kind(error: BaseException) -> str:
 
 def build_lm(lm_name: str, model_args: dict[str, Any]) -> Any:
     """One lm-eval model for one checkpoint. ``lm_name`` is ``e2lm_vllm`` (ours, on vLLM unless
-    ``backend=hf``) or ``hf``: lm-eval's HF model on the same args, as lm-eval runs it (without our
-    weight check unless ``check_weights`` is given)."""
+    ``backend=hf``) or ``hf``: lm-eval's HF model on the same args, with the checks of the vLLM path
+    (NaN/inf weights and scores: `e2lm_vllm.hf_checked`)."""
     from e2lm_vllm.config import ModelArgs
     from e2lm_vllm.lm import build_hf_lm
     from e2lm_vllm.lm import build_lm as build_e2lm_vllm
 
     if lm_name == "e2lm_vllm":
         return build_e2lm_vllm(ModelArgs.from_kwargs(model_args))
-    return build_hf_lm(ModelArgs.from_kwargs({"check_weights": False, **model_args}))
+    return build_hf_lm(ModelArgs.from_kwargs(model_args))
 
 
 def backend_of(lm: Any) -> str:
@@ -107,6 +109,18 @@ def _swappable_lm(model_args: dict[str, Any], lm_name: str) -> bool:
     from e2lm_vllm.lm import resolve_backend
 
     return lm_name == "e2lm_vllm" and resolve_backend(ModelArgs.from_kwargs(model_args)) == "vllm"
+
+
+def _swapped_probe_scores(lm: Any) -> list[float]:
+    """Probe scores of a swapped engine; NaN where it scores non-finite (both fresh engines scored
+    finite, so that is the swap's fault: the check fails, never the checkpoint under test)."""
+    from e2lm_vllm.checkpoint import NonFiniteError
+    from e2lm_vllm.sweep.swapcheck import PROBE_TEXTS
+
+    try:
+        return probe_scores(lm)
+    except NonFiniteError:
+        return [math.nan] * (2 * len(PROBE_TEXTS))
 
 
 def _location(model_args: dict[str, Any]) -> dict[str, Any]:
@@ -199,18 +213,29 @@ class SweepWorker:
         the fresh engines did. Swapping *into* a checkpoint the engine was not built on is what
         exposes derived state a swap forgot (a stale tied head keeps the weights the engine was
         built with: a round trip alone would hide it). Leaves a fresh or verified engine on A.
-        Returns False when P turns out not to be swappable with A (the check waits for a later unit).
+        Returns False when P turns out not to be swappable with A (the check waits for a later unit),
+        or cannot serve as reference (P does not load, or scores NaN: a diverged neighbour). P's
+        failure is never A's: no check then, fresh engines from then on, and A proceeds.
         """
         from e2lm_vllm.checkpoint import CheckpointMismatchError
 
         assert unit.partner_args is not None
+        partner = unit.partner_args.get("subfolder") or unit.partner_args.get("revision") or unit.partner_args["pretrained"]
         try:
             self._build(unit.lm, unit.partner_args, unit.engine_key)
-        except Exception as error:  # noqa: BLE001 - the neighbour is not this unit: its failure is its own
-            log.warning("%s: swap check postponed, the neighbouring checkpoint did not load: %s", unit.label, error)
+            partner_fresh = probe_scores(self.lm)
+        except Exception as error:  # noqa: BLE001 - the neighbour is not this unit: its failure is never this unit's
+            # A neighbour that does not load or scores NaN (diverged) is no reference: no swap check,
+            # fresh engines from now on, and this unit proceeds (its own checks still apply).
+            reason = f"{type(error).__name__}: {error}"
+            self.swap_check = SwapCheck(checkpoint=str(partner), probes=0, max_difference=None, skipped=reason)
+            log.warning(
+                "%s: no swap check: the neighbouring checkpoint %s cannot serve as reference (%s); this worker "
+                "starts a fresh engine for every checkpoint instead",
+                unit.label, partner, reason,
+            )  # fmt: skip
             self._drop_lm()
             return False
-        partner_fresh = probe_scores(self.lm)
         self._build(unit.lm, unit.model_args, unit.engine_key)
         fresh = probe_scores(self.lm)
         try:
@@ -219,10 +244,9 @@ class SweepWorker:
             log.info("%s: swap check postponed: %s", unit.label, error)
             self._build(unit.lm, unit.model_args, unit.engine_key)
             return False
-        swapped_to_partner = probe_scores(self.lm)
+        swapped_to_partner = _swapped_probe_scores(self.lm)
         self.lm.load_checkpoint(**_location(unit.model_args))
-        swapped_back = probe_scores(self.lm)
-        partner = unit.partner_args.get("subfolder") or unit.partner_args.get("revision") or unit.partner_args["pretrained"]
+        swapped_back = _swapped_probe_scores(self.lm)
         self.swap_check = compare(str(partner), swapped_to_partner + swapped_back, partner_fresh + fresh)
         if self.swap_check.passed:
             log.info(
