@@ -23,7 +23,7 @@ from pathlib import Path
 MODE, TOKEN, TOKEN_PATH = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 ENABLE = "export RAY_AUTH_MODE=token"
 GENERATE = "ray get-auth-token --generate >/dev/null"
-REMOTE = "export RAY_AUTH_TOKEN=...  # the head's `ray get-auth-token`"
+REMOTE = "export RAY_AUTH_TOKEN=<the head's token: `ray get-auth-token` there>"
 
 
 class RayAuthError(ConnectionError):
