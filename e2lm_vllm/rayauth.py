@@ -53,8 +53,10 @@ class RayAuthState:
 
     @property
     def facts(self) -> str:
-        token = "no token" if self.token_from is None else f"token in {self.token_from}"
         mode = "RAY_AUTH_MODE unset" if self.mode is None else f"RAY_AUTH_MODE={self.mode}"
+        if self.token_from == str(self.default_file):
+            return f"{self.default_file} present, {mode}"
+        token = "no token" if self.token_from is None else f"token from {self.token_from}"
         return f"{self.default_file} {'present' if self.default_file.is_file() else 'absent'}, {mode}, {token}"
 
     @property

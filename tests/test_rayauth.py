@@ -37,7 +37,9 @@ def test_each_state_says_what_breaks_and_the_line_that_fixes_it(tmp_path, token,
     assert (state.mismatch, state.fix) == (mismatch, fix)
     line = state.describe()
     assert says in line, line
-    assert line.startswith(f"{tmp_path}/.ray/auth_token {'present' if token else 'absent'}, ")
+    mode_text = "RAY_AUTH_MODE unset" if mode is None else f"RAY_AUTH_MODE={mode}"
+    expected = f"{tmp_path}/.ray/auth_token present, {mode_text}: " if token else f"{tmp_path}/.ray/auth_token absent, {mode_text}, no token: "
+    assert line.startswith(expected), line
     if fix:
         assert line.endswith(f". Fix: {fix}"), line
 
