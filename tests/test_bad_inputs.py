@@ -120,14 +120,13 @@ def _score(tmp: Path, what: str):
 def _ray_connect(tmp: Path, mode: str | None):
     """The sweep driver's message when `ray.init(address=...)` fails, with ``tmp`` as HOME (the real
     failure on a real head: tests/test_readme_ray.py)."""
-    from e2lm_vllm.rayauth import RayAuthState, connect_error_message
-    from e2lm_vllm.sweep.config import SweepConfigError
+    from e2lm_vllm.rayauth import RayAuthError, RayAuthState, connect_error_message
 
     if mode is None:  # a local sweep ran: ~/.ray/auth_token exists
         (tmp / ".ray").mkdir()
         (tmp / ".ray" / "auth_token").write_text("0" * 64)
     state = RayAuthState.read({} if mode is None else {"RAY_AUTH_MODE": mode}, home=tmp)
-    raise SweepConfigError(connect_error_message("HEAD:6379", state))
+    raise RayAuthError(connect_error_message("HEAD:6379", state))
 
 
 # id -> what raises, given a fresh folder; the message has that folder written as DIR.
