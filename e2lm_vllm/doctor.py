@@ -341,6 +341,15 @@ def format_doctor(report: DoctorReport) -> str:
     return "\n".join(lines)
 
 
+def ray_auth() -> dict[str, Any]:
+    """Ray's token-auth state here (no Ray started): `ray job submit` fails when it mismatches `ray start`'s."""
+    from e2lm_vllm.rayauth import RayAuthState
+
+    state = RayAuthState.read()
+    return {"line": f"ray auth: {state.describe()}", "mode": state.mode, "token_from": state.token_from,
+            "mismatch": state.mismatch, "fix": state.fix}  # fmt: skip
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", help=f"checkpoint folder or HF repo id (default: the embedded {DEFAULT_MODEL})")
     parser.add_argument("--model-args", default="", help=f"more model args, key=value,... (default max_model_len={DEFAULT_MAX_MODEL_LEN})")
@@ -358,6 +367,9 @@ def run(args: argparse.Namespace) -> int:
 
     from e2lm_vllm.taskdata import include_path_for
 
+    auth = ray_auth()
+    if not args.json:
+        print(auth["line"], flush=True)  # first: it needs no engine, and the checks take minutes
     pretrained = args.pretrained
     if pretrained is None:
         from e2lm_vllm.models.prepare import prepare_model
@@ -374,5 +386,5 @@ def run(args: argparse.Namespace) -> int:
         bench_reference=not args.no_bench_reference,
         with_hf=not args.no_hf,
     )
-    print(json.dumps(report.to_json(), indent=2) if args.json else format_doctor(report))
+    print(json.dumps({**report.to_json(), "ray_auth": auth}, indent=2) if args.json else format_doctor(report))
     return 0 if report.ok else 1

@@ -67,11 +67,24 @@ def init_ray(address: str | None) -> Any:
     import ray
 
     if not ray.is_initialized():
-        if address:
-            ray.init(address=address)
-        elif os.environ.get("RAY_ADDRESS"):
-            ray.init()  # inside `ray job submit`, or a user-chosen cluster
+        if address or os.environ.get("RAY_ADDRESS"):
+            _connect(ray, address)  # `--address`, inside `ray job submit`, or a user-chosen cluster
         else:
             # A fresh local Ray for `e2lm-vllm sweep`, never someone else's cluster on this machine.
             ray.init(address="local", include_dashboard=False)
     return ray
+
+
+def _connect(ray: Any, address: str | None) -> None:
+    """`ray.init` on an existing cluster; a failure that a missing token can explain names the fix."""
+    from ray.exceptions import AuthenticationError
+
+    from e2lm_vllm.rayauth import RayAuthError, connect_error_message
+
+    try:
+        ray.init(address=address) if address else ray.init()
+    except (ConnectionError, AuthenticationError) as error:
+        message = connect_error_message(address or os.environ["RAY_ADDRESS"])
+        if message is None:
+            raise
+        raise RayAuthError(message) from error

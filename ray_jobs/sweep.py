@@ -3,6 +3,8 @@
     ray job submit --address http://HEAD:8265 --working-dir . -- \
         python ray_jobs/sweep.py --config ray_jobs/examples/ladder.yaml --output /abs/results/ladder
 
+With token auth (Ray's default once ~/.ray/auth_token exists), export RAY_AUTH_MODE=token first
+(and RAY_AUTH_TOKEN=<the head's token> for a remote head): `ray job submit` sends no token otherwise.
 `python` is the one on the head node's PATH (start the head from the project's venv, e.g.
 `PATH=$PWD/.venv/bin:$PATH ray start --head`). `--working-dir .` uploads the checkout minus
 what .gitignore lists (.venv, caches, results). Paths to checkpoints and the output folder must

@@ -129,6 +129,18 @@ def _score(tmp: Path, what: str):
     return prepare_table(table, tasks=["arc_challenge"])
 
 
+def _ray_connect(tmp: Path, mode: str | None):
+    """The sweep driver's message when `ray.init(address=...)` fails, with ``tmp`` as HOME (the real
+    failure on a real head: tests/test_readme_ray.py)."""
+    from e2lm_vllm.rayauth import RayAuthError, RayAuthState, connect_error_message
+
+    if mode is None:  # a local sweep ran: ~/.ray/auth_token exists
+        (tmp / ".ray").mkdir()
+        (tmp / ".ray" / "auth_token").write_text("0" * 64)
+    state = RayAuthState.read({} if mode is None else {"RAY_AUTH_MODE": mode}, home=tmp)
+    raise RayAuthError(connect_error_message("HEAD:6379", state))
+
+
 # id -> what raises, given a fresh folder; the message has that folder written as DIR.
 CASES: dict[str, Callable[[Path], object]] = {
     "config-not-found": lambda tmp: load_sweep_config(tmp / "missing.yaml"),
@@ -175,6 +187,8 @@ CASES: dict[str, Callable[[Path], object]] = {
     "pretrained-no-config": lambda tmp: _checkpoint(tmp, "DIR/empty"),
     "tokenizer-not-found": lambda tmp: _checkpoint(tmp, "DIR/ckpt", tokenizer=str(tmp / "tok")),
     "checkpoint-nan-weights": _diverged,
+    "ray-auth-mode-unset": lambda tmp: _ray_connect(tmp, None),
+    "ray-auth-token-missing": lambda tmp: _ray_connect(tmp, "token"),
     "score-missing": lambda tmp: _score(tmp, "missing"),
     "score-no-metrics": lambda tmp: _score(tmp, "folder"),
     "score-unknown-task": lambda tmp: _score(tmp, "task"),

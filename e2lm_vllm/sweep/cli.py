@@ -10,6 +10,7 @@ import logging
 import sys
 from typing import Any
 
+from e2lm_vllm.rayauth import RayAuthError
 from e2lm_vllm.sweep.config import SweepConfigError, config_from_flags, load_sweep_config
 
 
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         config = build_config(args)
         watch = watch_options(args)
         summary = run_sweep(config, force=args.force, address=args.address, progress=not args.no_progress, watch=watch)
-    except SweepConfigError as error:
+    except (SweepConfigError, RayAuthError) as error:  # before any work: the message says what to change
         print(f"e2lm-vllm sweep: {error}", file=sys.stderr)
         return 2
     except ResultsWriteError as error:  # disk full, read-only output: the cells written so far are kept
