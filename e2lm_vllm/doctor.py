@@ -39,10 +39,14 @@ PARITY_TASKS: dict[str, int] = {
     "sample_hellaswag": 0,
     "sample_stories_ppl": 0,
 }
-PARITY_LIMIT = 4
+# Documents per parity task. Measured on the 2-core AVX512 Xeon: 4 documents took 254 s for float32
+# alone (3 backends, 60 s benchmarks) and ~130 s more for native bfloat16; `doctor` must finish in
+# 5 minutes, also where vLLM scores ~7x slower (AVX2 only, issue 23): see `parity_limit`.
+PARITY_LIMIT = 2
+PARITY_LIMIT_SLOW_CPU = 1
 # Benchmark: the scoring workloads of `make bench`, on the bundled items. Task (or group) -> shots.
 BENCH_TASKS: dict[str, int] = {"sample_mmlu_letter": 5, "sample_mmlu_cloze": 5, "sample_arc_easy": 0, "sample_hellaswag": 0}
-BENCH_SECONDS = 60.0
+BENCH_SECONDS = 20.0  # per backend: a few doubling rounds, enough for a rate
 FEWSHOT_SEED = 1234  # lm-eval's default
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
@@ -79,6 +83,11 @@ def verdict(checks: list[Check]) -> str:
 
 
 # -- platform ------------------------------------------------------------------------------------
+
+
+def parity_limit(device: str, flags: frozenset[str]) -> int:
+    """Default parity documents per task: fewer on a CPU without AVX512, where scoring is ~7x slower."""
+    return PARITY_LIMIT_SLOW_CPU if device == "cpu" and "avx512f" not in flags else PARITY_LIMIT
 
 
 @dataclass(frozen=True)
@@ -304,7 +313,7 @@ def run_doctor(
     *,
     dtypes: list[str] | None,
     include_path: str,
-    limit: int = PARITY_LIMIT,
+    limit: int | None = None,
     parity_tasks: dict[str, int] | None = None,
     bench_tasks: dict[str, int] | None = None,
     bench_seconds: float = BENCH_SECONDS,
@@ -312,7 +321,8 @@ def run_doctor(
     with_hf: bool = True,
     progress: Callable[[str], None] = lambda message: None,
 ) -> DoctorReport:
-    """`dtypes` None: float32, and bfloat16 where `bf16_decision` says (else a SKIP row saying why)."""
+    """`dtypes` None: float32, and bfloat16 where `bf16_decision` says (else a SKIP row saying why);
+    `limit` None: `parity_limit` for this device."""
     from e2lm_vllm.parity import run_parity
 
     progress("platform: importing vLLM and torch")
@@ -322,6 +332,8 @@ def run_doctor(
     if checks[0].status == FAIL:
         return DoctorReport(facts, checks)
     bf16 = bf16_decision(str(facts.get("device")), cpu_flags(), bool(facts.get("bf16_native")))
+    if limit is None:
+        limit = parity_limit(str(facts.get("device")), cpu_flags())
     skipped: list[Check] = []
     if dtypes is None:
         dtypes = ["float32", "bfloat16"] if bf16.run else ["float32"]
@@ -345,7 +357,7 @@ def run_doctor(
         def hook(backend: str, lm: Any, dtype: str = dtype, benchmark: bool = dtype == bench_dtype) -> None:
             if backend == "e2lm_vllm":  # the engine's own block size replaces our default for the device
                 facts["block_size"] = lm.engine.block_size
-            progress(f"parity {dtype}: {backend} engine ready, scoring")
+            progress(f"parity {dtype}: {backend} scored")  # the hook runs after each backend's parity tasks
             if benchmark and bench is not None:
                 progress(f"benchmark: {backend}, up to {bench.seconds:.0f} s")
                 bench.run(backend, lm)
@@ -394,7 +406,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", help=f"checkpoint folder or HF repo id (default: the embedded {DEFAULT_MODEL})")
     parser.add_argument("--model-args", default="", help=f"more model args, key=value,... (default max_model_len={DEFAULT_MAX_MODEL_LEN})")
     parser.add_argument("--dtypes", help="comma-separated parity dtypes (default: float32, and bfloat16 where native)")
-    parser.add_argument("--limit", type=int, default=PARITY_LIMIT, help="parity documents per task")
+    parser.add_argument("--limit", type=int, help=f"parity documents per task (default {PARITY_LIMIT}; "
+                        f"{PARITY_LIMIT_SLOW_CPU} on a CPU without AVX512)")
     parser.add_argument("--include-path", help="folder of the sample_* tasks (default: the bundled samples)")
     parser.add_argument("--bench-seconds", type=float, default=BENCH_SECONDS, help="scoring time per backend; 0 skips")
     parser.add_argument("--no-bench-reference", action="store_true", help="benchmark e2lm_vllm only")

@@ -21,6 +21,7 @@ from e2lm_vllm.doctor import (
     bf16_decision,
     format_doctor,
     parity_check,
+    parity_limit,
     time_rounds,
     verdict,
 )
@@ -86,6 +87,10 @@ def test_bf16_parity_runs_by_default_only_where_bf16_is_native():
     assert bf16_decision("cpu", AMX_XEON).run
     assert bf16_decision("cuda", frozenset(), cuda_bf16=True).run
     assert not bf16_decision("cuda", AMX_XEON, cuda_bf16=False).run  # a GPU's answer, not the host CPU's
+
+
+def test_parity_reads_fewer_documents_on_a_cpu_without_avx512():
+    assert parity_limit("cpu", AVX2_EPYC) < parity_limit("cpu", AVX512_BF16_XEON) == parity_limit("cuda", AVX2_EPYC)
 
 
 class _FakeLM:
