@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from e2lm_vllm.results.store import shared_file_mode
 from e2lm_vllm.sweep.checkpoints import Completeness
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ def _utc(seconds: float) -> str:
 def _write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        shared_file_mode(fd)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.replace(tmp, path)
