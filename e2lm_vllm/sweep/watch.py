@@ -88,6 +88,7 @@ class WatchState:
     options: WatchOptions
     seen: dict[str, tuple[int, float]] = field(default_factory=dict)  # checkpoint id -> (step, first seen)
     waiting: dict[str, str] = field(default_factory=dict)  # folder -> why it is not complete yet
+    skipped: dict[str, str] = field(default_factory=dict)  # folder -> why it cannot be used as it is
     evaluated: list[dict[str, Any]] = field(default_factory=list)  # this run's checkpoints, in order
     logged: str = ""
     logged_at: float = 0.0
@@ -98,6 +99,7 @@ class WatchState:
             self.seen.setdefault(cell.checkpoint.id, (cell.checkpoint.step, now))
         if completeness is not None:
             self.waiting = dict(completeness.waiting)
+            self.skipped = dict(completeness.skipped)
 
     def status(self) -> dict[str, Any]:
         steps = [step for step, _ in self.seen.values()]
@@ -109,6 +111,7 @@ class WatchState:
             "spacing_regular": regular,
             "last_checkpoint": {"checkpoint": last[0], "step": last[1][0], "seen": _utc(last[1][1])} if last else None,
             "incomplete": self.waiting,
+            "skipped": self.skipped,
             "checkpoints_seen": len(self.seen),
             "evaluated_this_run": self.evaluated,
         }
@@ -130,6 +133,8 @@ class WatchState:
                 f"{len(self.waiting)} incomplete: "
                 + "; ".join(f"{Path(folder).name} ({reason})" for folder, reason in sorted(self.waiting.items()))
             )
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} skipped: " + ", ".join(sorted(Path(folder).name for folder in self.skipped)))
         return "; ".join(parts)
 
     def log_progress(self, output: Path) -> None:
@@ -299,7 +304,7 @@ def follow(session: Session, plan: Plan, options: WatchOptions, completeness: Co
                 session.stop.wait(min(1.0, max(0.0, deadline - time.monotonic())))
             if session.stop.is_set() or stop_file_present():
                 continue  # stop_reason says why
-            completeness = Completeness(options.marker)
+            completeness = completeness.next_poll() if completeness is not None else Completeness(options.marker)
             current[0] = _keep_earlier_cells(session.plan(completeness=completeness), current[0])
             state.note(current[0], completeness)
             if current[0].units:
