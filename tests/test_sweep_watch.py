@@ -181,6 +181,20 @@ def test_a_report_before_any_result_says_it_waits(tmp_path):
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no staging left
 
 
+def test_a_report_that_cannot_be_made_is_an_error_not_a_wait(tmp_path, caplog):
+    """A corrupt metrics.parquet is no "not scored yet": it is logged as an error and the report says so."""
+    from e2lm_vllm.sweep.watch import WatchOptions, WatchState, write_report
+
+    (tmp_path / "metrics.parquet").write_bytes(b"PAR1 torn by a full disk")
+    with caplog.at_level(logging.INFO, logger="e2lm_vllm.sweep"):
+        report = write_report(tmp_path, WatchState(WatchOptions())).read_text()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith("report: could not be made (ArrowInvalid"), errors
+    assert not [r for r in caplog.records if "not scored yet" in r.getMessage()]
+    assert "Report failed: ArrowInvalid" in report and "Not scored yet" not in report
+    assert "Report failed" in (tmp_path / "report" / "score.txt").read_text()
+
+
 def test_watch_flags_without_watch_are_refused(tmp_path, capsys):
     from e2lm_vllm.sweep import cli
 

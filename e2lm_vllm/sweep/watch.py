@@ -168,13 +168,12 @@ def write_report(output: Path, state: WatchState) -> Path:
     from e2lm_vllm.scoring.failures import failure_line, read_failures
     from e2lm_vllm.scoring.report import write_report as write_scored_report
     from e2lm_vllm.scoring.samples import item_learnability
-    from e2lm_vllm.scoring.table import load_results
+    from e2lm_vllm.scoring.table import ScoringInputError, load_results
 
     final = output / REPORT_FOLDER
     final.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".report.", dir=output))
     try:
-        evaluated = _evaluated_checkpoints(output)
         try:
             results = load_results(output)
             config = ScoringConfig()
@@ -185,11 +184,20 @@ def write_report(output: Path, state: WatchState) -> Path:
             failures = read_failures(output)
             write_scored_report(report, table, staging, source=str(output), learnability=learnability, failures=failures)
             (staging / "score.txt").write_text(render_text(report, failure_line(failures)) + "\n")
-        except Exception as error:  # noqa: BLE001 - the watcher outlives a report it cannot make yet
+        except ScoringInputError as error:  # too few results yet: expected early in a run
             log.info("report: not scored yet (%s: %s)", type(error).__name__, error)
             reason = f"Not scored yet: {type(error).__name__}: {error}. Waiting for more checkpoints."
             (staging / "score.txt").write_text(reason + "\n")
             (staging / "report.md").write_text("\n".join(["# Benchmark quality report", "", reason, ""]))
+        except Exception as error:  # noqa: BLE001 - a bug or a corrupt table: said as an error, the watcher lives on
+            log.error("report: could not be made (%s: %s)", type(error).__name__, error, exc_info=True)
+            reason = f"Report failed: {type(error).__name__}: {error}. This is an error, not a wait: see the watcher's log."
+            (staging / "score.txt").write_text(reason + "\n")
+            (staging / "report.md").write_text("\n".join(["# Benchmark quality report", "", reason, ""]))
+        try:
+            evaluated = _evaluated_checkpoints(output)
+        except Exception as error:  # noqa: BLE001 - the same error as above, already logged when it is
+            evaluated = [f"- unreadable: {type(error).__name__}: {error}"]
         markdown = (staging / "report.md").read_text().rstrip("\n").split("\n")
         markdown += ["", *state.markdown(), "Checkpoints in the results:", "", *evaluated, ""]
         (staging / "report.md").write_text("\n".join(markdown))
