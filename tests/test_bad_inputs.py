@@ -48,6 +48,16 @@ def _stepped_folder(tmp: Path, step) -> str:
     return str(tmp / "step_5")
 
 
+def _sweep_flags(*argv: str):
+    import argparse
+
+    from e2lm_vllm.sweep import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli.build_config(parser.parse_args(argv))
+
+
 def _plan(tmp: Path, tasks):
     return build_plan(_config(tasks=tasks), tmp / "out")
 
@@ -148,6 +158,8 @@ CASES: dict[str, Callable[[Path], object]] = {
     "config-template-without-steps": lambda tmp: _config(models=[{"name": "m", "checkpoints": {"repo": "x", "subfolder_template": "iter_{step}"}}]),
     "config-step-type": lambda tmp: _config(models=[{"name": "m", "checkpoints": {"repo": "x", "subfolders": [{"name": "iter_1", "step": "soon"}]}}]),
     "config-duplicate-family": lambda tmp: _config(models=[MODEL, MODEL]),
+    "config-checkpoint-timeout": lambda tmp: _config(checkpoint_timeout_s=0),
+    "flag-checkpoint-timeout": lambda tmp: _sweep_flags("--checkpoints", str(tmp / "step_1"), "--tasks", "t", "--checkpoint-timeout-s", "0"),
     "flags-missing": lambda tmp: config_from_flags(),
     "tokens-kind": lambda tmp: _family(token_schedule={"kind": "ramp"}),
     "tokens-both": lambda tmp: _family(tokens_per_step=1, token_schedule=RAMPUP),

@@ -40,7 +40,7 @@ from e2lm_vllm.sweep.config import SweepConfig, SweepConfigError, config_hash
 from e2lm_vllm.sweep.inputs import FileDigests
 from e2lm_vllm.sweep.lock import output_lock
 from e2lm_vllm.sweep.plan import INPUTS_METADATA_KEY, Cell, Plan, WorkUnit, build_plan, read_part_inputs
-from e2lm_vllm.sweep.pool import InProcessWorker, RayWorkers
+from e2lm_vllm.sweep.pool import CheckpointTimeoutError, InProcessWorker, RayWorkers
 from e2lm_vllm.sweep.worker import CellResult, UnitResult, failure_kind
 
 if TYPE_CHECKING:
@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("e2lm_vllm.sweep")
 
+# Failure kinds worth another attempt: an error may be transient, a hang a stuck worker; `non_finite`
+# (NaN weights or scores) is the checkpoint's own result and would repeat.
+RETRIED_KINDS = ("error", "timeout")
 FAILURE_PARTS = "failures"  # OUTPUT/failures/RUN_ID/NNNNNN.parquet: one row each, until the run finishes
 
 
@@ -291,10 +294,8 @@ class SweepSession:
 
     def evaluate(self, plan: Plan, after_unit: Callable[[WorkUnit], None] | None = None) -> None:
         if plan.units:
-            _evaluate(
-                plan, self.config, self.output, self.pool, self.progress, self.failures, self.summary, self.stop, after_unit,
-                self.failure_parts,
-            )  # fmt: skip
+            args = (self.pool, self.progress, self.failures, self.summary, self.stop, after_unit, self.failure_parts)
+            _evaluate(plan, self.config, self.output, *args)
 
     def write_tables(self, plan: Plan) -> None:
         consolidate(plan, self.output)
@@ -446,17 +447,19 @@ def _evaluate(
                 unit = _next_unit(pending, loaded.get(index))
                 attempts[unit.label] = attempts.get(unit.label, 0) + 1
                 in_flight[workers.submit(index, unit)] = (index, unit, time.time())
-            for ref in workers.wait(list(in_flight)):
+            for ref, hung in _next_finished(workers, in_flight):
                 index, unit, submitted = in_flight.pop(ref)
                 idle.append(index)
                 try:
+                    if hung is not None:
+                        raise hung
                     result = workers.get(ref)
                 except Exception as error:  # noqa: BLE001 - every failure of a checkpoint is recorded, the sweep goes on
                     loaded[index] = None
                     workers.replace_if_dead(index, error)
                     message = _failure_error(error)
                     kind = failure_kind(error)
-                    if kind == "error" and attempts[unit.label] < config.max_attempts:
+                    if kind in RETRIED_KINDS and attempts[unit.label] < config.max_attempts:
                         log.warning("%s: attempt %d failed, retrying: %s", unit.label, attempts[unit.label], message.splitlines()[0])
                         pending.insert(0, unit)
                         continue
@@ -485,6 +488,36 @@ def _evaluate(
             log.info("stopping: %d checkpoints left for a later run", len(pending))
     finally:
         bar.close()
+
+
+def _next_finished(
+    workers: RayWorkers | InProcessWorker, in_flight: dict[Any, tuple[int, WorkUnit, float]]
+) -> list[tuple[Any, CheckpointTimeoutError | None]]:
+    """Units that finished, as ``(ref, None)``; else, once a unit passes ``checkpoint_timeout_s``,
+    ``(ref, CheckpointTimeoutError)`` with its worker killed and replaced (`abandon`), so that the
+    driver retries it as a dead worker's."""
+    timeout = workers.checkpoint_timeout_s
+    if timeout is None:
+        return [(ref, None) for ref in workers.wait(list(in_flight))]
+    while True:
+        first_deadline = min(submitted + timeout for _, _, submitted in in_flight.values())
+        done = workers.wait(list(in_flight), timeout=max(0.0, first_deadline - time.time()))
+        if done:
+            return [(ref, None) for ref in done]
+        now = time.time()
+        hung = [(ref, entry) for ref, entry in in_flight.items() if now >= entry[2] + timeout]
+        for ref, (index, unit, submitted) in hung:
+            log.warning("%s: no result after %.0f s (checkpoint_timeout_s=%g): killing its worker", unit.label, now - submitted, timeout)
+            workers.abandon(index, ref)
+        if hung:
+            return [(ref, _timeout_error(unit.label, timeout)) for ref, (_, unit, _) in hung]
+
+
+def _timeout_error(label: str, timeout: float) -> CheckpointTimeoutError:
+    return CheckpointTimeoutError(
+        f"no result for {label} within checkpoint_timeout_s={timeout:g} s; its worker was killed "
+        "(if the checkpoint only needs longer, raise checkpoint_timeout_s or --checkpoint-timeout-s)"
+    )
 
 
 def _write_unit(
