@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow.parquet as pq
 
 from e2lm_vllm.results.schema import FAILURES_SCHEMA
@@ -9,10 +11,12 @@ from e2lm_vllm.sweep.config import config_from_flags
 from e2lm_vllm.sweep.plan import build_plan
 from e2lm_vllm.sweep.runner import FAILURE_PARTS, SweepSession, SweepSummary, WorkerPool, _record_failure
 
+TASKS_DIR = Path(__file__).resolve().parent / "data" / "sweep_tasks"
+
 
 def test_each_failure_is_one_part_written_at_once_and_never_rewritten(tmp_path):
     output = tmp_path / "out"
-    config = config_from_flags(checkpoints=[str(tmp_path / "run" / "step_1")], tasks="t1, t2, t3", output=str(output))
+    config = config_from_flags(checkpoints=[str(tmp_path / "run" / "step_1")], tasks="sweep_arc_easy, sweep_arc_letter", include_path=[str(TASKS_DIR)], output=str(output))
     plan = build_plan(config, output)
     session = SweepSession(config, output, WorkerPool(config, None, in_process=True), SweepSummary(output, len(plan.cells), 0), False)
     parts = session.failure_parts
