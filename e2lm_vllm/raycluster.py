@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from e2lm_vllm.config import LONG_LIVED_WORKER_ENVIRONMENT
+from e2lm_vllm.worker_secrets import SECRET_ENV_NAMES
 
 # Environment a worker inherits from the driver: offline switches, caches, vLLM and HF settings.
 PASSED_ENV_PREFIXES = ("HF_", "VLLM_", "TRANSFORMERS_", "HUGGINGFACE_")
@@ -44,12 +45,14 @@ HOST_SPECIFIC_ENV_NAMES = frozenset(
 
 
 def passed_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
-    """The driver's variables a worker on any node should see (`PASSED_ENV_PREFIXES`, less host-specific ones)."""
+    """The driver's variables a worker on any node should see (`PASSED_ENV_PREFIXES`, less host-specific
+    ones, and less the HF token: Ray logs a runtime env, so the token travels as `WorkerSecrets`)."""
     return {
         key: value
         for key, value in environ.items()
         if key.startswith(PASSED_ENV_PREFIXES)
         and key not in HOST_SPECIFIC_ENV_NAMES
+        and key not in SECRET_ENV_NAMES
         and not HOST_SPECIFIC_ENV.match(key)
     }
 

@@ -42,6 +42,22 @@ def _resolve(tmp: Path, source: dict):
     return resolve_checkpoints(_config(models=[{"name": "m", "checkpoints": source}]).models[0])
 
 
+def _stepped_folder(tmp: Path, step) -> str:
+    (tmp / "step_5").mkdir()
+    (tmp / "step_5" / "config.json").write_text(json.dumps({"e2lm": {"step": step}}))
+    return str(tmp / "step_5")
+
+
+def _sweep_flags(*argv: str):
+    import argparse
+
+    from e2lm_vllm.sweep import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli.build_config(parser.parse_args(argv))
+
+
 def _plan(tmp: Path, tasks):
     return build_plan(_config(tasks=tasks), tmp / "out")
 
@@ -154,6 +170,8 @@ CASES: dict[str, Callable[[Path], object]] = {
     "config-template-without-steps": lambda tmp: _config(models=[{"name": "m", "checkpoints": {"repo": "x", "subfolder_template": "iter_{step}"}}]),
     "config-step-type": lambda tmp: _config(models=[{"name": "m", "checkpoints": {"repo": "x", "subfolders": [{"name": "iter_1", "step": "soon"}]}}]),
     "config-duplicate-family": lambda tmp: _config(models=[MODEL, MODEL]),
+    "config-checkpoint-timeout": lambda tmp: _config(checkpoint_timeout_s=0),
+    "flag-checkpoint-timeout": lambda tmp: _sweep_flags("--checkpoints", str(tmp / "step_1"), "--tasks", "t", "--checkpoint-timeout-s", "0"),
     "flags-missing": lambda tmp: config_from_flags(),
     "tokens-kind": lambda tmp: _family(token_schedule={"kind": "ramp"}),
     "tokens-both": lambda tmp: _family(tokens_per_step=1, token_schedule=RAMPUP),
@@ -162,6 +180,7 @@ CASES: dict[str, Callable[[Path], object]] = {
     "tokens-list-step": lambda tmp: resolve_checkpoints(_family(token_schedule={"kind": "list", "tokens": {2000: 2.1e9}}).models[0]),
     "checkpoint-glob": lambda tmp: _resolve(tmp, {"paths": [str(tmp / "step_*")]}),
     "checkpoint-no-step": lambda tmp: (tmp / "final").mkdir() or _resolve(tmp, {"paths": [str(tmp / "final")]}),
+    "checkpoint-step-type": lambda tmp: _resolve(tmp, {"paths": [_stepped_folder(tmp, "soon")]}),
     "checkpoint-revision-no-step": lambda tmp: _resolve(tmp, {"repo": "org/m", "revisions": ["main"]}),
     "task-yaml-missing": lambda tmp: _plan(tmp, [str(tmp / "my_task.yaml")]),
     "task-yaml-no-name": lambda tmp: (tmp / "t.yaml").write_text(yaml.safe_dump({"dataset_path": "x"})) and _plan(tmp, [str(tmp / "t.yaml")]),

@@ -97,7 +97,7 @@ def test_flags_alone_need_checkpoints_and_tasks():
 
 @pytest.mark.parametrize(
     ("name", "step"),
-    [("iter_0002000", 2000), ("step_000300", 300), ("checkpoint-500", 500), ("final", None), ("v2-base", None)],
+    [("iter_0002000", 2000), ("step_000300", 300), ("checkpoint-500", 500), ("final", None), ("v2-base", None), ("latest", None), ("step1000-unsharded", None), ("step1000", 1000)],
 )
 def test_step_from_trailing_number(name, step):
     assert step_from_name(name) == step

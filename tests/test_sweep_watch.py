@@ -13,9 +13,11 @@ The completeness check itself is tested on synthetic safetensors files, without 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -90,6 +92,73 @@ def test_a_sharded_checkpoint_waits_for_every_shard_and_its_config(tmp_path):
     assert incomplete_reason(folder, marker="COMPLETE") is None
 
 
+def _raw_safetensors(path: Path, header: bytes, data: int = 0, length: int | None = None) -> None:
+    """A file laid out as safetensors, with any header bytes (and header length) we like."""
+    path.write_bytes(struct.pack("<Q", len(header) if length is None else length) + header + b"\0" * data)
+
+
+@pytest.mark.parametrize(
+    ("header", "length", "reason"),
+    [
+        (b'{"w": {"dtype": "F32", "shape": [2]}}', None, "tensor 'w' has data_offsets None, expected [begin, end]"),
+        (b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8, 16]}}', None, "tensor 'w' has data_offsets [0, 8, 16]"),
+        (b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": ["0", "8"]}}', None, "tensor 'w' has data_offsets ['0', '8']"),
+        (b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}', None, "tensor 'w' has data_offsets [8, 0]"),
+        (b'{"w": "F32"}', None, "tensor 'w' has data_offsets None"),
+        (b"not json at all", None, "header is not JSON (JSONDecodeError"),
+        (b"[1, 2]", None, "header is not a JSON object"),
+        (b"{}", 2**40, f"header length {2**40} bytes is over 100000000: not a safetensors file"),
+    ],
+)
+def test_a_malformed_safetensors_header_is_a_reason_never_an_exception(tmp_path, header, length, reason):
+    _synthetic_checkpoint(tmp_path / "step_1")
+    weights = tmp_path / "step_1" / WEIGHTS
+    _raw_safetensors(weights, header, data=8, length=length)
+    said = safetensors_incomplete(weights)
+    assert said is not None and said.startswith(f"{WEIGHTS}: {reason}"), said
+    from e2lm_vllm.sweep.checkpoints import folder_state
+
+    state = folder_state(tmp_path / "step_1")
+    assert state is not None and state.malformed and state.reason == said  # warned about, not "in progress"
+
+
+def test_a_watcher_skips_folders_it_cannot_use_with_one_warning_each(tmp_path, caplog):
+    """A glob over a training run also matches `latest`, a second layout of a step, a step the token
+    schedule lacks, and a corrupt file: the watcher plans the good checkpoint and warns once per folder."""
+    from e2lm_vllm.sweep.checkpoints import Completeness, resolve_checkpoints
+    from e2lm_vllm.sweep.config import SweepConfigError, validate_config
+
+    run = tmp_path / "run"
+    for name in ("step_1000", "latest", "step1000-unsharded", "step_2000", "step_3000"):
+        _synthetic_checkpoint(run / name)
+    _raw_safetensors(run / "step_3000" / WEIGHTS, b'{"w": {"dtype": "F32"}}')
+    source = {"paths": [str(run / "*")]}
+    family = validate_config(
+        {"models": [{"name": "m", "token_schedule": {"kind": "list", "tokens": {1000: 2e9, 3000: 6e9}}, "checkpoints": source}], "tasks": ["t"]}
+    ).models[0]
+    completeness = Completeness()
+    with caplog.at_level(logging.WARNING, logger="e2lm_vllm.sweep"):
+        assert [c.step for c in resolve_checkpoints(family, completeness)] == [1000]
+        for _ in range(3):  # later polls look again, but say nothing new
+            completeness = completeness.next_poll()
+            assert [c.step for c in resolve_checkpoints(family, completeness)] == [1000]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 4, warnings
+    latest = run / "latest"  # the message of docs/bad_inputs.md row `watch-skipped-folder`
+    assert (
+        f"watch: skipping {latest}: model m: no training step for {latest} (expected `e2lm.step` in its config.json, "
+        "a trailing number in the folder name, or `step:`) (looked at again at every poll; not warned again)"
+    ) in warnings
+    assert sorted(Path(folder).name for folder in completeness.skipped) == ["latest", "step1000-unsharded", "step_2000", "step_3000"]
+    assert completeness.waiting == {}
+    assert "token_schedule.tokens has no entry for step 2000" in completeness.skipped[str(run / "step_2000")]
+    assert "no training step for" in completeness.skipped[str(run / "latest")]
+    assert completeness.skipped[str(run / "step_3000")].startswith(f"{WEIGHTS}: tensor 'w' has data_offsets None")
+    # A plain sweep (no watcher) still stops at the first unusable folder, before any work.
+    with pytest.raises(SweepConfigError, match="no training step for"):
+        resolve_checkpoints(family)
+
+
 def test_the_next_expected_step_follows_the_spacing_seen():
     assert next_expected_step([]) == (None, None, False)
     assert next_expected_step([2000]) == (None, None, False)
@@ -110,6 +179,20 @@ def test_a_report_before_any_result_says_it_waits(tmp_path):
     assert "watching: waiting for the next checkpoint; no checkpoint yet; 1 incomplete: step_000100 (no config.json yet)" in report
     assert "Not scored yet" in (tmp_path / "report" / "score.txt").read_text()
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no staging left
+
+
+def test_a_report_that_cannot_be_made_is_an_error_not_a_wait(tmp_path, caplog):
+    """A corrupt metrics.parquet is no "not scored yet": it is logged as an error and the report says so."""
+    from e2lm_vllm.sweep.watch import WatchOptions, WatchState, write_report
+
+    (tmp_path / "metrics.parquet").write_bytes(b"PAR1 torn by a full disk")
+    with caplog.at_level(logging.INFO, logger="e2lm_vllm.sweep"):
+        report = write_report(tmp_path, WatchState(WatchOptions())).read_text()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith("report: could not be made (ArrowInvalid"), errors
+    assert not [r for r in caplog.records if "not scored yet" in r.getMessage()]
+    assert "Report failed: ArrowInvalid" in report and "Not scored yet" not in report
+    assert "Report failed" in (tmp_path / "report" / "score.txt").read_text()
 
 
 def test_watch_flags_without_watch_are_refused(tmp_path, capsys):

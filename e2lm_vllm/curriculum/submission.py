@@ -94,6 +94,24 @@ def metadata_yaml(name: str, metric: str, token: str) -> str:
     return yaml.safe_dump({"task_name": name, "task_metric": metric, "hf_token": token}, sort_keys=False)
 
 
+def write_private_zip(output: Path, members: dict[str, str]) -> None:
+    """Write the zip atomically, readable by its owner only (0600, whatever the umask).
+
+    The submission holds the HF token (``metadata.yaml``): created 0600, never wider even for a moment.
+    """
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.unlink(missing_ok=True)  # a leftover of a killed run may have a wider mode: created afresh below
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle, zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, text in members.items():
+                archive.writestr(name, text)
+        os.replace(tmp, output)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_submission(task_dir: str | Path, name: str, metric: str, hf_dataset: str, output: str | Path) -> Path:
     """Check the inputs, then write the zip atomically; returns its path."""
     if not TASK_NAME.match(name):
@@ -106,11 +124,7 @@ def write_submission(task_dir: str | Path, name: str, metric: str, hf_dataset: s
     patch = git_patch(submission_files(task_dir, name, hf_dataset))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("evaluation.patch", patch)
-        archive.writestr("metadata.yaml", metadata_yaml(name, metric, token))
-    os.replace(tmp, output)
+    write_private_zip(output, {"evaluation.patch": patch, "metadata.yaml": metadata_yaml(name, metric, token)})
     return output
 
 

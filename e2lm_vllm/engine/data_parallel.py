@@ -16,6 +16,7 @@ clean cut and runs on one engine; the log says so.
 from __future__ import annotations
 
 import logging
+import os
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from dataclasses import fields
 from typing import Any
 
 from e2lm_vllm.engine.types import EngineStats, NextTokenQuery, PrefixPrimer, ScoreResult, ScoringPlan, SequenceQuery
+from e2lm_vllm.worker_secrets import WorkerSecrets
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +94,11 @@ def split_evenly(items: Sequence[Any], shards: int) -> list[range]:
 class EngineActor:
     """One engine of a data-parallel lm, in its own Ray worker process (GPUs per `tensor_parallel_size`)."""
 
-    def __init__(self, llm_kwargs: dict[str, Any], environment: dict[str, str]):
+    def __init__(self, llm_kwargs: dict[str, Any], environment: dict[str, str], secrets: WorkerSecrets | None = None):
         from e2lm_vllm.engine.vllm_engine import VLLMEngine
+
+        if secrets is not None:
+            secrets.apply()  # the HF token, kept out of the runtime env (`e2lm_vllm.worker_secrets`)
 
         self.engine = VLLMEngine(llm_kwargs, environment)
 
@@ -139,7 +144,8 @@ class DataParallelEngine:
         actor = ray.remote(EngineActor).options(
             num_cpus=cpus_per_engine, num_gpus=gpus_per_engine, max_restarts=0, runtime_env={"env_vars": env}
         )
-        self.actors = [actor.remote(llm_kwargs, environment) for _ in range(size)]
+        secrets = WorkerSecrets.from_environ(os.environ)
+        self.actors = [actor.remote(llm_kwargs, environment, secrets) for _ in range(size)]
         self.block_size, self.max_model_len, self.dtype = ray.get([engine.limits.remote() for engine in self.actors])[0]
         logger.info("e2lm_vllm: %d data-parallel engines x %d CPUs + %d GPUs", size, cpus_per_engine, gpus_per_engine)
 

@@ -24,6 +24,28 @@ def _write_error(path: Path, error: OSError) -> ResultsWriteError:
     return failure
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` sets it, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # off Linux: read by setting, then put back at once
+    os.umask(mask)
+    return mask
+
+
+def shared_file_mode(fd: int) -> None:
+    """Give a ``tempfile.mkstemp`` file the mode ``open()`` would have: 0666 less the umask.
+
+    mkstemp makes 0600 files, so results renamed into place would be unreadable by the teammates
+    on shared storage that ``open()``'s usual 0644 (or the 0640 of umask 027) lets read them.
+    """
+    os.fchmod(fd, 0o666 & ~current_umask())
+
+
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` with ``schema``'s columns in its order; columns a file written by an older version lacks are null."""
     for schema_field in schema:
@@ -40,6 +62,7 @@ def write_table_atomic(
     Either the whole new file is at ``path`` or the previous content is: a failure (full disk,
     read-only folder) removes the temporary file and raises ``ResultsWriteError`` naming ``path``.
     ``metadata`` goes into the file's footer (read back with ``pq.read_metadata``, without the rows).
+    The file's mode follows the umask (``shared_file_mode``), as a file written in place would.
     """
     path = Path(path)
     if schema is not None:
@@ -50,7 +73,10 @@ def write_table_atomic(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        try:
+            shared_file_mode(fd)
+        finally:
+            os.close(fd)
         pq.write_table(table, tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())

@@ -44,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, help="engines at once (default: all that fit, per node GPUs // tensor_parallel_size; no GPUs: 1)")
     parser.add_argument("--cpus-per-worker", type=int)
     parser.add_argument("--max-attempts", type=int, help="tries per checkpoint before it is recorded as failed")
+    parser.add_argument(
+        "--checkpoint-timeout-s",
+        type=float,
+        metavar="S",
+        help="seconds a worker may take over one checkpoint before it is killed and the checkpoint retried "
+        "(default: 4 h with GPUs, 24 h without)",
+    )
     parser.add_argument("--force", action="store_true", help="recompute cells already in the output")
     parser.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a fresh local Ray)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
@@ -81,6 +88,10 @@ def build_config(args: argparse.Namespace) -> Any:
     for name in ("workers", "cpus_per_worker", "max_attempts"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
+    if args.checkpoint_timeout_s is not None:
+        if not args.checkpoint_timeout_s > 0:
+            raise SweepConfigError(f"--checkpoint-timeout-s: expected a number of seconds > 0, got {args.checkpoint_timeout_s:g}")
+        config.checkpoint_timeout_s = args.checkpoint_timeout_s
     return config
 
 

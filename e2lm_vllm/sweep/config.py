@@ -315,6 +315,12 @@ class SweepConfig(_Strict):
     )
     cpus_per_worker: int | None = Field(default=None, ge=1, description="default: its node's CPUs / workers on that node")
     max_attempts: int = Field(default=3, ge=1, description="tries per checkpoint before it is recorded as failed")
+    checkpoint_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="seconds a worker may take over one checkpoint (its start, load and every task) before it is "
+        "killed and the checkpoint retried; default: 4 h on a cluster with GPUs, 24 h without",
+    )
     worker_lifetime: Literal["sweep", "checkpoint"] = Field(
         default="sweep",
         description="sweep: one worker per device evaluates checkpoint after checkpoint, swapping weights; "
@@ -352,7 +358,7 @@ class SweepConfig(_Strict):
 
 
 # Fields that decide how a sweep runs, not what it computes: left out of the config hash.
-_EXECUTION_FIELDS = {"output", "workers", "cpus_per_worker", "max_attempts", "worker_lifetime"}
+_EXECUTION_FIELDS = {"output", "workers", "cpus_per_worker", "max_attempts", "worker_lifetime", "checkpoint_timeout_s"}
 
 
 def stable_hash(payload: Any, length: int = 12) -> str:

@@ -27,6 +27,31 @@ from e2lm_vllm.raycluster import init_ray, worker_environment
 from e2lm_vllm.sweep.config import SweepConfig, SweepConfigError
 from e2lm_vllm.sweep.plan import WorkUnit
 from e2lm_vllm.sweep.worker import RaySweepWorker, SweepWorker, UnitResult, evaluate_unit
+from e2lm_vllm.worker_secrets import WorkerSecrets
+
+# -- a worker that hangs ---------------------------------------------------------------------------
+
+
+class CheckpointTimeoutError(TimeoutError):
+    """A worker gave no result for a checkpoint within ``checkpoint_timeout_s``; it was killed."""
+
+    kind = "timeout"  # `failure_kind`: retried like a dead worker's checkpoint, recorded as `timeout`
+
+
+# Generous defaults, per checkpoint (start of a new worker, load or swap, every task): a hang costs
+# this much device time, a false alarm a whole checkpoint. A 70B model on 8 GPUs loads in 10-20 min
+# from network storage and runs a full task set in about an hour: 4 h is twice the worst of that.
+# On CPU (small models, but a full MMLU of a 1B model takes hours on 16 cores): 24 h.
+GPU_CHECKPOINT_TIMEOUT_S = 4 * 3600.0
+CPU_CHECKPOINT_TIMEOUT_S = 24 * 3600.0
+
+
+def checkpoint_timeout(config: SweepConfig, gpus: bool) -> float:
+    """The config's ``checkpoint_timeout_s``, else the default for a cluster with or without GPUs."""
+    if config.checkpoint_timeout_s is not None:
+        return config.checkpoint_timeout_s
+    return GPU_CHECKPOINT_TIMEOUT_S if gpus else CPU_CHECKPOINT_TIMEOUT_S
+
 
 # -- placement ------------------------------------------------------------------------------------
 
@@ -193,6 +218,11 @@ def check_paths_visible(unit: WorkUnit) -> None:
 class PlacedSweepWorker(RaySweepWorker):
     """The Ray actor of `worker_lifetime: sweep`: checks paths, and names its node in its results."""
 
+    def __init__(self, secrets: WorkerSecrets | None = None) -> None:
+        if secrets is not None:
+            secrets.apply()  # before RaySweepWorker imports lm-eval and vLLM
+        super().__init__()
+
     def evaluate(self, unit: WorkUnit) -> UnitResult:
         check_paths_visible(unit)
         return dataclasses.replace(super().evaluate(unit), host=where_am_i())
@@ -201,8 +231,10 @@ class PlacedSweepWorker(RaySweepWorker):
         return placement_report()
 
 
-def evaluate_placed_unit(unit: WorkUnit) -> UnitResult:
+def evaluate_placed_unit(unit: WorkUnit, secrets: WorkerSecrets | None = None) -> UnitResult:
     """The Ray task of `worker_lifetime: checkpoint`: paths checked before any import of lm-eval or vLLM."""
+    if secrets is not None:
+        secrets.apply()
     check_paths_visible(unit)
     return dataclasses.replace(evaluate_unit(unit), host=where_am_i())
 
@@ -213,11 +245,13 @@ class RayWorkers:
     Each slot has its placement group for the whole sweep; a slot's actor, or its tasks one after
     the other, run in it. The driver retries, not Ray, so that both kinds count attempts alike. An
     actor that died (killed, out of memory) is replaced by a new one in the same group at once; its
-    unit goes back to the driver's queue.
+    unit goes back to the driver's queue. So does the unit of a worker that hangs past
+    ``checkpoint_timeout_s`` (`abandon`: the actor, or the task's process, is killed).
     """
 
     def __init__(self, config: SweepConfig, address: str | None):
         self.ray = init_ray(address)
+        self.secrets = WorkerSecrets.from_environ(os.environ)
         from ray.util.placement_group import placement_group
         from ray.util.placement_group import remove_placement_group as remove
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -228,6 +262,7 @@ class RayWorkers:
         )
         self.count = len(self.slots)
         self.lifetime = config.worker_lifetime
+        self.checkpoint_timeout_s = checkpoint_timeout(config, gpus=any(slot.gpus for slot in self.slots))
         # The node id label pins a group to the node `plan_slots` counted it on (Ray 2.x default label).
         self.groups = [
             placement_group(
@@ -257,7 +292,7 @@ class RayWorkers:
             self.task = self.ray.remote(max_calls=1, max_retries=0)(evaluate_placed_unit)
 
     def _start_actor(self, index: int) -> Any:
-        return self.actor.options(max_restarts=0, max_task_retries=0, **self.options[index]).remote()
+        return self.actor.options(max_restarts=0, max_task_retries=0, **self.options[index]).remote(self.secrets)
 
     def describe(self) -> str:
         kind = "long-lived" if self.lifetime == "sweep" else "per-checkpoint"
@@ -283,15 +318,23 @@ class RayWorkers:
     def submit(self, index: int, unit: WorkUnit) -> Any:
         if self.lifetime == "sweep":
             return self.actors[index].evaluate.remote(unit)
-        return self.task.options(name=f"sweep {unit.label}", **self.options[index]).remote(unit)
+        return self.task.options(name=f"sweep {unit.label}", **self.options[index]).remote(unit, self.secrets)
 
     def replace_if_dead(self, index: int, error: BaseException) -> None:
         if self.lifetime == "sweep" and isinstance(error, self.ray.exceptions.RayActorError):
             self.ray.kill(self.actors[index])
             self.actors[index] = self._start_actor(index)
 
-    def wait(self, refs: list[Any]) -> list[Any]:
-        return self.ray.wait(refs, num_returns=1)[0]
+    def abandon(self, index: int, ref: Any) -> None:
+        """Stop a unit that hangs: kill its worker process; slot ``index`` gets a new actor (as a dead one's)."""
+        if self.lifetime == "sweep":
+            self.ray.kill(self.actors[index], no_restart=True)
+            self.actors[index] = self._start_actor(index)
+        else:
+            self.ray.cancel(ref, force=True)  # force: the task's process is killed, not asked
+
+    def wait(self, refs: list[Any], timeout: float | None = None) -> list[Any]:
+        return self.ray.wait(refs, num_returns=1, timeout=timeout)[0]
 
     def get(self, ref: Any) -> UnitResult:
         return self.ray.get(ref)
@@ -308,6 +351,7 @@ class InProcessWorker:
     """One `SweepWorker` in the driver's process, no Ray: for a single machine's small jobs (the curriculum ladder)."""
 
     count = 1
+    checkpoint_timeout_s = None  # a unit runs inside submit(): nothing can time it out
 
     def __init__(self) -> None:
         for name, value in LONG_LIVED_WORKER_ENVIRONMENT.items():
@@ -327,8 +371,11 @@ class InProcessWorker:
             self.done[token] = (None, error)
         return token
 
-    def wait(self, refs: list[int]) -> list[int]:
+    def wait(self, refs: list[int], timeout: float | None = None) -> list[int]:
         return refs[:1]
+
+    def abandon(self, index: int, ref: int) -> None:
+        """Never called: `checkpoint_timeout_s` is None here."""
 
     def replace_if_dead(self, index: int, error: BaseException) -> None:
         """Nothing to replace: an error in this process is the unit's, the worker lives on."""

@@ -7,7 +7,10 @@ engine (`e2lm_vllm.sweep.worker`).
 Each finished cell is written at once as its own Parquet parts under ``OUTPUT/cells/`` (atomic),
 so a killed driver loses only the checkpoints in flight and a rerun computes only the missing
 cells. At the end the parts are consolidated into ``metrics.parquet`` and ``samples.parquet``;
-failed cells go to ``failures.parquet`` and make the exit status non-zero.
+failed cells go to ``failures.parquet`` and make the exit status non-zero. Each failure is written
+at once as a one-row part under ``OUTPUT/failures/RUN_ID/`` (so a killed driver leaves the failures
+seen so far, at a cost per failure that does not grow with the run); a run that finishes writes
+``failures.parquet`` from them and removes the parts, those of killed runs included (it retried their cells).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
@@ -36,7 +40,7 @@ from e2lm_vllm.sweep.config import SweepConfig, SweepConfigError, config_hash
 from e2lm_vllm.sweep.inputs import FileDigests
 from e2lm_vllm.sweep.lock import output_lock
 from e2lm_vllm.sweep.plan import INPUTS_METADATA_KEY, Cell, Plan, WorkUnit, build_plan, read_part_inputs
-from e2lm_vllm.sweep.pool import InProcessWorker, RayWorkers
+from e2lm_vllm.sweep.pool import CheckpointTimeoutError, InProcessWorker, RayWorkers
 from e2lm_vllm.sweep.worker import CellResult, UnitResult, failure_kind
 
 if TYPE_CHECKING:
@@ -44,6 +48,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("e2lm_vllm.sweep")
 
+# Failure kinds worth another attempt: an error may be transient, a hang a stuck worker; `non_finite`
+# (NaN weights or scores) is the checkpoint's own result and would repeat.
+RETRIED_KINDS = ("error", "timeout")
+FAILURE_PARTS = "failures"  # OUTPUT/failures/RUN_ID/NNNNNN.parquet: one row each, until the run finishes
 
 
 @dataclass
@@ -260,6 +268,12 @@ class SweepSession:
     # Set to finish the unit in flight and start no other (a watched run's stop file, first Ctrl-C).
     stop: threading.Event = field(default_factory=threading.Event)
     digests: FileDigests = field(default_factory=FileDigests)  # a watcher re-reads the same checkpoints
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    failures_written: int = -1  # len(failures) when failures.parquet was last written (-1: never)
+
+    @property
+    def failure_parts(self) -> Path:
+        return self.output / FAILURE_PARTS / self.run_id
 
     def plan(self, force: bool = False, completeness: Completeness | None = None) -> Plan:
         """The cells as the checkpoint sources are now; cells that failed in this run are not planned again."""
@@ -280,11 +294,19 @@ class SweepSession:
 
     def evaluate(self, plan: Plan, after_unit: Callable[[WorkUnit], None] | None = None) -> None:
         if plan.units:
-            _evaluate(plan, self.config, self.output, self.pool, self.progress, self.failures, self.summary, self.stop, after_unit)
+            args = (self.pool, self.progress, self.failures, self.summary, self.stop, after_unit, self.failure_parts)
+            _evaluate(plan, self.config, self.output, *args)
 
     def write_tables(self, plan: Plan) -> None:
         consolidate(plan, self.output)
-        write_table_atomic(_table(self.failures, FAILURES_SCHEMA), self.output / "failures.parquet", FAILURES_SCHEMA)
+        if self.failures_written != len(self.failures):  # a watched run calls this after every unit
+            write_table_atomic(_table(self.failures, FAILURES_SCHEMA), self.output / "failures.parquet", FAILURES_SCHEMA)
+            self.failures_written = len(self.failures)
+
+    def finish(self) -> None:
+        """After the last ``write_tables``: failures.parquet holds this run's failures; the parts go,
+        those of killed runs too (this run retried their cells)."""
+        shutil.rmtree(self.output / FAILURE_PARTS, ignore_errors=True)
 
 
 def prepare_plan(
@@ -338,7 +360,7 @@ def _run_sweep(
         len(plan.done),
         len(plan.missing),
     )
-    session = SweepSession(config, output, WorkerPool(config, address, in_process), summary, progress, digests=digests)
+    session = SweepSession(config, output, WorkerPool(config, address, in_process), summary, progress, digests=digests, run_id=run_id)
     try:
         if watch is None:
             session.evaluate(plan)
@@ -347,6 +369,7 @@ def _run_sweep(
             from e2lm_vllm.sweep.watch import follow
 
             plan = follow(session, plan, watch, completeness)
+        session.finish()
     finally:
         session.pool.shutdown()
     summary.cells = len(plan.cells)
@@ -368,20 +391,20 @@ def _run_sweep(
 
 
 def _record_failure(
-    failures: list[dict[str, Any]], cell: Cell, error: str, attempts: int, output: Path, kind: str = "error"
+    failures: list[dict[str, Any]], cell: Cell, error: str, attempts: int, parts: Path, kind: str = "error"
 ) -> None:
-    failures.append(
-        {
-            **_cell_columns(cell),
-            "task": cell.task.name,
-            "error": error,
-            "kind": kind,
-            "attempts": attempts,
-            "config_hash": cell.cell_hash,
-        }
-    )
-    # Written at once, so a driver killed later still leaves the failures seen so far.
-    write_table_atomic(_table(failures, FAILURES_SCHEMA), output / "failures.parquet", FAILURES_SCHEMA)
+    row = {
+        **_cell_columns(cell),
+        "task": cell.task.name,
+        "error": error,
+        "kind": kind,
+        "attempts": attempts,
+        "config_hash": cell.cell_hash,
+    }
+    failures.append(row)
+    # Written at once, so a driver killed later still leaves the failures seen so far; one row per
+    # part, so the thousandth failure costs what the first did (not a rewrite of all before it).
+    write_table_atomic(_table([row], FAILURES_SCHEMA), parts / f"{len(failures):06d}.parquet", FAILURES_SCHEMA)
 
 
 def _next_unit(pending: list[WorkUnit], engine_key: str | None) -> WorkUnit:
@@ -402,8 +425,10 @@ def _evaluate(
     summary: SweepSummary,
     stop: threading.Event | None = None,
     after_unit: Callable[[WorkUnit], None] | None = None,
+    failure_parts: Path | None = None,
 ) -> None:
     """Run the plan's units on the pool's workers; with `stop` set, finish the units in flight and return."""
+    parts = failure_parts or output / FAILURE_PARTS / uuid.uuid4().hex[:12]
     workers = pool.get()
     log.info("%s; %d checkpoints to evaluate", workers.describe(), len(plan.units))
     pending: list[WorkUnit] = list(plan.units)
@@ -422,26 +447,28 @@ def _evaluate(
                 unit = _next_unit(pending, loaded.get(index))
                 attempts[unit.label] = attempts.get(unit.label, 0) + 1
                 in_flight[workers.submit(index, unit)] = (index, unit, time.time())
-            for ref in workers.wait(list(in_flight)):
+            for ref, hung in _next_finished(workers, in_flight):
                 index, unit, submitted = in_flight.pop(ref)
                 idle.append(index)
                 try:
+                    if hung is not None:
+                        raise hung
                     result = workers.get(ref)
                 except Exception as error:  # noqa: BLE001 - every failure of a checkpoint is recorded, the sweep goes on
                     loaded[index] = None
                     workers.replace_if_dead(index, error)
                     message = _failure_error(error)
                     kind = failure_kind(error)
-                    if kind == "error" and attempts[unit.label] < config.max_attempts:
+                    if kind in RETRIED_KINDS and attempts[unit.label] < config.max_attempts:
                         log.warning("%s: attempt %d failed, retrying: %s", unit.label, attempts[unit.label], message.splitlines()[0])
                         pending.insert(0, unit)
                         continue
                     for cell in unit.cells:
-                        _record_failure(failures, cell, message, attempts[unit.label], output, kind)
+                        _record_failure(failures, cell, message, attempts[unit.label], parts, kind)
                     log.error("%s: failed after %d attempts: %s", unit.label, attempts[unit.label], message.splitlines()[0])
                 else:
                     loaded[index] = unit.engine_key
-                    _write_unit(unit, result, output, failures, summary, wall=time.time() - submitted)
+                    _write_unit(unit, result, output, failures, summary, wall=time.time() - submitted, parts=parts)
                 done_cells += len(unit.cells)
                 bar.update(len(unit.cells))
                 bar.set_postfix(failed=len(failures))
@@ -463,8 +490,44 @@ def _evaluate(
         bar.close()
 
 
+def _next_finished(
+    workers: RayWorkers | InProcessWorker, in_flight: dict[Any, tuple[int, WorkUnit, float]]
+) -> list[tuple[Any, CheckpointTimeoutError | None]]:
+    """Units that finished, as ``(ref, None)``; else, once a unit passes ``checkpoint_timeout_s``,
+    ``(ref, CheckpointTimeoutError)`` with its worker killed and replaced (`abandon`), so that the
+    driver retries it as a dead worker's."""
+    timeout = workers.checkpoint_timeout_s
+    if timeout is None:
+        return [(ref, None) for ref in workers.wait(list(in_flight))]
+    while True:
+        first_deadline = min(submitted + timeout for _, _, submitted in in_flight.values())
+        done = workers.wait(list(in_flight), timeout=max(0.0, first_deadline - time.time()))
+        if done:
+            return [(ref, None) for ref in done]
+        now = time.time()
+        hung = [(ref, entry) for ref, entry in in_flight.items() if now >= entry[2] + timeout]
+        for ref, (index, unit, submitted) in hung:
+            log.warning("%s: no result after %.0f s (checkpoint_timeout_s=%g): killing its worker", unit.label, now - submitted, timeout)
+            workers.abandon(index, ref)
+        if hung:
+            return [(ref, _timeout_error(unit.label, timeout)) for ref, (_, unit, _) in hung]
+
+
+def _timeout_error(label: str, timeout: float) -> CheckpointTimeoutError:
+    return CheckpointTimeoutError(
+        f"no result for {label} within checkpoint_timeout_s={timeout:g} s; its worker was killed "
+        "(if the checkpoint only needs longer, raise checkpoint_timeout_s or --checkpoint-timeout-s)"
+    )
+
+
 def _write_unit(
-    unit: WorkUnit, result: UnitResult, output: Path, failures: list[dict[str, Any]], summary: SweepSummary, wall: float
+    unit: WorkUnit,
+    result: UnitResult,
+    output: Path,
+    failures: list[dict[str, Any]],
+    summary: SweepSummary,
+    wall: float,
+    parts: Path,
 ) -> None:
     """Write a finished unit's cells, and its timing record in ``runs.jsonl``."""
     writing_started = time.perf_counter()
@@ -473,7 +536,7 @@ def _write_unit(
     for cell_result in result.cells:
         cell = by_key[cell_result.key]
         if cell_result.error is not None:
-            _record_failure(failures, cell, cell_result.error, 1, output, cell_result.error_kind or "error")
+            _record_failure(failures, cell, cell_result.error, 1, parts, cell_result.error_kind or "error")
         else:
             write_cell(cell, cell_result, result, output, engine_share)
             summary.evaluated += 1

@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from e2lm_vllm.results.store import shared_file_mode
 from e2lm_vllm.sweep.checkpoints import Completeness
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ def _utc(seconds: float) -> str:
 def _write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        shared_file_mode(fd)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.replace(tmp, path)
@@ -86,6 +88,7 @@ class WatchState:
     options: WatchOptions
     seen: dict[str, tuple[int, float]] = field(default_factory=dict)  # checkpoint id -> (step, first seen)
     waiting: dict[str, str] = field(default_factory=dict)  # folder -> why it is not complete yet
+    skipped: dict[str, str] = field(default_factory=dict)  # folder -> why it cannot be used as it is
     evaluated: list[dict[str, Any]] = field(default_factory=list)  # this run's checkpoints, in order
     logged: str = ""
     logged_at: float = 0.0
@@ -96,6 +99,7 @@ class WatchState:
             self.seen.setdefault(cell.checkpoint.id, (cell.checkpoint.step, now))
         if completeness is not None:
             self.waiting = dict(completeness.waiting)
+            self.skipped = dict(completeness.skipped)
 
     def status(self) -> dict[str, Any]:
         steps = [step for step, _ in self.seen.values()]
@@ -107,6 +111,7 @@ class WatchState:
             "spacing_regular": regular,
             "last_checkpoint": {"checkpoint": last[0], "step": last[1][0], "seen": _utc(last[1][1])} if last else None,
             "incomplete": self.waiting,
+            "skipped": self.skipped,
             "checkpoints_seen": len(self.seen),
             "evaluated_this_run": self.evaluated,
         }
@@ -128,6 +133,8 @@ class WatchState:
                 f"{len(self.waiting)} incomplete: "
                 + "; ".join(f"{Path(folder).name} ({reason})" for folder, reason in sorted(self.waiting.items()))
             )
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} skipped: " + ", ".join(sorted(Path(folder).name for folder in self.skipped)))
         return "; ".join(parts)
 
     def log_progress(self, output: Path) -> None:
@@ -161,13 +168,12 @@ def write_report(output: Path, state: WatchState) -> Path:
     from e2lm_vllm.scoring.failures import failure_line, read_failures
     from e2lm_vllm.scoring.report import write_report as write_scored_report
     from e2lm_vllm.scoring.samples import item_learnability
-    from e2lm_vllm.scoring.table import load_results
+    from e2lm_vllm.scoring.table import ScoringInputError, load_results
 
     final = output / REPORT_FOLDER
     final.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".report.", dir=output))
     try:
-        evaluated = _evaluated_checkpoints(output)
         try:
             results = load_results(output)
             config = ScoringConfig()
@@ -178,11 +184,20 @@ def write_report(output: Path, state: WatchState) -> Path:
             failures = read_failures(output)
             write_scored_report(report, table, staging, source=str(output), learnability=learnability, failures=failures)
             (staging / "score.txt").write_text(render_text(report, failure_line(failures)) + "\n")
-        except Exception as error:  # noqa: BLE001 - the watcher outlives a report it cannot make yet
+        except ScoringInputError as error:  # too few results yet: expected early in a run
             log.info("report: not scored yet (%s: %s)", type(error).__name__, error)
             reason = f"Not scored yet: {type(error).__name__}: {error}. Waiting for more checkpoints."
             (staging / "score.txt").write_text(reason + "\n")
             (staging / "report.md").write_text("\n".join(["# Benchmark quality report", "", reason, ""]))
+        except Exception as error:  # noqa: BLE001 - a bug or a corrupt table: said as an error, the watcher lives on
+            log.error("report: could not be made (%s: %s)", type(error).__name__, error, exc_info=True)
+            reason = f"Report failed: {type(error).__name__}: {error}. This is an error, not a wait: see the watcher's log."
+            (staging / "score.txt").write_text(reason + "\n")
+            (staging / "report.md").write_text("\n".join(["# Benchmark quality report", "", reason, ""]))
+        try:
+            evaluated = _evaluated_checkpoints(output)
+        except Exception as error:  # noqa: BLE001 - the same error as above, already logged when it is
+            evaluated = [f"- unreadable: {type(error).__name__}: {error}"]
         markdown = (staging / "report.md").read_text().rstrip("\n").split("\n")
         markdown += ["", *state.markdown(), "Checkpoints in the results:", "", *evaluated, ""]
         (staging / "report.md").write_text("\n".join(markdown))
@@ -297,7 +312,7 @@ def follow(session: Session, plan: Plan, options: WatchOptions, completeness: Co
                 session.stop.wait(min(1.0, max(0.0, deadline - time.monotonic())))
             if session.stop.is_set() or stop_file_present():
                 continue  # stop_reason says why
-            completeness = Completeness(options.marker)
+            completeness = completeness.next_poll() if completeness is not None else Completeness(options.marker)
             current[0] = _keep_earlier_cells(session.plan(completeness=completeness), current[0])
             state.note(current[0], completeness)
             if current[0].units:
