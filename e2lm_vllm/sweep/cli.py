@@ -46,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="recompute cells already in the output")
     parser.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a fresh local Ray)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    parser.add_argument(
+        "--log-to",
+        action="append",
+        metavar="TRACKER",
+        help="log each checkpoint's metrics, then scores and plots (repeatable; replaces the config's log_to): "
+        "wandb:project=P[,entity=E,name=N,group=G], tensorboard:DIR, mlflow:URI[,experiment=X]",
+    )
     watch = parser.add_argument_group("following a run while it trains")
     watch.add_argument(
         "--watch", action="store_true", help="after the existing checkpoints, keep polling for new complete ones"
@@ -80,6 +87,13 @@ def build_config(args: argparse.Namespace) -> Any:
     for name in ("workers", "cpus_per_worker", "max_attempts"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
+    if getattr(args, "log_to", None):
+        from e2lm_vllm.trackers.spec import TrackerSpecError, parse_specs
+
+        try:
+            config.log_to = [str(spec) for spec in parse_specs(args.log_to)]
+        except TrackerSpecError as error:
+            raise SweepConfigError(str(error)) from None
     return config
 
 

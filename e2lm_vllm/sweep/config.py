@@ -315,6 +315,10 @@ class SweepConfig(_Strict):
     )
     cpus_per_worker: int | None = Field(default=None, ge=1, description="default: its node's CPUs / workers on that node")
     max_attempts: int = Field(default=3, ge=1, description="tries per checkpoint before it is recorded as failed")
+    log_to: list[str] = Field(
+        default_factory=list,
+        description="trackers that get every checkpoint's metrics: wandb:project=P[,...], tensorboard:DIR, mlflow:URI[,experiment=X]",
+    )
     worker_lifetime: Literal["sweep", "checkpoint"] = Field(
         default="sweep",
         description="sweep: one worker per device evaluates checkpoint after checkpoint, swapping weights; "
@@ -328,6 +332,16 @@ class SweepConfig(_Strict):
             value = [name for name in value.split(",") if name.strip()]
         if isinstance(value, list):
             return [{"name": item.strip()} if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("log_to", mode="before")
+    @classmethod
+    def _tracker_specs(cls, value: Any) -> Any:
+        from e2lm_vllm.trackers.spec import parse_specs
+
+        value = [value] if isinstance(value, str) else value
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            parse_specs(value)  # the format only; whether the package is there is checked when the sweep starts
         return value
 
     @field_validator("include_paths", mode="before")
@@ -352,7 +366,7 @@ class SweepConfig(_Strict):
 
 
 # Fields that decide how a sweep runs, not what it computes: left out of the config hash.
-_EXECUTION_FIELDS = {"output", "workers", "cpus_per_worker", "max_attempts", "worker_lifetime"}
+_EXECUTION_FIELDS = {"output", "workers", "cpus_per_worker", "max_attempts", "worker_lifetime", "log_to"}
 
 
 def stable_hash(payload: Any, length: int = 12) -> str:
