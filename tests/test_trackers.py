@@ -364,3 +364,48 @@ def test_log_to_is_not_part_of_the_config_hash(tmp_path):
     plain, logged = validate_config(data), validate_config({**data, "log_to": [f"tensorboard:{tmp_path}"]})
     assert config_hash(plain) == config_hash(logged)
     assert [cell.key for cell in build_plan(plain, tmp_path / "o").cells] == [cell.key for cell in build_plan(logged, tmp_path / "o").cells]
+
+
+# -- one real sweep ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_real_in_process_sweep_logs_each_checkpoint_once_and_a_rerun_nothing(tmp_path, ladder_dirs):
+    """`run_sweep` on 3 real checkpoints (lm-eval's HF model, 2 ARC-Easy docs): the driver's own hooks."""
+    from e2lm_vllm.sweep.config import config_from_flags
+    from e2lm_vllm.sweep.runner import run_sweep
+
+    config = config_from_flags(
+        checkpoints=[str(path) for path in ladder_dirs],
+        model_name="ladder",
+        tasks="sweep_arc_easy",
+        include_path=[str(REPO / "tests" / "data" / "sweep_tasks")],
+        limit=2,
+        num_fewshot=0,
+        lm="hf",
+        model_args={"dtype": "float32"},
+        output=str(tmp_path / "out"),
+    )
+    config.log_to = _targets(tmp_path)
+    summary = run_sweep(config, progress=False, in_process=True)
+    assert summary.evaluated == 3 and not summary.failures
+    metrics = pd.read_parquet(tmp_path / "out" / "metrics.parquet")
+    expected: dict[str, dict[int, float]] = {}
+    for row in metrics.itertuples():
+        expected.setdefault(f"eval/sweep_arc_easy/{row.metric}", {})[row.step] = row.value
+        if row.stderr == row.stderr:
+            expected.setdefault(f"eval/sweep_arc_easy/{row.metric}_stderr", {})[row.step] = row.stderr
+    assert sorted(expected["eval/sweep_arc_easy/acc"]) == [0, 1000, 2000]
+
+    scalars, _, _ = _tensorboard(tmp_path / "tb" / "ladder")
+    ids, rows, _ = _wandb(tmp_path / "out")
+    for name, by_step in expected.items():
+        assert sorted((s, round(v, 6)) for s, v in scalars[name]) == [(s, round(v, 6)) for s, v in sorted(by_step.items())], name
+    points = Counter((key, row["train/step"]) for row in rows for key in row if key.startswith("eval/"))
+    assert points == Counter((name, step) for name, by_step in expected.items() for step in by_step)
+    assert len(ids) == 1
+
+    again = run_sweep(config, progress=False, in_process=True)  # everything done: no engine, nothing logged
+    assert again.evaluated == 0
+    assert _tensorboard(tmp_path / "tb" / "ladder")[0] == scalars
+    assert len(glob.glob(str(tmp_path / "out" / "wandb" / "offline-run-*"))) == 1
