@@ -9,6 +9,7 @@ scores a JSON and a text artifact with one ``quality/...`` metric per task, the 
 
 from __future__ import annotations
 
+import os
 import time
 
 from e2lm_vllm.trackers.base import RunIdentity, ScoresSnapshot
@@ -19,6 +20,10 @@ class MlflowTracker:
     def __init__(self, uri: str, options: dict[str, str], identity: RunIdentity):
         from mlflow.tracking import MlflowClient
 
+        if uri.startswith("file:"):
+            # MLflow 3 refuses its file store unless told (it wants a database); offline and without
+            # a server, the file store is the point here. A value the user set wins.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
         name = options.get("experiment") or "e2lm-vllm"
         experiment = self.client.get_experiment_by_name(name)
