@@ -14,6 +14,7 @@ Every step is the real command a user would type; this module only strings them 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shlex
 import subprocess
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     _step("write a synthetic checkpoint ladder", [*cli, "ladder", "--from", "smollm2-135m", "--steps", str(LADDER_STEPS), "-o", str(ladder)])
 
     sweep = output / "sweep"
+    # The eval curves as TensorBoard event files too (the `tensorboard` extra, in `make install`'s test extra).
+    tensorboard = output / "tensorboard" if importlib.util.find_spec("tensorboardX") else None
     _step(
         "sweep every checkpoint x task on a local Ray cluster",
         [
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             "--tasks", DEMO_TASKS, "--include-path", str(REPO_ROOT / "tasks" / "samples"),
             "--limit", str(args.limit), "--output", str(sweep),
             "--model-args", "dtype=float32,max_model_len=2048",
+            *(["--log-to", f"tensorboard:{tensorboard}"] if tensorboard else []),
         ],
     )  # fmt: skip
 
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  sweep Parquet:                     {sweep / 'metrics.parquet'} and samples.parquet\n"
         f"  report with plots:                 {report / 'report.md'}\n"
         f"  E2LM organisers' curves, scored:   {e2lm_report / 'report.md'}"
+        + (f"\n  eval curves in TensorBoard:        tensorboard --logdir {tensorboard}" if tensorboard else "")
     )
     return 0
 
