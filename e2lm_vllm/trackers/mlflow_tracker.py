@@ -24,6 +24,11 @@ class MlflowTracker:
             # MLflow 3 refuses its file store unless told (it wants a database); offline and without
             # a server, the file store is the point here. A value the user set wins.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        else:
+            # A server that is down must not hold the sweep for MLflow's default retries (minutes):
+            # fail fast, warn, and let the next push catch up. A user's values win.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.client = MlflowClient(tracking_uri=uri)
         name = options.get("experiment") or "e2lm-vllm"
         experiment = self.client.get_experiment_by_name(name)

@@ -138,10 +138,10 @@ class TrackerPush:
                 name = f"{name}-{model}"
             run = open_tracker(spec, RunIdentity(model=model, name=name, run_id=record["run_id"], output=self.output))
             self.runs[(spec.key, model)] = run
+            log.info("%s: %s run %s for %s", spec, "continuing" if record["run_id"] else "started", run.run_id, model)
             if record["run_id"] != run.run_id:  # kept at once: a crash before the first value still resumes this run
                 record["run_id"] = run.run_id
                 self.ledger.save_run(spec.key, model, record)
-            log.info("%s: %s run %s for %s", spec, "continuing" if record["run_id"] else "started", run.run_id, model)
         return run
 
     def _push_run(
