@@ -356,6 +356,20 @@ def test_a_missing_tracker_package_is_one_line_naming_the_extra_before_any_engin
     assert not (tmp_path / "out").exists()  # refused before the output, the lock, Ray or an engine
 
 
+def test_online_wandb_without_credentials_is_refused_before_any_engine(tmp_path, monkeypatch):
+    from e2lm_vllm.trackers.spec import require_packages
+
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    with pytest.raises(TrackerSpecError) as error:
+        require_packages([parse_spec("wandb:project=p")])
+    assert str(error.value) == _doc_message("log-to-wandb-no-credentials")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    require_packages([parse_spec("wandb:project=p")])
+
+
 def test_log_to_is_not_part_of_the_config_hash(tmp_path):
     from e2lm_vllm.sweep.config import config_hash
 

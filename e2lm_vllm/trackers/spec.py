@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,3 +99,19 @@ def require_packages(specs: list[TrackerSpec]) -> None:
             raise TrackerSpecError(
                 f"--log-to {spec}: the {module} package is not installed; pip install 'e2lm-vllm[{spec.kind}]'"
             ) from None
+        if spec.kind == "wandb":
+            _require_wandb_credentials(spec)
+
+
+def _require_wandb_credentials(spec: TrackerSpec) -> None:
+    # Online without a key, wandb.init would prompt on a terminal (a sweep waiting for a keypress) or fail
+    # mid-run: say it now. Offline and disabled modes need no account.
+    import wandb
+
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return
+    if not wandb.login(prompt=False, verify=False):
+        raise TrackerSpecError(
+            f"--log-to {spec}: no W&B credentials; set WANDB_API_KEY or run `wandb login`, "
+            "or set WANDB_MODE=offline and `wandb sync OUTPUT/wandb/offline-run-*` later"
+        )
