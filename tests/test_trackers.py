@@ -239,6 +239,78 @@ def test_a_watcher_stopped_and_restarted_between_checkpoints_continues_the_same_
     assert len(glob.glob(str(tmp_path / "out" / "wandb" / "offline-run-*"))) == 2
 
 
+class _ScriptedWorker:
+    """The in-process worker's interface, scoring by a formula instead of a model (no engine): the
+    driver, the watcher and their tracker hooks run for real around it. Fails cell b at step 2000 once."""
+
+    count = 1
+    failed_once: set = set()
+
+    def __init__(self) -> None:
+        self.done: dict = {}
+
+    def describe(self) -> str:
+        return "1 scripted worker"
+
+    def submit(self, index, unit):
+        cells = []
+        for cell in unit.cells:
+            step, task = cell.checkpoint.step, cell.task.name
+            if (step, task) == (2000, "b") and "b2000" not in self.failed_once:
+                self.failed_once.add("b2000")
+                cells.append(CellResult(key=cell.key, error="RuntimeError: scripted failure", error_kind="error"))
+                continue
+            value = _value(step, task)
+            rows = [
+                {"task": task, "metric": "acc", "filter": "none", "value": value, "stderr": 0.01},
+                {"task": task, "metric": "exact_match", "filter": "strict-match", "value": value / 2, "stderr": float("nan")},
+            ]
+            cells.append(CellResult(key=cell.key, metrics=rows))
+        self.done[len(self.done)] = UnitResult(unit.label, cells, 0.0, "scripted", {}, 1, "h")
+        return len(self.done) - 1
+
+    def wait(self, refs):
+        return refs[:1]
+
+    def get(self, ref):
+        return self.done.pop(ref)
+
+    def replace_if_dead(self, index, error) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_the_real_watcher_stopped_and_restarted_between_checkpoints(tmp_path, monkeypatch):
+    """`run_sweep(watch=...)` twice on one output, the driver's and the watcher's own hooks, a scripted
+    worker in place of the engine: steps 1000 and 2000 (b fails at 2000), stop at --until-step 2000;
+    step 3000 lands; a new watcher retries b@2000 and evaluates step 3000, stops at --until-step 3000."""
+    from e2lm_vllm.sweep import runner
+    from e2lm_vllm.sweep.watch import WatchOptions
+
+    monkeypatch.setattr(runner, "InProcessWorker", _ScriptedWorker)
+    _ScriptedWorker.failed_once = set()
+    for step in STEPS:
+        (tmp_path / "run" / f"step_{step}").mkdir(parents=True)
+    config = _config(tmp_path)
+    config.log_to = _targets(tmp_path)
+    for step in STEPS[:2]:
+        (tmp_path / "run" / f"step_{step}" / "COMPLETE").touch()
+    first = runner.run_sweep(config, progress=False, in_process=True, watch=WatchOptions(poll_seconds=0.1, until_step=2000, marker="COMPLETE"))
+    assert (first.stopped_by, first.evaluated, len(first.failures)) == ("until-step", 3, 1)
+    (tmp_path / "run" / "step_3000" / "COMPLETE").touch()
+    second = runner.run_sweep(config, progress=False, in_process=True, watch=WatchOptions(poll_seconds=0.1, until_step=3000, marker="COMPLETE"))
+    assert (second.stopped_by, second.evaluated, len(second.failures)) == ("until-step", 3, 0)
+
+    scalars, texts, _ = _tensorboard(tmp_path / "tb" / "fam")
+    ids, rows, _ = _wandb(Path(config.output))
+    _assert_each_once(scalars, rows, _expected())
+    assert len(ids) == 1 and len(glob.glob(str(tmp_path / "out" / "wandb" / "offline-run-*"))) == 2
+    assert "failures/b/text_summary" in texts
+    assert [row["train/step"] for row in rows if "failures" in row] == [2000]
+
+
 def test_recomputed_cells_are_logged_again_at_their_step_and_failures_as_text(tmp_path):
     _round(_config(tmp_path), push := TrackerPush(parse_specs(_targets(tmp_path)), tmp_path / "out"))
     # The task's inputs change (another limit: another config hash): every cell recomputed, logged again.
