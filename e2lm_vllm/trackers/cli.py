@@ -33,13 +33,21 @@ def run(args: argparse.Namespace) -> int:
     if not (output / "metrics.parquet").is_file():
         print(f"e2lm-vllm log: {output} has no metrics.parquet (expected a sweep's output folder)", file=sys.stderr)
         return 2
+    from e2lm_vllm.sweep.lock import SweepLockedError, output_lock
+
     try:
         push = TrackerPush(parse_specs(args.log_to), output)
     except TrackerSpecError as error:
         print(f"e2lm-vllm log: {error}", file=sys.stderr)
         return 2
     try:
-        count = push.after_round()
+        # The sweep's own lock: a running sweep or watcher logs these cells itself, and one writer of
+        # trackers.json at a time keeps each cell logged once.
+        with output_lock(output):
+            count = push.after_round()
+    except SweepLockedError as error:
+        print(f"e2lm-vllm log: {error}", file=sys.stderr)
+        return 2
     finally:
         push.close()
     failed = sorted(push.broken)
