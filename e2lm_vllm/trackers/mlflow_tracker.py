@@ -13,7 +13,7 @@ import os
 import time
 
 from e2lm_vllm.trackers.base import RunIdentity, ScoresSnapshot
-from e2lm_vllm.trackers.points import CheckpointPoint, FailureNote, by_tokens
+from e2lm_vllm.trackers.points import CheckpointPoint, FailureNote, by_tokens, safe_name
 
 
 class MlflowTracker:
@@ -61,7 +61,7 @@ class MlflowTracker:
         self.client.log_text(self.run_id, scores.text + "\n", "quality/score.txt")
         self.client.log_dict(self.run_id, scores.scores, "quality/scores.json")
         self._log(
-            {f"quality/{row.task}/{row.metric}/score".replace(",", "_"): float(row.score) for row in scores.tasks.itertuples(index=False) if row.score == row.score},
+            {safe_name(f"quality/{row.task}/{row.metric}/score"): float(row.score) for row in scores.tasks.itertuples(index=False) if row.score == row.score},
             scores.step,
         )
         for image in scores.images:

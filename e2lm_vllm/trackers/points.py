@@ -15,6 +15,11 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
 FINGERPRINT_COLUMNS = ("config_hash", "input_fingerprint", "fingerprint")
 
 
+def safe_name(name: str) -> str:
+    """A name every tracker accepts (MLflow's rule is the strictest)."""
+    return _UNSAFE.sub("_", name)
+
+
 def metric_name(task: str, metric: str, filter_name: str | None) -> str:
     """``eval/<task>/<metric>``, then ``/<filter>`` when the filter is not lm-eval's default ``none``."""
     name = f"eval/{task}/{metric}" + (f"/{filter_name}" if filter_name and filter_name != "none" else "")
