@@ -495,3 +495,28 @@ def test_a_real_in_process_sweep_logs_each_checkpoint_once_and_a_rerun_nothing(t
     assert again.evaluated == 0
     assert _tensorboard(tmp_path / "tb" / "ladder")[0] == scalars
     assert len(glob.glob(str(tmp_path / "out" / "wandb" / "offline-run-*"))) == 1
+
+
+def test_lm_evals_own_wandb_logger_takes_the_results_of_our_model(tmp_path, monkeypatch):
+    """`lm_eval --model e2lm_vllm --wandb_args ...` runs lm-eval's `WandbLogger` on the results dict, as for
+    `--model vllm`: here on the results a real `--model e2lm_vllm` run wrote (tests/data/lm_eval_e2lm_vllm).
+    (Its samples go through `log_eval_samples` in memory; the samples file on disk has another shape.)"""
+    from lm_eval.loggers import WandbLogger
+
+    results = json.loads((REPO / "tests" / "data" / "lm_eval_e2lm_vllm" / "results.json").read_text())
+    assert results["config"]["model"] == "e2lm_vllm"
+    monkeypatch.chdir(tmp_path)
+    logger = WandbLogger(init_args={"project": "e2lm-lmeval", "dir": str(tmp_path)})
+    logger.post_init(results)
+    logger.log_eval_result()
+    logger.run.finish()
+
+    _, rows, _ = _wandb(tmp_path)
+    logged = {key: value for row in rows for key, value in row.items() if key.startswith("sweep_arc_easy/")}
+    for metric in ("acc", "acc_norm"):
+        assert logged[f"sweep_arc_easy/{metric}"] == results["results"]["sweep_arc_easy"][f"{metric},none"]
+        assert logged[f"sweep_arc_easy/{metric}_stderr"] == results["results"]["sweep_arc_easy"][f"{metric}_stderr,none"]
+    tables = [row["evaluation/eval_results"] for row in rows if "evaluation/eval_results" in row]
+    assert len(tables) == 1 and tables[0]["_type"] == "table-file"
+    table = json.loads(next(tmp_path.glob(f"wandb/offline-run-*/files/{tables[0]['path']}")).read_text())
+    assert {row[table["columns"].index("Metric")] for row in table["data"]} >= {"acc", "acc_norm"}
