@@ -35,7 +35,9 @@ pytest.importorskip("wandb")
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = (1000, 2000, 3000)
-TASKS = ("a", "b")
+TASKS_DIR = REPO / "tests" / "data" / "sweep_tasks"
+TASKS = ("sweep_arc_easy", "sweep_arc_letter")  # real task YAMLs: the planner checks that tasks exist
+A, B = TASKS
 TOKENS_PER_STEP = 2048.0
 
 
@@ -55,13 +57,14 @@ def _config(tmp: Path, steps=STEPS, limit: float | None = None):
     data = {
         "models": [{"name": "fam", "checkpoints": {"paths": [str(tmp / "run" / "step_*")]}, "tokens_per_step": TOKENS_PER_STEP}],
         "tasks": list(TASKS),
+        "include_paths": [str(TASKS_DIR)],
         "output": str(tmp / "out"),
     }
     return validate_config({**data, **({"limit": limit} if limit else {})})
 
 
 def _value(step: int, task: str, shift: float = 0.0) -> float:
-    return step / 10000 + (0.01 if task == "b" else 0.0) + shift
+    return step / 10000 + (0.01 if task == B else 0.0) + shift
 
 
 def _expected(steps=STEPS, shift: float = 0.0) -> dict[str, dict[int, float]]:
@@ -181,7 +184,7 @@ def _assert_each_once(scalars: dict, rows: list[dict], expected: dict[str, dict[
     points = _wandb_points(rows)
     want = Counter((name, step, round(value, 9)) for name, by_step in expected.items() for step, value in by_step.items())
     assert points == want
-    assert all(row.get("train/tokens") == row["train/step"] * TOKENS_PER_STEP for row in rows if "eval/a/acc" in row)
+    assert all(row.get("train/tokens") == row["train/step"] * TOKENS_PER_STEP for row in rows if f"eval/{A}/acc" in row)
 
 
 def _targets(tmp: Path) -> list[str]:
@@ -206,7 +209,7 @@ def test_a_three_checkpoint_sweep_logs_every_metric_of_every_cell_once_at_its_st
     assert "quality/score/text_summary" in texts and any(tag.startswith("report/curves-") for tag in images)
     assert any(tag.startswith("quality/") for tag in scalars) or "quality/score" in str(texts)
     assert any(key.startswith("report/") for row in rows for key in row) and any(key == "quality/scores" for row in rows for key in row)
-    assert any(key.startswith("quality/a/") for key in summary)
+    assert any(key.startswith(f"quality/{A}/") for key in summary)
     ledger = json.loads((output / "trackers.json").read_text())
     assert set(ledger["runs"]) == {f"tensorboard:{tmp_path / 'tb'}", "wandb:/e2lm-test"}
     assert ledger["runs"]["wandb:/e2lm-test"]["fam"]["run_id"] == ids.pop()
@@ -256,7 +259,7 @@ class _ScriptedWorker:
         cells = []
         for cell in unit.cells:
             step, task = cell.checkpoint.step, cell.task.name
-            if (step, task) == (2000, "b") and "b2000" not in self.failed_once:
+            if (step, task) == (2000, B) and "b2000" not in self.failed_once:
                 self.failed_once.add("b2000")
                 cells.append(CellResult(key=cell.key, error="RuntimeError: scripted failure", error_kind="error"))
                 continue
@@ -307,7 +310,7 @@ def test_the_real_watcher_stopped_and_restarted_between_checkpoints(tmp_path, mo
     ids, rows, _ = _wandb(Path(config.output))
     _assert_each_once(scalars, rows, _expected())
     assert len(ids) == 1 and len(glob.glob(str(tmp_path / "out" / "wandb" / "offline-run-*"))) == 2
-    assert "failures/b/text_summary" in texts
+    assert f"failures/{B}/text_summary" in texts
     assert [row["train/step"] for row in rows if "failures" in row] == [2000]
 
 
@@ -420,7 +423,7 @@ def test_a_missing_tracker_package_is_one_line_naming_the_extra_before_any_engin
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed: `import wandb` raises ImportError
     (tmp_path / "run" / "step_1").mkdir(parents=True)
     code = main([
-        "--checkpoints", str(tmp_path / "run" / "step_*"), "--tasks", "a", "--output", str(tmp_path / "out"),
+        "--checkpoints", str(tmp_path / "run" / "step_*"), "--tasks", A, "--include-path", str(TASKS_DIR), "--output", str(tmp_path / "out"),
         "--log-to", "wandb:project=p", "--no-progress",
     ])  # fmt: skip
     err = capsys.readouterr().err.strip()
@@ -440,12 +443,15 @@ def test_online_wandb_without_credentials_is_refused_before_any_engine(tmp_path,
     assert str(error.value) == _doc_message("log-to-wandb-no-credentials")
     monkeypatch.setenv("WANDB_MODE", "offline")
     require_packages([parse_spec("wandb:project=p")])
+    import wandb
+
+    wandb.teardown()  # the login check set up W&B's process-wide settings while online: later tests start clean
 
 
 def test_log_to_is_not_part_of_the_config_hash(tmp_path):
     from e2lm_vllm.sweep.config import config_hash
 
-    data = {"models": [{"name": "m", "checkpoints": {"paths": [str(tmp_path / "step_1")]}}], "tasks": ["a"]}
+    data = {"models": [{"name": "m", "checkpoints": {"paths": [str(tmp_path / "step_1")]}}], "tasks": [A], "include_paths": [str(TASKS_DIR)]}
     (tmp_path / "step_1").mkdir()
     plain, logged = validate_config(data), validate_config({**data, "log_to": [f"tensorboard:{tmp_path}"]})
     assert config_hash(plain) == config_hash(logged)
@@ -506,7 +512,7 @@ def test_lm_evals_own_wandb_logger_takes_the_results_of_our_model(tmp_path, monk
     results = json.loads((REPO / "tests" / "data" / "lm_eval_e2lm_vllm" / "results.json").read_text())
     assert results["config"]["model"] == "e2lm_vllm"
     monkeypatch.chdir(tmp_path)
-    logger = WandbLogger(init_args={"project": "e2lm-lmeval", "dir": str(tmp_path)})
+    logger = WandbLogger(init_args={"project": "e2lm-lmeval", "dir": str(tmp_path), "mode": "offline"})
     logger.post_init(results)
     logger.log_eval_result()
     logger.run.finish()

@@ -1,4 +1,4 @@
-"""`e2lm-vllm log OUTPUT --log-to TRACKER ...`: push a sweep folder's results into trackers.
+"""`e2lm-vllm log OUTPUT --log-to TRACKER ...`: push a sweep folder's results into trackers (`e2lm_vllm.trackers`).
 
 For a sweep run without ``--log-to``, an old one, or a second tracker: the metrics of
 ``metrics.parquet`` at each checkpoint's step, the failures as text, the scores and the report's
