@@ -526,3 +526,17 @@ def test_lm_evals_own_wandb_logger_takes_the_results_of_our_model(tmp_path, monk
     assert len(tables) == 1 and tables[0]["_type"] == "table-file"
     table = json.loads(next(tmp_path.glob(f"wandb/offline-run-*/files/{tables[0]['path']}")).read_text())
     assert {row[table["columns"].index("Metric")] for row in table["data"]} >= {"acc", "acc_norm"}
+
+
+def test_a_cell_whose_inputs_changed_under_the_same_config_is_logged_again():
+    """Same config hash, but the task file or the checkpoint was rewritten (main's fingerprints): log again."""
+    from e2lm_vllm.trackers.points import checkpoint_points
+
+    row = {"model": "m", "checkpoint": "c", "step": 1, "tokens": None, "task": "t", "metric": "acc", "filter": "none", "value": 0.5,
+           "stderr": None, "config_hash": "h", "task_fingerprint": "t1", "checkpoint_fingerprint": "c1"}  # fmt: skip
+    first = checkpoint_points(pd.DataFrame([row]), {})
+    logged = dict(first[0].cells)
+    assert checkpoint_points(pd.DataFrame([row]), logged) == []
+    for column in ("task_fingerprint", "checkpoint_fingerprint", "config_hash"):
+        again = checkpoint_points(pd.DataFrame([{**row, column: "new"}]), logged)
+        assert [point.values for point in again] == [{"eval/t/acc": 0.5}], column

@@ -11,8 +11,9 @@ import pandas as pd
 
 # MLflow accepts only these characters in a metric name; the others take the same names for one scheme.
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
-# Columns that say which computation produced a cell: a change in any of them means "log it again".
-FINGERPRINT_COLUMNS = ("config_hash", "input_fingerprint", "fingerprint")
+# Columns that say what a cell computed and read (results/schema.py): a change in any means "log it again"
+# (a task edited, a checkpoint rewritten, other settings), even where the step and task are the same.
+FINGERPRINT_COLUMNS = ("config_hash", "task_fingerprint", "checkpoint_fingerprint")
 
 
 def safe_name(name: str) -> str:
