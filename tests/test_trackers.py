@@ -27,7 +27,7 @@ from e2lm_vllm.sweep.config import SweepConfigError, validate_config
 from e2lm_vllm.sweep.plan import build_plan
 from e2lm_vllm.sweep.runner import consolidate, write_cell
 from e2lm_vllm.sweep.worker import CellResult, UnitResult
-from e2lm_vllm.trackers.push import TrackerPush
+from e2lm_vllm.trackers.push import PushCount, TrackerPush
 from e2lm_vllm.trackers.spec import TrackerSpecError, parse_spec, parse_specs
 
 pytest.importorskip("tensorboardX")
@@ -540,3 +540,11 @@ def test_a_cell_whose_inputs_changed_under_the_same_config_is_logged_again():
     for column in ("task_fingerprint", "checkpoint_fingerprint", "config_hash"):
         again = checkpoint_points(pd.DataFrame([{**row, column: "new"}]), logged)
         assert [point.values for point in again] == [{"eval/t/acc": 0.5}], column
+
+
+def test_an_unreadable_table_is_a_warning_not_an_error_of_the_sweep(tmp_path, caplog):
+    (tmp_path / "metrics.parquet").write_bytes(b"not parquet")
+    push = TrackerPush(parse_specs([f"tensorboard:{tmp_path / 'tb'}"]), tmp_path)
+    assert push.after_round() == PushCount()
+    assert "reading the output's tables failed" in caplog.text and "the sweep goes on" in caplog.text
+    push.close()

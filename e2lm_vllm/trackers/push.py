@@ -83,7 +83,13 @@ class TrackerPush:
 
     def after_checkpoint(self, cells: Iterable[Any]) -> PushCount:
         """The cells of one checkpoint, just written (``Cell`` objects of the sweep's plan)."""
-        cells = list(cells)
+        return self._guard("trackers", "reading the checkpoint's cells", lambda: self._after_checkpoint(list(cells))) or PushCount()
+
+    def after_round(self) -> PushCount:
+        """The whole output (cells a crash kept from the trackers included), then the scores and plots."""
+        return self._guard("trackers", "reading the output's tables", self._after_round) or PushCount()
+
+    def _after_checkpoint(self, cells: list[Any]) -> PushCount:
         metrics = _read(cell.metrics_part(self.output) for cell in cells)
         failures = _failures(self.output)
         if not failures.empty:
@@ -91,8 +97,7 @@ class TrackerPush:
             failures = failures[[pair in wanted for pair in zip(failures["checkpoint"], failures["task"])]]
         return self.push(metrics, failures, scores=False)
 
-    def after_round(self) -> PushCount:
-        """The whole output (cells a crash kept from the trackers included), then the scores and plots."""
+    def _after_round(self) -> PushCount:
         path = self.output / "metrics.parquet"
         metrics = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
         return self.push(metrics, _failures(self.output), scores=True)
