@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("e2lm_vllm.sweep.cli", "evaluate every checkpoint x task on a local Ray cluster"),
     "score": ("e2lm_vllm.scoring.cli", "benchmark-quality metrics (E2LM signal quality, SNR, ...)"),
     "report": ("e2lm_vllm.scoring.report", "plots and a markdown report of a results table"),
+    "log": ("e2lm_vllm.sweep.log", "push a sweep folder's metrics, scores and plots into W&B, TensorBoard or MLflow"),
     "curriculum": ("e2lm_vllm.curriculum.cli", "build and validate the MMLU-Curriculum task"),
     "submission": ("e2lm_vllm.curriculum.submission", "package a task as an E2LM competition submission"),
 }

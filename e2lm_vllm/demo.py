@@ -18,6 +18,7 @@ Every step is the real command a user would type; this module only strings them 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shlex
 import subprocess
@@ -82,8 +83,9 @@ def demo_size(flags: frozenset[str], limit: int | None = None) -> DemoSize:
     return chosen
 
 
-def sweep_config(ladders: dict[str, Path], size: DemoSize, output: Path) -> dict:
-    """The sweep YAML a user would write for the two ladders (`e2lm-vllm sweep CONFIG`)."""
+def sweep_config(ladders: dict[str, Path], size: DemoSize, output: Path, tensorboard: Path | None = None) -> dict:
+    """The sweep YAML a user would write for the two ladders (`e2lm-vllm sweep CONFIG`); with the eval
+    curves as TensorBoard event files too where the `tensorboard` extra is installed (`make install` has it)."""
     return {
         "models": [
             {"name": name, "architecture": ARCHITECTURE, "checkpoints": {"paths": [str(folder / "step_*")]}}
@@ -94,6 +96,7 @@ def sweep_config(ladders: dict[str, Path], size: DemoSize, output: Path) -> dict
         "limit": size.limit,
         "engine": {"lm": "e2lm_vllm", "dtype": "float32", "max_model_len": 2048},
         "output": str(output),
+        **({"log_to": [f"tensorboard:{tensorboard}"]} if tensorboard else {}),
     }
 
 
@@ -152,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
 
     sweep = output / "sweep"
+    tensorboard = output / "tensorboard" if importlib.util.find_spec("tensorboardX") else None
     config = output / "sweep.yaml"
-    config.write_text(yaml.safe_dump(sweep_config(ladders, size, sweep), sort_keys=False))
+    config.write_text(yaml.safe_dump(sweep_config(ladders, size, sweep, tensorboard), sort_keys=False))
     print(f"\n    sweep config: {config}")
     _step("sweep both ladders x tasks on a local Ray cluster (one engine, weight swaps)", [*cli, "sweep", str(config)])
 
@@ -175,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  sweep Parquet:                     {sweep / 'metrics.parquet'} and samples.parquet\n"
         f"  report with plots:                 {report / 'report.md'}\n"
         f"  E2LM organisers' curves, scored:   {e2lm_report / 'report.md'}"
+        + (f"\n  eval curves in TensorBoard:        tensorboard --logdir {tensorboard}" if tensorboard else "")
     )
     return 0
 

@@ -54,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="recompute cells already in the output")
     parser.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a fresh local Ray)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    parser.add_argument(
+        "--log-to",
+        action="append",
+        metavar="TRACKER",
+        help="log each checkpoint's metrics, then scores and plots (repeatable; replaces the config's log_to): "
+        "wandb:project=P[,entity=E,name=N,group=G], tensorboard:DIR, mlflow:URI[,experiment=X]",
+    )
     watch = parser.add_argument_group("following a run while it trains")
     watch.add_argument(
         "--watch", action="store_true", help="after the existing checkpoints, keep polling for new complete ones"
@@ -92,6 +99,13 @@ def build_config(args: argparse.Namespace) -> Any:
         if not args.checkpoint_timeout_s > 0:
             raise SweepConfigError(f"--checkpoint-timeout-s: expected a number of seconds > 0, got {args.checkpoint_timeout_s:g}")
         config.checkpoint_timeout_s = args.checkpoint_timeout_s
+    if getattr(args, "log_to", None):
+        from e2lm_vllm.trackers.spec import TrackerSpecError, parse_specs
+
+        try:
+            config.log_to = [str(spec) for spec in parse_specs(args.log_to)]
+        except TrackerSpecError as error:
+            raise SweepConfigError(str(error)) from None
     return config
 
 

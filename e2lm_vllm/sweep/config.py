@@ -321,6 +321,10 @@ class SweepConfig(_Strict):
         description="seconds a worker may take over one checkpoint (its start, load and every task) before it is "
         "killed and the checkpoint retried; default: 4 h on a cluster with GPUs, 24 h without",
     )
+    log_to: list[str] = Field(
+        default_factory=list,
+        description="trackers that get every checkpoint's metrics: wandb:project=P[,...], tensorboard:DIR, mlflow:URI[,experiment=X]",
+    )
     worker_lifetime: Literal["sweep", "checkpoint"] = Field(
         default="sweep",
         description="sweep: one worker per device evaluates checkpoint after checkpoint, swapping weights; "
@@ -334,6 +338,16 @@ class SweepConfig(_Strict):
             value = [name for name in value.split(",") if name.strip()]
         if isinstance(value, list):
             return [{"name": item.strip()} if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("log_to", mode="before")
+    @classmethod
+    def _tracker_specs(cls, value: Any) -> Any:
+        from e2lm_vllm.trackers.spec import parse_specs
+
+        value = [value] if isinstance(value, str) else value
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            parse_specs(value)  # the format only; whether the package is there is checked when the sweep starts
         return value
 
     @field_validator("include_paths", mode="before")
@@ -358,7 +372,7 @@ class SweepConfig(_Strict):
 
 
 # Fields that decide how a sweep runs, not what it computes: left out of the config hash.
-_EXECUTION_FIELDS = {"output", "workers", "cpus_per_worker", "max_attempts", "worker_lifetime", "checkpoint_timeout_s"}
+_EXECUTION_FIELDS = {"output", "workers", "cpus_per_worker", "max_attempts", "worker_lifetime", "checkpoint_timeout_s", "log_to"}
 
 
 def stable_hash(payload: Any, length: int = 12) -> str:

@@ -45,6 +45,7 @@ from e2lm_vllm.sweep.worker import CellResult, UnitResult, failure_kind
 
 if TYPE_CHECKING:
     from e2lm_vllm.sweep.watch import WatchOptions
+    from e2lm_vllm.trackers.push import TrackerPush
 
 log = logging.getLogger("e2lm_vllm.sweep")
 
@@ -227,6 +228,13 @@ def run_sweep(
         raise SweepConfigError(
             f"output: expected an absolute path inside a Ray job (its working dir is a temporary copy), got {config.output!r}"
         )
+    if config.log_to:  # a tracker package missing is said now, before any engine starts
+        from e2lm_vllm.trackers.spec import TrackerSpecError, parse_specs, require_packages
+
+        try:
+            require_packages(parse_specs(config.log_to))
+        except TrackerSpecError as error:
+            raise SweepConfigError(str(error)) from None
     with output_lock(Path(config.output).absolute()):  # one running sweep per output folder
         return _run_sweep(config, force, address, progress, in_process, watch)
 
@@ -274,6 +282,7 @@ class SweepSession:
     @property
     def failure_parts(self) -> Path:
         return self.output / FAILURE_PARTS / self.run_id
+    trackers: TrackerPush | None = None  # `log_to`: W&B, TensorBoard, MLflow (e2lm_vllm.trackers)
 
     def plan(self, force: bool = False, completeness: Completeness | None = None) -> Plan:
         """The cells as the checkpoint sources are now; cells that failed in this run are not planned again."""
@@ -293,9 +302,20 @@ class SweepSession:
         return plan
 
     def evaluate(self, plan: Plan, after_unit: Callable[[WorkUnit], None] | None = None) -> None:
+        def each(unit: WorkUnit) -> None:
+            if self.trackers is not None:  # the checkpoint's cells and failures, as soon as they are written
+                self.trackers.after_checkpoint(unit.cells)
+            if after_unit is not None:
+                after_unit(unit)
+
         if plan.units:
-            args = (self.pool, self.progress, self.failures, self.summary, self.stop, after_unit, self.failure_parts)
+            args = (self.pool, self.progress, self.failures, self.summary, self.stop, each, self.failure_parts)
             _evaluate(plan, self.config, self.output, *args)
+
+    def end_round(self) -> None:
+        """After a sweep or a watch round: anything the trackers still lack, then the scores and plots."""
+        if self.trackers is not None:
+            self.trackers.after_round()
 
     def write_tables(self, plan: Plan) -> None:
         consolidate(plan, self.output)
@@ -361,10 +381,16 @@ def _run_sweep(
         len(plan.missing),
     )
     session = SweepSession(config, output, WorkerPool(config, address, in_process), summary, progress, digests=digests, run_id=run_id)
+    if config.log_to:
+        from e2lm_vllm.trackers.push import TrackerPush
+        from e2lm_vllm.trackers.spec import parse_specs
+
+        session.trackers = TrackerPush(parse_specs(config.log_to), output)
     try:
         if watch is None:
             session.evaluate(plan)
             session.write_tables(plan)
+            session.end_round()
         else:
             from e2lm_vllm.sweep.watch import follow
 
@@ -372,6 +398,8 @@ def _run_sweep(
         session.finish()
     finally:
         session.pool.shutdown()
+        if session.trackers is not None:
+            session.trackers.close()
     summary.cells = len(plan.cells)
     summary.failures = session.failures
     summary.seconds = time.time() - started

@@ -304,6 +304,7 @@ def follow(session: Session, plan: Plan, options: WatchOptions, completeness: Co
         session.evaluate(plan, after_unit)
         session.write_tables(plan)
         write_report(output, state)
+        session.end_round()
         while (reason := stop_reason(interrupted)) is None:
             state.log_progress(output)
             deadline = time.monotonic() + options.poll_seconds
@@ -320,6 +321,7 @@ def follow(session: Session, plan: Plan, options: WatchOptions, completeness: Co
                 session.evaluate(current[0], after_unit)
                 session.write_tables(current[0])
                 write_report(output, state)
+                session.end_round()
     state.log_progress(output)  # watch.json as the watcher leaves it
     session.summary.stopped_by = reason
     log.info("watch: stopped (%s); %s", reason, state.describe())

@@ -1,0 +1,49 @@
+"""``OUTPUT/trackers.json``: per tracker target and model family, the run id and what the run already holds.
+
+A restarted sweep, watcher or ``e2lm-vllm log`` reads it to continue the same run and to log only
+cells it lacks (a cell is logged again only when its fingerprint, the ``config_hash``, changed).
+Written atomically after each successful push, so a crash loses at most what was being logged,
+which the next push logs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LEDGER_FILE = "trackers.json"
+
+
+@dataclass(frozen=True)
+class Ledger:
+    path: Path
+
+    @classmethod
+    def of(cls, output: Path) -> Ledger:
+        return cls(Path(output) / LEDGER_FILE)
+
+    def read(self) -> dict[str, Any]:
+        if not self.path.is_file():
+            return {"version": 1, "runs": {}}
+        return json.loads(self.path.read_text())
+
+    def run(self, target: str, model: str) -> dict[str, Any]:
+        """The record of one run: ``run_id``, ``cells`` (key -> fingerprint), ``failures``, ``scores``."""
+        record = self.read()["runs"].get(target, {}).get(model, {})
+        return {"run_id": None, "cells": {}, "failures": [], "scores": None, **record}
+
+    def save_run(self, target: str, model: str, record: dict[str, Any]) -> None:
+        data = self.read()
+        data["runs"].setdefault(target, {})[model] = record
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(data, handle, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -1,0 +1,225 @@
+"""The sweep's hook into the trackers: after each checkpoint its cells, at the end of a round the scores.
+
+Every call reads what the output folder holds, compares it with the ledger and logs only what a
+run lacks, so the sweep, a restarted sweep, a watcher and ``e2lm-vllm log`` share one path. A
+tracker that fails (disk full, server down, bad credentials) is a warning: the evaluation never
+waits on it nor loses a cell, and the cells it missed stay out of the ledger, so the next push (or
+``e2lm-vllm log OUTPUT --log-to ...``) logs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from e2lm_vllm.trackers.base import RunIdentity, ScoresSnapshot, Tracker
+from e2lm_vllm.trackers.ledger import Ledger
+from e2lm_vllm.trackers.points import checkpoint_points, failure_notes
+from e2lm_vllm.trackers.spec import TrackerSpec, require_packages
+
+log = logging.getLogger("e2lm_vllm.trackers")
+
+
+@dataclass(frozen=True)
+class PushCount:
+    """What one push logged: checkpoints and cells, failures, whether the scores were logged."""
+
+    checkpoints: int = 0
+    cells: int = 0
+    failures: int = 0
+    scores: bool = False
+
+    def __add__(self, other: PushCount) -> PushCount:
+        return PushCount(
+            self.checkpoints + other.checkpoints, self.cells + other.cells, self.failures + other.failures, self.scores or other.scores
+        )
+
+
+def open_tracker(spec: TrackerSpec, identity: RunIdentity) -> Tracker:
+    options = dict(spec.options)
+    if spec.kind == "wandb":
+        from e2lm_vllm.trackers.wandb_tracker import WandbTracker
+
+        return WandbTracker(spec.target, options, identity)
+    if spec.kind == "mlflow":
+        from e2lm_vllm.trackers.mlflow_tracker import MlflowTracker
+
+        return MlflowTracker(spec.target, options, identity)
+    from e2lm_vllm.trackers.tensorboard_tracker import TensorBoardTracker
+
+    return TensorBoardTracker(spec.target, identity)
+
+
+def _read(paths: Iterable[Path]) -> pd.DataFrame:
+    frames = [pd.read_parquet(path) for path in paths if path.is_file()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _failures(output: Path) -> pd.DataFrame:
+    path = output / "failures.parquet"
+    return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+
+
+class TrackerPush:
+    """The trackers of one output folder; runs opened on first use and kept until ``close``."""
+
+    def __init__(self, specs: list[TrackerSpec], output: Path):
+        require_packages(specs)
+        self.specs, self.output = specs, Path(output)
+        self.ledger = Ledger.of(self.output)
+        self.runs: dict[tuple[str, str], Tracker] = {}
+        self.broken: set[str] = set()  # targets that failed in this process: warned once, retried next push
+
+    # -- the hooks ---------------------------------------------------------------------------------
+
+    def after_checkpoint(self, cells: Iterable[Any]) -> PushCount:
+        """The cells of one checkpoint, just written (``Cell`` objects of the sweep's plan)."""
+        return self._guard("trackers", "reading the checkpoint's cells", lambda: self._after_checkpoint(list(cells))) or PushCount()
+
+    def after_round(self) -> PushCount:
+        """The whole output (cells a crash kept from the trackers included), then the scores and plots."""
+        return self._guard("trackers", "reading the output's tables", self._after_round) or PushCount()
+
+    def _after_checkpoint(self, cells: list[Any]) -> PushCount:
+        metrics = _read(cell.metrics_part(self.output) for cell in cells)
+        failures = _failures(self.output)
+        if not failures.empty:
+            wanted = {(cell.checkpoint.id, cell.task.name) for cell in cells}
+            failures = failures[[pair in wanted for pair in zip(failures["checkpoint"], failures["task"])]]
+        return self.push(metrics, failures, scores=False)
+
+    def _after_round(self) -> PushCount:
+        path = self.output / "metrics.parquet"
+        metrics = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+        return self.push(metrics, _failures(self.output), scores=True)
+
+    def close(self) -> None:
+        for (target, model), run in list(self.runs.items()):
+            self._guard(target, f"closing the run of {model}", run.close)
+        self.runs.clear()
+
+    # -- the work ----------------------------------------------------------------------------------
+
+    def push(self, metrics: pd.DataFrame, failures: pd.DataFrame, scores: bool) -> PushCount:
+        models = sorted(set(metrics.get("model", pd.Series(dtype=str))) | set(failures.get("model", pd.Series(dtype=str))))
+        snapshot = self._scores(metrics) if scores and not metrics.empty else None
+        try:
+            return self._push_all(metrics, failures, snapshot, models)
+        finally:
+            if snapshot is not None and snapshot.folder is not None:
+                shutil.rmtree(snapshot.folder, ignore_errors=True)
+
+    def _push_all(self, metrics: pd.DataFrame, failures: pd.DataFrame, snapshot: ScoresSnapshot | None, models: list[str]) -> PushCount:
+        total = PushCount()  # the most any target took: every target gets the same cells
+        for spec in self.specs:
+            target = PushCount()
+            for model in models:
+                count = self._guard(
+                    spec.key,
+                    f"logging {model}",
+                    lambda spec=spec, model=model: self._push_run(
+                        spec, model, metrics[metrics["model"] == model] if not metrics.empty else metrics,
+                        failures[failures["model"] == model] if not failures.empty else failures, snapshot, len(models),
+                    ),
+                )
+                target = target + (count or PushCount())
+            total = max(total, target, key=lambda c: (c.cells, c.failures, c.scores))
+        return total
+
+    def _run(self, spec: TrackerSpec, model: str, record: dict[str, Any], families: int) -> Tracker:
+        run = self.runs.get((spec.key, model))
+        if run is None:
+            name = spec.option("name") or model
+            if spec.option("name") and families > 1:
+                name = f"{name}-{model}"
+            run = open_tracker(spec, RunIdentity(model=model, name=name, run_id=record["run_id"], output=self.output))
+            self.runs[(spec.key, model)] = run
+            log.info("%s: %s run %s for %s", spec, "continuing" if record["run_id"] else "started", run.run_id, model)
+            if record["run_id"] != run.run_id:  # kept at once: a crash before the first value still resumes this run
+                record["run_id"] = run.run_id
+                self.ledger.save_run(spec.key, model, record)
+        return run
+
+    def _push_run(
+        self, spec: TrackerSpec, model: str, metrics: pd.DataFrame, failures: pd.DataFrame, snapshot: ScoresSnapshot | None, families: int
+    ) -> PushCount:
+        record = self.ledger.run(spec.key, model)
+        points = checkpoint_points(metrics, record["cells"])
+        notes = failure_notes(failures, set(record["failures"])) if not failures.empty else []
+        new_scores = snapshot is not None and snapshot.digest != record["scores"]
+        if not (points or notes or new_scores):
+            return PushCount()  # nothing new: not even a run is opened
+        run = self._run(spec, model, record, families)
+        for point in points:
+            run.log_checkpoint(point)
+            record["cells"].update(dict(point.cells))
+            self.ledger.save_run(spec.key, model, record)  # after each checkpoint: a crash re-logs at most one
+        if notes:
+            run.log_failures(notes)
+            record["failures"] = sorted({*record["failures"], *(note.key for note in notes)})
+            self.ledger.save_run(spec.key, model, record)
+        if new_scores:
+            run.log_scores(snapshot)
+            record["scores"] = snapshot.digest
+            self.ledger.save_run(spec.key, model, record)
+        self.broken.discard(spec.key)
+        return PushCount(len(points), sum(len(p.cells) for p in points), len(notes), new_scores)
+
+    def _guard(self, target: str, what: str, action: Any) -> Any:
+        try:
+            return action()
+        except Exception as error:  # noqa: BLE001 - a tracker never stops nor loses an evaluation
+            level = logging.DEBUG if target in self.broken else logging.WARNING
+            log.log(
+                level,
+                "tracker %s: %s failed (%s: %s); the sweep goes on, the cells it missed are logged at the next push "
+                "or by `e2lm-vllm log %s --log-to ...`",
+                target, what, type(error).__name__, error, self.output,
+            )  # fmt: skip
+            self.broken.add(target)
+            if isinstance(error, OSError):  # a run half-open on a full disk: reopened next time
+                self.runs = {key: run for key, run in self.runs.items() if key[0] != target}
+            return None
+
+    def _scores(self, metrics: pd.DataFrame) -> ScoresSnapshot | None:
+        """The `score` table and the report's plots of the output so far; None while it cannot be scored."""
+        from e2lm_vllm.scoring.api import ScoringConfig, prepare_table, score_results
+        from e2lm_vllm.scoring.cli import render_text
+        from e2lm_vllm.scoring.report import write_report
+        from e2lm_vllm.scoring.table import load_results
+
+        try:
+            results = load_results(self.output)
+            config = ScoringConfig()
+            report = score_results(results, config)
+            table = prepare_table(results, config)
+        except Exception as error:  # noqa: BLE001 - one checkpoint has no curve yet: no scores, no warning
+            log.info("trackers: no scores yet (%s: %s)", type(error).__name__, error)
+            return None
+        scores = report.to_json_dict()
+        digest = hashlib.sha256(json.dumps(scores, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        # The plots go to a folder of the trackers' own (the watcher's OUTPUT/report is its business);
+        # every tracker copies them before the push returns, so they live only as long as needed.
+        folder = Path(tempfile.mkdtemp(prefix=".trackers-report.", dir=self.output))
+        try:
+            write_report(report, table, folder, source=str(self.output))
+        except Exception as error:  # noqa: BLE001 - plots are a bonus: the scores go without them
+            log.warning("trackers: report plots failed (%s: %s)", type(error).__name__, error)
+        return ScoresSnapshot(
+            tasks=report.tasks_frame(),
+            text=render_text(report),
+            scores=scores,
+            images=tuple(sorted(folder.glob("*.png"))),
+            step=int(metrics["step"].max()),
+            digest=digest,
+            folder=folder,
+        )
