@@ -4,7 +4,9 @@ Pinned on a small held-out set of the bundled samples (subjects and tasks that n
 parity run nor the other engine tests read), through `e2lm_vllm.parity.run_parity`: two engines,
 one after the other (ours, then lm-eval's `vllm` with the same settings and prefix caching off),
 no HF. The criterion is `TOLERANCES["bfloat16"]` per request, and a mean |Δ| well below it
-(measured on this set: max 0.151 nats, mean 0.0148; see `e2lm_vllm.parity`).
+(measured on this set: max 0.151 nats, mean 0.0148 with bfloat16 emulated; max 0.366, mean 0.096
+with native avx512_bf16, where lm-eval's `vllm` differs from itself by 0.14 on average across batch
+shapes; see `e2lm_vllm.parity`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ HELD_OUT_TASKS = {  # task -> shots
     "sample_piqa": 0,  # long solutions: many rows per continuation
 }
 LIMIT = 3
+MEAN_BOUND = 0.15  # nats: lm-eval's own `vllm` in native bf16 at max_num_seqs 1 vs 64 differs by 0.14 on average
 
 
 def test_bf16_equals_lm_evals_vllm_within_the_bf16_tolerance(smollm2_path, monkeypatch):
@@ -48,8 +51,9 @@ def test_bf16_equals_lm_evals_vllm_within_the_bf16_tolerance(smollm2_path, monke
     (scored,) = report.request_types
     assert scored.n >= LIMIT * (4 + 4 + 3 + 2), summary  # every choice of every document
     assert report.max_abs_diff <= TOLERANCES["bfloat16"], summary
-    # rounding flips are few: on average far below the per-request bound (measured 0.0148 here)
-    assert scored.mean_abs_diff <= TOLERANCES["bfloat16"] / 10, summary
+    # on average well below the per-request bound: within the reference's own distance to itself
+    # at another batch shape (0.14 measured with native bf16; 0.0148 and 0.096 measured here)
+    assert scored.mean_abs_diff <= MEAN_BOUND, summary
     assert scored.is_greedy_agreement >= 0.9, summary  # measured 40 of 42
     assert report.within_tolerance and report.ok and not report.metrics_checked, summary
     print(f"bf16 held-out set: max |Δ| {report.max_abs_diff:.3g} nats, mean {scored.mean_abs_diff:.3g}, n {scored.n}")

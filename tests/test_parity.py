@@ -55,7 +55,7 @@ def test_tolerance_by_dtype():
     assert tolerance_for("float32") == tolerance_for("torch.float32") == tolerance_for("float") == TOLERANCES["float32"]
     assert 4.0e-5 < TOLERANCES["float32"] <= 1e-4  # above the measured float32 noise
     assert tolerance_for("bfloat16") == tolerance_for("torch.float16") == TOLERANCES["bfloat16"]
-    assert 0.151 < TOLERANCES["bfloat16"] < 0.5  # above the measured bf16 maximum (SmolLM2, 5-shot)
+    assert 0.366 < TOLERANCES["bfloat16"] <= 0.5  # above the measured bf16 maximum (SmolLM2, native avx512_bf16)
     with pytest.raises(ValueError):
         tolerance_for("int8")
 

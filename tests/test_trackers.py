@@ -247,6 +247,7 @@ class _ScriptedWorker:
     driver, the watcher and their tracker hooks run for real around it. Fails cell b at step 2000 once."""
 
     count = 1
+    checkpoint_timeout_s = None  # as the in-process worker: a unit runs inside submit()
     failed_once: set = set()
 
     def __init__(self) -> None:
