@@ -163,27 +163,22 @@ def write_report(output: Path, state: WatchState) -> Path:
     a half-written file nor a report naming a plot not there yet. With too few checkpoints to
     score (one checkpoint: no curve), ``report.md`` says so and lists what is there.
     """
-    from e2lm_vllm.scoring.api import ScoringConfig, prepare_table, score_results
     from e2lm_vllm.scoring.cli import render_text
-    from e2lm_vllm.scoring.failures import failure_line, read_failures
-    from e2lm_vllm.scoring.report import write_report as write_scored_report
-    from e2lm_vllm.scoring.samples import item_learnability
-    from e2lm_vllm.scoring.table import ScoringInputError, load_results
+    from e2lm_vllm.scoring.failures import failure_line
+    from e2lm_vllm.scoring.report import write_results_report
+    from e2lm_vllm.scoring.table import ScoringInputError
 
     final = output / REPORT_FOLDER
     final.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".report.", dir=output))
+    metrics = None
     try:
         try:
-            results = load_results(output)
-            config = ScoringConfig()
-            report = score_results(results, config)
-            table = prepare_table(results, config)
-            samples = results.samples
-            learnability = item_learnability(samples) if samples is not None and not samples.empty else None
-            failures = read_failures(output)
-            write_scored_report(report, table, staging, source=str(output), learnability=learnability, failures=failures)
-            (staging / "score.txt").write_text(render_text(report, failure_line(failures)) + "\n")
+            # One read of each table and one scoring of each sample per rebuild (the cost of a long run's
+            # rebuilds grows with its checkpoints only through the tables themselves).
+            scored = write_results_report(output, staging)
+            metrics = scored.results.metrics
+            (staging / "score.txt").write_text(render_text(scored.report, failure_line(scored.failures)) + "\n")
         except ScoringInputError as error:  # too few results yet: expected early in a run
             log.info("report: not scored yet (%s: %s)", type(error).__name__, error)
             reason = f"Not scored yet: {type(error).__name__}: {error}. Waiting for more checkpoints."
@@ -195,7 +190,7 @@ def write_report(output: Path, state: WatchState) -> Path:
             (staging / "score.txt").write_text(reason + "\n")
             (staging / "report.md").write_text("\n".join(["# Benchmark quality report", "", reason, ""]))
         try:
-            evaluated = _evaluated_checkpoints(output)
+            evaluated = _evaluated_checkpoints(output, metrics)
         except Exception as error:  # noqa: BLE001 - the same error as above, already logged when it is
             evaluated = [f"- unreadable: {type(error).__name__}: {error}"]
         markdown = (staging / "report.md").read_text().rstrip("\n").split("\n")
@@ -209,19 +204,25 @@ def write_report(output: Path, state: WatchState) -> Path:
     return final / "report.md"
 
 
-def _evaluated_checkpoints(output: Path) -> list[str]:
-    """``- model step N: checkpoint (tasks)`` for each checkpoint in ``metrics.parquet``."""
+def _evaluated_checkpoints(output: Path, metrics: Any = None) -> list[str]:
+    """``- model step N: checkpoint (tasks)`` for each checkpoint in ``metrics.parquet`` (or the table
+    already read for the report), deleted checkpoints marked."""
     import pandas as pd
 
     path = output / "metrics.parquet"
-    if not path.is_file():
-        return ["- none yet"]
-    metrics = pd.read_parquet(path, columns=["model", "checkpoint", "step", "task"])
+    if metrics is None:
+        if not path.is_file():
+            return ["- none yet"]
+        metrics = pd.read_parquet(path)
     if metrics.empty:
         return ["- none yet"]
     lines = []
     for (model, step, checkpoint), rows in metrics.groupby(["model", "step", "checkpoint"], sort=True):
-        lines.append(f"- {model} step {step}: `{checkpoint}` ({', '.join(sorted(rows['task'].unique()))})")
+        deleted = "checkpoint_deleted" in rows and bool(rows["checkpoint_deleted"].fillna(False).any())
+        lines.append(
+            f"- {model} step {step}: `{checkpoint}` ({', '.join(sorted(rows['task'].unique()))})"
+            + (" (checkpoint deleted since; rows kept)" if deleted else "")
+        )
     return lines
 
 
