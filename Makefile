@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # Two lanes, each test once: the fast one first, so a broken import fails in 2 minutes, not 25;
-# then engine, Ray and slow tests. --durations: the suite's time is a budget (30 min on 2 cores).
+# then engine, Ray and slow tests. --durations: the suite's time is a budget (.ci/run under 25 min on 2 cores).
 test: test-fast
 	$(BIN)/python -m pytest -ra --timeout=1500 --durations=25 -m "engine or ray or slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
