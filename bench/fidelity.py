@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.workloads import Workload
+from e2lm_vllm.offline import set_offline_defaults
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "bench" / "results"
@@ -243,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before vLLM is imported (as bench.worker): engines in this process start faster; offline;
     # every core for every backend (vLLM's CPU worker otherwise drops torch to one thread).
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    set_offline_defaults()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     from bench.backends import SETTINGS, settings_record

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import shlex
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from e2lm_vllm.cpu import cpu_flags, cpu_name, has_avx512
+from e2lm_vllm.offline import set_offline_defaults
 from e2lm_vllm.scoring.signal import MIN_AUTOCORRELATION_LENGTH
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -125,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo on {cpu_name()}\n    sized for {size.describe()}", flush=True)
     output = Path(args.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    set_offline_defaults()
     cli = [sys.executable, "-m", "e2lm_vllm.cli"]
     started = time.monotonic()
 

@@ -36,6 +36,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from e2lm_vllm.offline import set_offline_defaults
+
 log = logging.getLogger(__name__)
 
 DEFAULT_STEP_INTERVAL = 1000
@@ -236,7 +238,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    set_offline_defaults(datasets=False)
     from e2lm_vllm.models.registry import ModelPackageMissingError
 
     try:
