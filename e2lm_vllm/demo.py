@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from e2lm_vllm.config import DEFAULT_MAX_MODEL_LEN
 from e2lm_vllm.cpu import cpu_flags, cpu_name, has_avx512
 from e2lm_vllm.offline import set_offline_defaults
 from e2lm_vllm.scoring.signal import MIN_AUTOCORRELATION_LENGTH
@@ -94,7 +95,7 @@ def sweep_config(ladders: dict[str, Path], size: DemoSize, output: Path, tensorb
         "include_paths": [str(REPO_ROOT / "tasks" / "samples")],
         "tasks": list(DEMO_TASKS),
         "limit": size.limit,
-        "engine": {"lm": "e2lm_vllm", "dtype": "float32", "max_model_len": 2048},
+        "engine": {"lm": "e2lm_vllm", "dtype": "float32", "max_model_len": DEFAULT_MAX_MODEL_LEN},
         "output": str(output),
         **({"log_to": [f"tensorboard:{tensorboard}"]} if tensorboard else {}),
     }
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate the bundled real samples with the stock lm-eval CLI",
         [
             _bin("lm_eval"), "--model", "e2lm_vllm",
-            "--model_args", f"pretrained={model_path},dtype=float32,max_model_len=2048",
+            "--model_args", f"pretrained={model_path},dtype=float32,max_model_len={DEFAULT_MAX_MODEL_LEN}",
             "--tasks", ",".join(SAMPLE_TASKS), "--include_path", "tasks/samples", "--limit", str(size.samples_limit),
             "--output_path", str(output / "lm_eval"),
         ],

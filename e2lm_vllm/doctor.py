@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from e2lm_vllm.config import DEFAULT_MAX_MODEL_LEN
 from e2lm_vllm.cpu import bf16_native, cpu_flags, cpu_name, speed_flags
 
 DEFAULT_MODEL = "smollm2-135m"  # embedded: prepared offline from its PyPI package
-DEFAULT_MAX_MODEL_LEN = 2048  # the benchmark's; the long story document rolls over 2 windows
 # Parity: every request type, every planner path (few-shot primers, decode-step letters, shared
 # questions, long continuations, rolling windows, greedy generation). Task -> number of shots.
 PARITY_TASKS: dict[str, int] = {

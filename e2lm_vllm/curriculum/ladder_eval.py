@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from e2lm_vllm.config import DEFAULT_MAX_MODEL_LEN
 from e2lm_vllm.offline import set_offline_defaults
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=float)
     parser.add_argument("--num-fewshot", type=int)
     parser.add_argument("--model-name", help="family name (default: the checkpoints' parent folder)")
-    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--max-model-len", type=int, default=DEFAULT_MAX_MODEL_LEN)
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
