@@ -32,11 +32,12 @@ from e2lm_vllm.config import DEFAULT_MAX_MODEL_LEN
 from e2lm_vllm.cpu import cpu_flags, cpu_name, has_avx512
 from e2lm_vllm.offline import set_offline_defaults
 from e2lm_vllm.scoring.signal import MIN_AUTOCORRELATION_LENGTH
+from e2lm_vllm.taskdata.suites import SAMPLES_PREFIX, mmlu_task_name, task_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # 0-shot and short: the cheapest bundled tasks whose accuracy rises along the ladder (HellaSwag's
 # long endings cost about as much again and MMLU needs 5 shots for a 135M model to leave chance).
-DEMO_TASKS = ("sample_arc_easy", "sample_piqa")
+DEMO_TASKS = tuple(task_name(SAMPLES_PREFIX, name) for name in ("arc_easy", "piqa"))
 BUNDLED_DOCS = 60  # documents per task in tasks/samples (ARC-Easy and PIQA)
 # The reference pair (HIGH, LOW): the run that reaches the real weights is ahead of the weaker one
 # at every rung by construction (smaller blend gap), as the organisers' 3B model is of their 500M.
@@ -46,8 +47,8 @@ STRONG, WEAK = "smollm2-full", "smollm2-weak"
 WEAK_GAPS = (0.25, 0.06)
 # The stock-CLI step: every request type of the bundled samples but the rolling stories (2048-token
 # windows: 28 s of its 181 s at --limit 10, measured on the AVX512 Xeon), a few documents each.
-SAMPLE_TASKS = ("sample_mmlu_letter", "sample_mmlu_cloze", "sample_mmlu_gen", "sample_arc_easy",
-                "sample_arc_challenge", "sample_piqa", "sample_hellaswag")  # fmt: skip
+SAMPLE_TASKS = (*(mmlu_task_name(SAMPLES_PREFIX, kind) for kind in ("letter", "cloze", "gen")),
+                *(task_name(SAMPLES_PREFIX, name) for name in ("arc_easy", "arc_challenge", "piqa", "hellaswag")))
 ARCHITECTURE = "smollm2-135m"  # both ladders share it, so one engine swaps weights across them
 
 
