@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from e2lm_vllm.config import EngineSettings, cuda_available, engine_kwargs
+from e2lm_vllm.config import DEFAULT_MAX_MODEL_LEN, DEFAULT_SEED, EngineSettings, cuda_available, engine_kwargs
 from e2lm_vllm.reference import patch_vllm_version_lookup
 
 BACKENDS = ("hf", "vllm", "e2lm_vllm")
@@ -21,7 +21,7 @@ REFERENCE_BACKEND = "e2lm_vllm"  # ratios are given relative to this one
 HF_BATCH_SIZE = 8  # 5-shot prompts are ~500 tokens: 8 of them fill 2 cores without swapping
 
 # What every backend is given (the model args' own schema), so that only the scoring strategy differs.
-SETTINGS = EngineSettings(dtype="float32", max_model_len=2048, seed=1234, enforce_eager=True)
+SETTINGS = EngineSettings(dtype="float32", max_model_len=DEFAULT_MAX_MODEL_LEN, seed=DEFAULT_SEED, enforce_eager=True)
 # Engine kwargs lm-eval's `vllm` model gets as ours derives them from the settings (it forwards unknown
 # model args to `vllm.LLM`): the same KV cache, block size and prefix caching, and vLLM's counters on.
 SHARED_ENGINE_KWARGS = (

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.workloads import Workload
+from e2lm_vllm.offline import set_offline_defaults
+from e2lm_vllm.taskdata.suites import SAMPLES_PREFIX, mmlu_task_name, task_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "bench" / "results"
@@ -44,7 +46,7 @@ WORKLOADS: dict[str, Workload] = {
     for workload in (
         Workload(
             name="mmlu_5shot_letter",
-            tasks=("sample_mmlu_letter_astronomy", "sample_mmlu_letter_nutrition"),
+            tasks=(mmlu_task_name(SAMPLES_PREFIX, "letter", "astronomy"), mmlu_task_name(SAMPLES_PREFIX, "letter", "nutrition")),
             num_fewshot=5,
             limit=4,
             quick_limit=1,
@@ -52,7 +54,7 @@ WORKLOADS: dict[str, Workload] = {
         ),
         Workload(
             name="arc_challenge_0shot",
-            tasks=("sample_arc_challenge",),
+            tasks=(task_name(SAMPLES_PREFIX, "arc_challenge"),),
             num_fewshot=0,
             limit=12,
             quick_limit=1,
@@ -60,7 +62,7 @@ WORKLOADS: dict[str, Workload] = {
         ),
         Workload(
             name="piqa_0shot",
-            tasks=("sample_piqa",),
+            tasks=(task_name(SAMPLES_PREFIX, "piqa"),),
             num_fewshot=0,
             limit=10,
             quick_limit=1,
@@ -243,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before vLLM is imported (as bench.worker): engines in this process start faster; offline;
     # every core for every backend (vLLM's CPU worker otherwise drops torch to one thread).
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    set_offline_defaults()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     from bench.backends import SETTINGS, settings_record

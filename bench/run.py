@@ -26,6 +26,7 @@ from tqdm import tqdm
 from bench.backends import SETTINGS, select_backends, settings_record
 from bench.report import markdown, targets, workload_rows
 from bench.workloads import select_workloads
+from e2lm_vllm.offline import set_offline_defaults
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "bench" / "results"
@@ -125,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    set_offline_defaults()
     from e2lm_vllm.models.prepare import prepare_model
     from e2lm_vllm.taskdata import include_path_for
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from e2lm_vllm.offline import set_offline_defaults
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "bench" / "results"
 MODEL_NAME = "smollm2-135m"
@@ -212,8 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rungs < 2 or not set(designs) <= set(DESIGNS):
         parser.error(f"expected --rungs >= 2 and --designs among {', '.join(DESIGNS)}")
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    set_offline_defaults()
     from e2lm_vllm.models.ladder import write_ladder
     from e2lm_vllm.models.prepare import e2lm_home
     from e2lm_vllm.taskdata import include_path_for

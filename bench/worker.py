@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from e2lm_vllm.offline import set_offline_defaults
+
 # Before vLLM is imported: the engine core in this process (both vLLM backends alike), offline.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+set_offline_defaults()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # vLLM's CPU worker drops torch to 1 thread "for serving" unless OMP_NUM_THREADS is set; HF uses
 # every core. All backends get every core, so only the scoring strategy differs.

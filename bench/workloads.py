@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# One subject per MMLU category (STEM, social sciences, humanities, other).
-MMLU_SUBJECTS = ("astronomy", "high_school_geography", "world_religions", "nutrition")
+from e2lm_vllm.taskdata.suites import FULL_PREFIX, SAMPLE_MMLU_SUBJECTS, mmlu_task_name, task_name
+
+# One subject per MMLU category (STEM, social sciences, humanities, other): the bundled samples' subjects,
+# here in the full suite (every item of the subject).
+MMLU_SUBJECTS = tuple(SAMPLE_MMLU_SUBJECTS)
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ WORKLOADS: dict[str, Workload] = {
     for workload in (
         Workload(
             name="mmlu_5shot_letter",
-            tasks=tuple(f"e2lm_mmlu_letter_{subject}" for subject in MMLU_SUBJECTS),
+            tasks=tuple(mmlu_task_name(FULL_PREFIX, "letter", subject) for subject in MMLU_SUBJECTS),
             num_fewshot=5,
             limit=6,
             quick_limit=2,
@@ -42,7 +45,7 @@ WORKLOADS: dict[str, Workload] = {
         ),
         Workload(
             name="mmlu_5shot_cloze",
-            tasks=tuple(f"e2lm_mmlu_cloze_{subject}" for subject in MMLU_SUBJECTS),
+            tasks=tuple(mmlu_task_name(FULL_PREFIX, "cloze", subject) for subject in MMLU_SUBJECTS),
             num_fewshot=5,
             limit=6,
             quick_limit=2,
@@ -50,7 +53,7 @@ WORKLOADS: dict[str, Workload] = {
         ),
         Workload(
             name="arc_easy_0shot",
-            tasks=("e2lm_arc_easy",),
+            tasks=(task_name(FULL_PREFIX, "arc_easy"),),
             num_fewshot=0,
             limit=60,
             quick_limit=4,
@@ -58,7 +61,7 @@ WORKLOADS: dict[str, Workload] = {
         ),
         Workload(
             name="hellaswag_0shot",
-            tasks=("e2lm_hellaswag",),
+            tasks=(task_name(FULL_PREFIX, "hellaswag"),),
             num_fewshot=0,
             limit=40,
             quick_limit=4,

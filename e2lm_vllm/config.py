@@ -23,6 +23,12 @@ CPU_BLOCK_SIZE = 32
 GPU_BLOCK_SIZE = 16
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 
+# The engine's sampling seed unless the model args set one (`EngineSettings.seed`).
+DEFAULT_SEED = 1234
+# The context length doctor, the demo, bench and ladder_eval run at: the benchmark's (the long story
+# document rolls over 2 windows). `EngineSettings.max_model_len` itself defaults to the model's.
+DEFAULT_MAX_MODEL_LEN = 2048
+
 # vLLM's CPU engine keeps one core per worker for its scheduler process: on a small machine that is
 # half the compute (2 cores, lm-eval CLI, 320 requests: 49 s of scoring with the core kept, 28 s
 # without), while the scheduler waits during forward passes. Larger machines keep vLLM's default.
@@ -126,7 +132,7 @@ class EngineSettings(BaseModel):
         1, ge=1, description="engines for one lm-eval run, each a Ray actor with tensor_parallel_size GPUs (lm-eval's name)"
     )
     enforce_eager: bool = Field(True, description="skip graph capture: faster start, right for scoring")
-    seed: int = 1234
+    seed: int = DEFAULT_SEED
     backend: Literal["auto", "vllm", "hf"] = "auto"
     add_bos_token: bool | None = Field(None, description="as lm-eval's HF model: None keeps the tokenizer's default")
     trust_remote_code: bool = False

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import shlex
 import subprocess
 import sys
@@ -29,13 +28,16 @@ from pathlib import Path
 
 import yaml
 
+from e2lm_vllm.config import DEFAULT_MAX_MODEL_LEN
 from e2lm_vllm.cpu import cpu_flags, cpu_name, has_avx512
+from e2lm_vllm.offline import set_offline_defaults
 from e2lm_vllm.scoring.signal import MIN_AUTOCORRELATION_LENGTH
+from e2lm_vllm.taskdata.suites import SAMPLES_PREFIX, mmlu_task_name, task_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # 0-shot and short: the cheapest bundled tasks whose accuracy rises along the ladder (HellaSwag's
 # long endings cost about as much again and MMLU needs 5 shots for a 135M model to leave chance).
-DEMO_TASKS = ("sample_arc_easy", "sample_piqa")
+DEMO_TASKS = tuple(task_name(SAMPLES_PREFIX, name) for name in ("arc_easy", "piqa"))
 BUNDLED_DOCS = 60  # documents per task in tasks/samples (ARC-Easy and PIQA)
 # The reference pair (HIGH, LOW): the run that reaches the real weights is ahead of the weaker one
 # at every rung by construction (smaller blend gap), as the organisers' 3B model is of their 500M.
@@ -45,8 +47,8 @@ STRONG, WEAK = "smollm2-full", "smollm2-weak"
 WEAK_GAPS = (0.25, 0.06)
 # The stock-CLI step: every request type of the bundled samples but the rolling stories (2048-token
 # windows: 28 s of its 181 s at --limit 10, measured on the AVX512 Xeon), a few documents each.
-SAMPLE_TASKS = ("sample_mmlu_letter", "sample_mmlu_cloze", "sample_mmlu_gen", "sample_arc_easy",
-                "sample_arc_challenge", "sample_piqa", "sample_hellaswag")  # fmt: skip
+SAMPLE_TASKS = (*(mmlu_task_name(SAMPLES_PREFIX, kind) for kind in ("letter", "cloze", "gen")),
+                *(task_name(SAMPLES_PREFIX, name) for name in ("arc_easy", "arc_challenge", "piqa", "hellaswag")))
 ARCHITECTURE = "smollm2-135m"  # both ladders share it, so one engine swaps weights across them
 
 
@@ -94,7 +96,7 @@ def sweep_config(ladders: dict[str, Path], size: DemoSize, output: Path, tensorb
         "include_paths": [str(REPO_ROOT / "tasks" / "samples")],
         "tasks": list(DEMO_TASKS),
         "limit": size.limit,
-        "engine": {"lm": "e2lm_vllm", "dtype": "float32", "max_model_len": 2048},
+        "engine": {"lm": "e2lm_vllm", "dtype": "float32", "max_model_len": DEFAULT_MAX_MODEL_LEN},
         "output": str(output),
         **({"log_to": [f"tensorboard:{tensorboard}"]} if tensorboard else {}),
     }
@@ -125,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo on {cpu_name()}\n    sized for {size.describe()}", flush=True)
     output = Path(args.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    set_offline_defaults()
     cli = [sys.executable, "-m", "e2lm_vllm.cli"]
     started = time.monotonic()
 
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate the bundled real samples with the stock lm-eval CLI",
         [
             _bin("lm_eval"), "--model", "e2lm_vllm",
-            "--model_args", f"pretrained={model_path},dtype=float32,max_model_len=2048",
+            "--model_args", f"pretrained={model_path},dtype=float32,max_model_len={DEFAULT_MAX_MODEL_LEN}",
             "--tasks", ",".join(SAMPLE_TASKS), "--include_path", "tasks/samples", "--limit", str(size.samples_limit),
             "--output_path", str(output / "lm_eval"),
         ],

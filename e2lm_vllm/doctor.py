@@ -25,19 +25,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from e2lm_vllm.config import DEFAULT_MAX_MODEL_LEN
 from e2lm_vllm.cpu import bf16_native, cpu_flags, cpu_name, speed_flags
+from e2lm_vllm.taskdata.suites import SAMPLES_PREFIX, mmlu_task_name, task_name
 
 DEFAULT_MODEL = "smollm2-135m"  # embedded: prepared offline from its PyPI package
-DEFAULT_MAX_MODEL_LEN = 2048  # the benchmark's; the long story document rolls over 2 windows
 # Parity: every request type, every planner path (few-shot primers, decode-step letters, shared
 # questions, long continuations, rolling windows, greedy generation). Task -> number of shots.
 PARITY_TASKS: dict[str, int] = {
-    "sample_mmlu_letter_astronomy": 5,
-    "sample_mmlu_cloze_astronomy": 5,
-    "sample_mmlu_gen_astronomy": 5,
-    "sample_arc_easy": 0,
-    "sample_hellaswag": 0,
-    "sample_stories_ppl": 0,
+    **{mmlu_task_name(SAMPLES_PREFIX, kind, "astronomy"): 5 for kind in ("letter", "cloze", "gen")},
+    **{task_name(SAMPLES_PREFIX, name): 0 for name in ("arc_easy", "hellaswag", "stories_ppl")},
 }
 # Documents per parity task. Measured on the 2-core AVX512 Xeon: 4 documents took 254 s for float32
 # alone (3 backends, 60 s benchmarks) and ~130 s more for native bfloat16; `doctor` must finish in
@@ -45,7 +42,10 @@ PARITY_TASKS: dict[str, int] = {
 PARITY_LIMIT = 2
 PARITY_LIMIT_SLOW_CPU = 1
 # Benchmark: the scoring workloads of `make bench`, on the bundled items. Task (or group) -> shots.
-BENCH_TASKS: dict[str, int] = {"sample_mmlu_letter": 5, "sample_mmlu_cloze": 5, "sample_arc_easy": 0, "sample_hellaswag": 0}
+BENCH_TASKS: dict[str, int] = {
+    **{mmlu_task_name(SAMPLES_PREFIX, kind): 5 for kind in ("letter", "cloze")},
+    **{task_name(SAMPLES_PREFIX, name): 0 for name in ("arc_easy", "hellaswag")},
+}
 BENCH_SECONDS = 20.0  # per backend: a few doubling rounds, enough for a rate
 FEWSHOT_SEED = 1234  # lm-eval's default
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from e2lm_vllm.offline import set_offline_defaults
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_HOME = REPO_ROOT / ".cache" / "test-home"
 
@@ -21,8 +23,7 @@ def e2lm_home() -> Path:
     """E2LM_VLLM_HOME for this session: tests never write to the user's cache."""
     TEST_HOME.mkdir(parents=True, exist_ok=True)
     os.environ["E2LM_VLLM_HOME"] = str(TEST_HOME)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    set_offline_defaults()
     return TEST_HOME
 
 

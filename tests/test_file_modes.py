@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Writes a results table, watch.json's way of writing text, and a submission zip under umask argv[2].
+# Writes a results table, text the way watch.json is written (e2lm_vllm.atomic), and a submission zip under umask argv[2].
 _WRITER = textwrap.dedent(
     """
     import os, sys
@@ -25,10 +25,10 @@ _WRITER = textwrap.dedent(
     from e2lm_vllm.curriculum.submission import write_private_zip
     from e2lm_vllm.results.schema import FAILURES_SCHEMA
     from e2lm_vllm.results.store import write_table_atomic
-    from e2lm_vllm.sweep.watch import _write_text_atomic
+    from e2lm_vllm.atomic import write_text_atomic
     out = Path(sys.argv[1])
     write_table_atomic(FAILURES_SCHEMA.empty_table(), out / "failures.parquet")
-    _write_text_atomic(out / "watch.json", "{}")
+    write_text_atomic(out / "watch.json", "{}")
     write_private_zip(out / "submission.zip", {"metadata.yaml": "hf_token: x"})
     """
 )

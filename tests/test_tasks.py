@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from e2lm_vllm import taskdata
+from e2lm_vllm.offline import set_offline_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO.parent / "shared" / "data"
 
 pytestmark = pytest.mark.skipif(not (RAW / "mmlu").is_dir(), reason=f"real data folder {RAW} not present")
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+set_offline_defaults()
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from e2lm_vllm.config import DEFAULT_MAX_MODEL_LEN
+from e2lm_vllm.offline import set_offline_defaults
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=float)
     parser.add_argument("--num-fewshot", type=int)
     parser.add_argument("--model-name", help="family name (default: the checkpoints' parent folder)")
-    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--max-model-len", type=int, default=DEFAULT_MAX_MODEL_LEN)
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    set_offline_defaults()
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     folders = list(args.checkpoints)  # in the order given: e.g. the selection rungs first
     evaluate_ladder(

@@ -6,13 +6,14 @@ imports the other for it.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
+
+from e2lm_vllm.atomic import write_text_atomic
 
 DEFAULT_NAME = "mmlu_curriculum"
 MANIFEST_NAME = "curriculum.json"
@@ -52,7 +53,7 @@ class Manifest(BaseModel):
         return cls.model_validate_json(path.read_text(encoding="utf-8"))
 
     def write(self, task_dir: Path) -> None:
-        write_text(task_dir / MANIFEST_NAME, self.model_dump_json(indent=1) + "\n")
+        write_text_atomic(task_dir / MANIFEST_NAME, self.model_dump_json(indent=1) + "\n")
 
 
 def read_items(data_dir: str | Path, name: str | None = None) -> pd.DataFrame:
@@ -64,8 +65,3 @@ def read_items(data_dir: str | Path, name: str | None = None) -> pd.DataFrame:
     return pq.read_table(files[0]).to_pandas()
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write through a temporary file, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

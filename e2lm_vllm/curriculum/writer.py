@@ -43,11 +43,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from e2lm_vllm.atomic import write_text_atomic
 from e2lm_vllm.curriculum.layout import (
     DEFAULT_NAME,
     MANIFEST_NAME,
     Manifest,
-    write_text,
 )
 from e2lm_vllm.curriculum.validate import PromptFormat
 from e2lm_vllm.taskdata.templates import (
@@ -236,7 +236,7 @@ def write_task(curriculum: pd.DataFrame, task_dir: str | Path, manifest: Manifes
             old.unlink()
     written = []
     for file_name, text in files.items():
-        write_text(task_dir / file_name, text)
+        write_text_atomic(task_dir / file_name, text)
         written.append(task_dir / file_name)
     manifest.write(task_dir)
     return written
@@ -254,6 +254,6 @@ def local_include_path(task_dir: str | Path = REPO_ROOT / "tasks" / DEFAULT_NAME
     if not (out / MANIFEST_NAME).is_file():
         out.mkdir(parents=True, exist_ok=True)
         for file_name, text in files.items():
-            write_text(out / file_name, text)
+            write_text_atomic(out / file_name, text)
         manifest.model_copy(update={"dataset_path": str(data), "data_dir": str(data)}).write(out)
     return str(out)

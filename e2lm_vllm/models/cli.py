@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import sys
 
 from e2lm_vllm.models.registry import EMBEDDED_MODELS, ModelPackageMissingError, UnknownModelError
+from e2lm_vllm.offline import set_offline_defaults
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    set_offline_defaults(datasets=False)
     from e2lm_vllm.models import prepare
 
     try:

@@ -36,6 +36,9 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from e2lm_vllm.atomic import write_text_atomic
+from e2lm_vllm.offline import set_offline_defaults
+
 log = logging.getLogger(__name__)
 
 DEFAULT_STEP_INTERVAL = 1000
@@ -210,9 +213,7 @@ def _save_atomically(model, source_dir: Path, out: Path, folder_name: str) -> No
 
 def _write_manifest(out: Path, plan: list[Rung]) -> None:
     manifest = [{"path": rung.folder_name, **asdict(rung)} for rung in plan]
-    tmp = out / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / MANIFEST_NAME)
+    write_text_atomic(out / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -236,7 +237,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    set_offline_defaults(datasets=False)
     from e2lm_vllm.models.registry import ModelPackageMissingError
 
     try:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from e2lm_vllm.atomic import shared_file_mode
+
 
 class ResultsWriteError(OSError):
     """A results file could not be written (disk full, read-only folder, ...); the old file, if any, is unchanged.
@@ -22,28 +24,6 @@ def _write_error(path: Path, error: OSError) -> ResultsWriteError:
     failure = ResultsWriteError(f"cannot write {path}: {cause} (nothing written there; earlier results intact)")
     failure.errno = error.errno  # str(failure) stays the message above
     return failure
-
-
-def current_umask() -> int:
-    """This process's umask, read without changing it (``os.umask`` sets it, racing other threads)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # off Linux: read by setting, then put back at once
-    os.umask(mask)
-    return mask
-
-
-def shared_file_mode(fd: int) -> None:
-    """Give a ``tempfile.mkstemp`` file the mode ``open()`` would have: 0666 less the umask.
-
-    mkstemp makes 0600 files, so results renamed into place would be unreadable by the teammates
-    on shared storage that ``open()``'s usual 0644 (or the 0640 of umask 027) lets read them.
-    """
-    os.fchmod(fd, 0o666 & ~current_umask())
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

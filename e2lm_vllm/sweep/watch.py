@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from e2lm_vllm.results.store import shared_file_mode
+from e2lm_vllm.atomic import write_text_atomic
 from e2lm_vllm.sweep.checkpoints import Completeness
 
 if TYPE_CHECKING:
@@ -67,18 +67,6 @@ def next_expected_step(steps: list[int]) -> tuple[int | None, int | None, bool]:
 
 def _utc(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        shared_file_mode(fd)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -143,7 +131,7 @@ class WatchState:
         now = time.time()
         if line != self.logged:
             status = {**self.status(), "options": {k: str(v) if isinstance(v, Path) else v for k, v in self.options.__dict__.items()}}
-            _write_text_atomic(output / STATUS_FILE, json.dumps(status, indent=1) + "\n")
+            write_text_atomic(output / STATUS_FILE, json.dumps(status, indent=1) + "\n")
         if line != self.logged or now - self.logged_at >= QUIET_LOG_SECONDS:
             log.info("%s", line)
             self.logged, self.logged_at = line, now
