@@ -14,6 +14,7 @@ import glob
 import json
 import struct
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -508,8 +509,12 @@ def test_lm_evals_own_wandb_logger_takes_the_results_of_our_model(tmp_path, monk
     """`lm_eval --model e2lm_vllm --wandb_args ...` runs lm-eval's `WandbLogger` on the results dict, as for
     `--model vllm`: here on the results a real `--model e2lm_vllm` run wrote (tests/data/lm_eval_e2lm_vllm).
     (Its samples go through `log_eval_samples` in memory; the samples file on disk has another shape.)"""
+    import wandb
     from lm_eval.loggers import WandbLogger
 
+    # lm-eval's logger attaches to a run already open in the process (`wandb.run`); `lm_eval` never has one.
+    if wandb.run is not None:
+        wandb.run.finish()
     results = json.loads((REPO / "tests" / "data" / "lm_eval_e2lm_vllm" / "results.json").read_text())
     assert results["config"]["model"] == "e2lm_vllm"
     monkeypatch.chdir(tmp_path)
@@ -518,8 +523,18 @@ def test_lm_evals_own_wandb_logger_takes_the_results_of_our_model(tmp_path, monk
     logger.log_eval_result()
     logger.run.finish()
 
-    _, rows, _ = _wandb(tmp_path)
-    logged = {key: value for row in rows for key, value in row.items() if key.startswith("sweep_arc_easy/")}
+    # The run's file may still be flushing after finish() on a loaded machine (seen once as a KeyError
+    # below): read it until both metrics are there, 20 s at most.
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            _, rows, _ = _wandb(tmp_path)
+        except (struct.error, ValueError):  # a record cut mid-write
+            rows = []
+        logged = {key: value for row in rows for key, value in row.items() if key.startswith("sweep_arc_easy/")}
+        if {"sweep_arc_easy/acc", "sweep_arc_easy/acc_norm"} <= set(logged) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     for metric in ("acc", "acc_norm"):
         assert logged[f"sweep_arc_easy/{metric}"] == results["results"]["sweep_arc_easy"][f"{metric},none"]
         assert logged[f"sweep_arc_easy/{metric}_stderr"] == results["results"]["sweep_arc_easy"][f"{metric}_stderr,none"]
