@@ -78,6 +78,11 @@ def resolve_checkpoint(
     return LocalCheckpoint(model_path=model_path.resolve(), tokenizer_path=tokenizer_path.resolve())
 
 
+def config_without_provenance(config: dict[str, Any]) -> dict[str, Any]:
+    """config.json's keys that describe the network, without those that say where it came from."""
+    return {k: v for k, v in config.items() if k not in CHECKPOINT_METADATA_KEYS}
+
+
 def swap_signature(checkpoint: LocalCheckpoint) -> str:
     """What two checkpoints must share for one engine to score both with only new weights.
 
@@ -86,7 +91,7 @@ def swap_signature(checkpoint: LocalCheckpoint) -> str:
     """
     config = json.loads((checkpoint.model_path / "config.json").read_text())
     digest = hashlib.sha256()
-    digest.update(json.dumps({k: v for k, v in config.items() if k not in CHECKPOINT_METADATA_KEYS}, sort_keys=True).encode())
+    digest.update(json.dumps(config_without_provenance(config), sort_keys=True).encode())
     for name in TOKENIZER_FILES:
         path = checkpoint.tokenizer_path / name
         if path.is_file():

@@ -232,6 +232,11 @@ class ModelFamily(_Strict):
 # --- tasks and engine --------------------------------------------------------------------------
 
 
+def is_task_yaml_path(name: str) -> bool:
+    """A `tasks:` entry that names a task YAML file (loaded from that path), not a registered task."""
+    return name.endswith((".yaml", ".yml"))
+
+
 class TaskSpec(_Strict):
     """An lm-eval task (or group) name, or a path to a task YAML."""
 
@@ -435,7 +440,7 @@ def _relative_to(config: SweepConfig, base: Path) -> SweepConfig:
                     entry.name = resolve(entry.name)
     config.include_paths = [resolve(p) for p in config.include_paths]
     for task in config.tasks:
-        if task.name.endswith((".yaml", ".yml")):
+        if is_task_yaml_path(task.name):
             task.name = resolve(task.name)
     return config
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from e2lm_vllm.sweep.config import SweepConfigError
+from e2lm_vllm.checkpoint import TOKENIZER_FILES, config_without_provenance
+from e2lm_vllm.sweep.config import SweepConfigError, is_task_yaml_path
 
 SAMPLE_BYTES = 64 * 1024
 SAMPLES_PER_FILE = 16
@@ -42,14 +43,11 @@ MAX_FOLDER_FILES = 2000
 CHECKPOINT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 CHECKPOINT_SKIPPED_PREFIXES = ("optimizer", "scheduler", "rng_state", "training_args", "trainer_state")
 CHECKPOINT_NAMED_FILES = (
+    *TOKENIZER_FILES,
     "config.json",
     "generation_config.json",
     "model.safetensors.index.json",
     "pytorch_model.bin.index.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "vocab.json",
     "merges.txt",
     "special_tokens_map.json",
     "added_tokens.json",
@@ -110,14 +108,13 @@ def _is_checkpoint_file(path: Path) -> bool:
     return name in CHECKPOINT_NAMED_FILES or name.endswith(CHECKPOINT_FILE_SUFFIXES)
 
 
-def _config_without_provenance(path: Path) -> Any:
-    from e2lm_vllm.checkpoint import CHECKPOINT_METADATA_KEYS
-
+def _config_digest(path: Path, digests: FileDigests) -> Any:
+    """config.json without provenance keys (a corrected token count relabels, it does not recompute)."""
     try:
         config = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # unreadable: the worker reports it; the digest of the bytes still tells a change
-    return {k: v for k, v in config.items() if k not in CHECKPOINT_METADATA_KEYS} if isinstance(config, dict) else config
+    except ValueError:
+        return digests.file(path)  # not JSON: the worker reports it; its bytes still tell a change
+    return config_without_provenance(config) if isinstance(config, dict) else config
 
 
 def checkpoint_fingerprint(checkpoint: Any, digests: FileDigests) -> str:
@@ -130,7 +127,7 @@ def checkpoint_fingerprint(checkpoint: Any, digests: FileDigests) -> str:
     parts = []
     for path in sorted(p for p in folder.iterdir() if p.is_file() and _is_checkpoint_file(p)):
         if path.name == "config.json":
-            parts.append((path.name, _config_without_provenance(path)))
+            parts.append((path.name, _config_digest(path, digests)))
         else:
             parts.append((path.name, digests.file(path)))
     return _digest("local", parts)
@@ -190,11 +187,11 @@ class TaskResolver:
         if len(set(specs)) != len(specs):
             raise SweepConfigError(f"tasks: expected each task once, got {specs}")
         self._index = None  # the include paths as they are now
-        names = [spec for spec in specs if not _is_yaml_path(spec)]
+        names = [spec for spec in specs if not is_task_yaml_path(spec)]
         index = self._entries(names)
         out: list[ResolvedTask] = []
         for spec in specs:
-            if _is_yaml_path(spec):
+            if is_task_yaml_path(spec):
                 out.append(self._resolve_path(spec, index))
                 continue
             entry = index.get(spec)
@@ -274,10 +271,6 @@ class TaskResolver:
                 elif isinstance(member, dict):
                     members.append((str(member.get("task")), _digest(_portable(member, base))))
         return _digest(_portable(config, base), files, members, _lm_eval_version())
-
-
-def _is_yaml_path(spec: str) -> bool:
-    return spec.endswith((".yaml", ".yml"))
 
 
 def _unknown_task(name: str, index: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from e2lm_vllm.sweep.checkpoints import Checkpoint, Completeness, resolve_checkpoints
-from e2lm_vllm.sweep.config import LocalCheckpoints, ModelFamily, SweepConfig, stable_hash
+from e2lm_vllm.sweep.config import LocalCheckpoints, ModelFamily, SweepConfig, is_task_yaml_path, stable_hash
 from e2lm_vllm.sweep.inputs import FileDigests, TaskResolver, checkpoint_fingerprint
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -33,7 +33,7 @@ def include_paths_of(config: SweepConfig) -> list[str]:
     """Include paths plus the folder of every task given as a YAML path."""
     paths = list(config.include_paths)
     for spec in config.tasks:
-        if spec.name.endswith((".yaml", ".yml")):
+        if is_task_yaml_path(spec.name):
             folder = str(Path(spec.name).resolve().parent)
             if folder not in paths:
                 paths.append(folder)

@@ -184,8 +184,11 @@ def consolidate(plan: Plan, output: Path) -> tuple[int, int]:
     """
     cells = current_cells(plan, output)
     # A watcher keeps the cells of checkpoints deleted while it runs in its plan (`watch._keep_earlier_cells`).
-    gone = [c for c in cells if c.checkpoint.path is not None and not Path(c.checkpoint.path).exists()]
-    here = [c for c in cells if c not in gone]
+    here: list[Cell] = []
+    gone: list[Cell] = []
+    for cell in cells:
+        deleted = cell.checkpoint.path is not None and not Path(cell.checkpoint.path).exists()
+        (gone if deleted else here).append(cell)
     planned = {c.metrics_part(output) for c in plan.cells}
     retired = [r for r in plan.retired if r.metrics not in planned]
 
@@ -278,11 +281,11 @@ class SweepSession:
     digests: FileDigests = field(default_factory=FileDigests)  # a watcher re-reads the same checkpoints
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     failures_written: int = -1  # len(failures) when failures.parquet was last written (-1: never)
+    trackers: TrackerPush | None = None  # `log_to`: W&B, TensorBoard, MLflow (e2lm_vllm.trackers)
 
     @property
     def failure_parts(self) -> Path:
         return self.output / FAILURE_PARTS / self.run_id
-    trackers: TrackerPush | None = None  # `log_to`: W&B, TensorBoard, MLflow (e2lm_vllm.trackers)
 
     def plan(self, force: bool = False, completeness: Completeness | None = None) -> Plan:
         """The cells as the checkpoint sources are now; cells that failed in this run are not planned again."""

@@ -39,10 +39,12 @@ def task_manager_for(include_paths: list[str] | tuple[str, ...], task_names: lis
     """lm-eval's task index; the built-in tasks are indexed (slow) only when a task needs them."""
     from lm_eval.tasks import TaskManager
 
+    from e2lm_vllm.sweep.config import is_task_yaml_path
+
     if include_paths:
         local = TaskManager(include_path=list(include_paths), include_defaults=False)
         # A YAML path is loaded from its file (`TaskManager.load` takes paths), whatever the index holds.
-        if all(name in local.all_tasks or name.endswith((".yaml", ".yml")) for name in task_names):
+        if all(name in local.all_tasks or is_task_yaml_path(name) for name in task_names):
             return local
         return TaskManager(include_path=list(include_paths))
     return TaskManager()

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from e2lm_vllm.sweep.plan import Cell, WorkUnit
-from e2lm_vllm.sweep.rows import check_cell_results, request_count, sample_rows, subtask_names, versions
+from e2lm_vllm.sweep.rows import NoMetricsError, check_cell_results, request_count, sample_rows, subtask_names, versions
 from e2lm_vllm.sweep.swapcheck import SwapCheck, compare, probe_scores
 from e2lm_vllm.sweep.taskcache import TaskCache, TaskKey, evaluate
 
@@ -267,9 +267,11 @@ class SweepWorker:
     # -- evaluation --------------------------------------------------------------------------------
 
     def _cell_result(self, cell: Cell, results: dict[str, Any], seconds: float) -> CellResult:
+        from e2lm_vllm.checkpoint import NonFiniteError
+
         try:
             metrics = check_cell_results(results, cell.task.name)
-        except Exception as error:  # noqa: BLE001 - a cell without trustworthy numbers is a failure, never 'done'
+        except (NonFiniteError, NoMetricsError) as error:  # a cell without trustworthy numbers is a failure, never 'done'
             log.error("%s: %s", cell.task.name, error)
             return CellResult(key=cell.key, error=f"{type(error).__name__}: {error}", error_kind=failure_kind(error), eval_seconds=seconds)
         samples = results.get("samples", {})
