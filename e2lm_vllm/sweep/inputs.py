@@ -142,7 +142,6 @@ class ResolvedTask:
 
     name: str  # lm-eval's name: results and rows are keyed by it
     source: str  # what lm-eval loads: the name, or the YAML path the user gave
-    kind: str  # "task" or "group"
     fingerprint: str
     spec: str = ""  # the entry of `tasks:` it came from (a tag expands to several)
 
@@ -192,7 +191,7 @@ class TaskResolver:
         out: list[ResolvedTask] = []
         for spec in specs:
             if is_task_yaml_path(spec):
-                out.append(self._resolve_path(spec, index))
+                out.append(self._resolve_path(spec))
                 continue
             entry = index.get(spec)
             if entry is None:
@@ -202,10 +201,9 @@ class TaskResolver:
                 if not members:
                     raise SweepConfigError(f"tasks: tag {spec!r} has no member tasks")
                 for member in members:
-                    out.append(ResolvedTask(member, member, "task", self.fingerprint(member), spec))
+                    out.append(ResolvedTask(member, member, self.fingerprint(member), spec))
                 continue
-            kind = "group" if entry.kind == Kind.GROUP else "task"
-            out.append(ResolvedTask(spec, spec, kind, self.fingerprint(spec), spec))
+            out.append(ResolvedTask(spec, spec, self.fingerprint(spec), spec))
         names = [task.name for task in out]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -213,7 +211,7 @@ class TaskResolver:
             raise SweepConfigError(f"tasks: expected each task once, got {', '.join(f'{n} (from {o})' for n, o in origins.items())}")
         return out
 
-    def _resolve_path(self, spec: str, index: dict[str, Any]) -> ResolvedTask:
+    def _resolve_path(self, spec: str) -> ResolvedTask:
         from lm_eval.tasks._yaml_loader import load_yaml
 
         path = Path(spec).expanduser()
@@ -226,8 +224,7 @@ class TaskResolver:
         name = config.get("task") if "group" not in config else config.get("group")
         if not isinstance(name, str):
             raise SweepConfigError(f"tasks: {spec} has no `task:` name (expected an lm-eval task YAML)")
-        kind = "group" if "group" in config else "task"
-        return ResolvedTask(name, str(path.resolve()), kind, self._fingerprint(config, path, index), spec)
+        return ResolvedTask(name, str(path.resolve()), self._fingerprint(config, path), spec)
 
     def fingerprint(self, name: str, _seen: frozenset[str] = frozenset()) -> str:
         """Fingerprint of a registered task, group or tag."""
@@ -243,14 +240,14 @@ class TaskResolver:
         if entry.yaml_path is None:
             return _digest("inline", entry.cfg, _lm_eval_version())
         config = load_yaml(entry.yaml_path, resolve_func=False)
-        return self._fingerprint(config, entry.yaml_path, index, _seen | {name})
+        return self._fingerprint(config, entry.yaml_path, _seen | {name})
 
-    def _fingerprint(self, config: dict[str, Any], yaml_path: Path, index: dict[str, Any], seen: frozenset[str] = frozenset()) -> str:
+    def _fingerprint(self, config: dict[str, Any], yaml_path: Path, seen: frozenset[str] = frozenset()) -> str:
         base = Path(yaml_path).resolve().parent
         hooks = sorted(set(_function_refs(config)))
         files: list[tuple[str, str]] = []
         for ref in hooks:
-            module = Path(ref).parent / (Path(ref).name.split(".")[0] + ".py")
+            module = _hook_module(ref)
             if module.is_file():
                 files.append((module.name, self.digests.file(module)))
         folders = [base, *{Path(ref).parent for ref in hooks}]
@@ -288,10 +285,14 @@ def _function_refs(value: Any) -> list[str]:
     if isinstance(value, list):
         return [ref for item in value for ref in _function_refs(item)]
     if isinstance(value, str) and os.sep in value and "." in Path(value).name:
-        module = Path(value).parent / (Path(value).name.split(".")[0] + ".py")
-        if Path(value).is_absolute() and module.is_file():
+        if Path(value).is_absolute() and _hook_module(value).is_file():
             return [value]
     return []
+
+
+def _hook_module(ref: str) -> Path:
+    """The Python file of a `!function` reference 'BASE_DIR/module.function'."""
+    return Path(ref).parent / (Path(ref).name.split(".")[0] + ".py")
 
 
 def _portable(value: Any, base: Path) -> Any:
