@@ -38,7 +38,7 @@ test-fast: install
 
 # Needs only ruff and import-linter (pinned in the `test` extra), not the whole install. lint-imports:
 # no import cycle in e2lm_vllm, function-level imports included, and the engine below lm, sweep and
-# scoring (contracts: pyproject.toml [tool.importlinter]); PYTHONPATH: this tree's e2lm_vllm, not an installed one.
+# quality (contracts: pyproject.toml [tool.importlinter]); PYTHONPATH: this tree's e2lm_vllm, not an installed one.
 lint:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m ruff --version >/dev/null 2>&1 || $(BIN)/pip install -q "$$(sed -n 's/.*"\(ruff==[^"]*\)".*/\1/p' pyproject.toml)"

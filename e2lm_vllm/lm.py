@@ -45,10 +45,10 @@ from e2lm_vllm.checkpoint import (
     resolve_checkpoint,
     swap_signature,
 )
-from e2lm_vllm.config import ModelArgs, ModelArgsError, cuda_available, engine_environment, engine_kwargs
 from e2lm_vllm.engine.planner import plan_scoring
 from e2lm_vllm.engine.protocol import ScoringEngine
 from e2lm_vllm.engine.types import ScoreRequest, ScoringPlan
+from e2lm_vllm.settings import ModelArgs, ModelArgsError, cuda_available, engine_environment, engine_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def sampling_seeds(arguments: list[tuple[str, dict]], model_seed: int) -> list[i
 
 @register_model("e2lm_vllm")
 class E2LMVLLM(TemplateLM):
-    """lm-eval model on vLLM with prefix-aware exact scoring. See `e2lm_vllm.config.ModelArgs`."""
+    """lm-eval model on vLLM with prefix-aware exact scoring. See `e2lm_vllm.settings.ModelArgs`."""
 
     def __init__(self, args: ModelArgs | None = None, /, **kwargs: Any) -> None:
         """``E2LMVLLM(pretrained=..., dtype=...)`` (lm-eval's flat model args) or ``E2LMVLLM(model_args)``."""

@@ -14,8 +14,8 @@ from unittest.mock import patch
 import pytest
 from pydantic import ValidationError
 
-from e2lm_vllm.config import REFUSED_VLLM_ARGS, EngineSettings, ModelArgs, ModelArgsError, vllm_engine_arg_names
 from e2lm_vllm.lm import resolve_backend
+from e2lm_vllm.settings import REFUSED_VLLM_ARGS, EngineSettings, ModelArgs, ModelArgsError, vllm_engine_arg_names
 from e2lm_vllm.sweep.config import SweepConfigError, validate_config
 
 MODEL = {"name": "m", "checkpoints": {"repo": "org/m", "subfolder_template": "iter_{step}", "steps": [2000]}}

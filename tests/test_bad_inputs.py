@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from e2lm_vllm.sweep.cells import build_plan
 from e2lm_vllm.sweep.checkpoints import resolve_checkpoints
 from e2lm_vllm.sweep.config import config_from_flags, load_sweep_config, validate_config
-from e2lm_vllm.sweep.plan import build_plan
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "bad_inputs.md"
@@ -90,7 +90,7 @@ def _cell_results(results: dict, task: str):
 
 
 def _model_args(**kwargs):
-    from e2lm_vllm.config import ModelArgs
+    from e2lm_vllm.settings import ModelArgs
 
     return ModelArgs.from_kwargs({"pretrained": "x", **kwargs})
 
@@ -100,8 +100,8 @@ def _without_vllm(tmp: Path, backend: str):
     import sys
     from unittest.mock import patch
 
-    from e2lm_vllm.config import ModelArgs
     from e2lm_vllm.lm import resolve_backend
+    from e2lm_vllm.settings import ModelArgs
 
     with patch.dict(sys.modules, {"vllm": None}):
         return resolve_backend(ModelArgs(pretrained="x", backend=backend))
@@ -134,8 +134,8 @@ def _diverged(tmp: Path):
 def _score(tmp: Path, what: str):
     import pandas as pd
 
-    from e2lm_vllm.scoring.api import prepare_table
-    from e2lm_vllm.scoring.table import load_results
+    from e2lm_vllm.quality.api import prepare_table
+    from e2lm_vllm.quality.table import load_results
 
     if what == "missing":
         return load_results(tmp / "nope")
@@ -148,7 +148,7 @@ def _score(tmp: Path, what: str):
 def _ray_connect(tmp: Path, mode: str | None):
     """The sweep driver's message when `ray.init(address=...)` fails, with ``tmp`` as HOME (the real
     failure on a real head: tests/test_readme_ray.py)."""
-    from e2lm_vllm.rayauth import RayAuthError, RayAuthState, connect_error_message
+    from e2lm_vllm.cluster.auth import RayAuthError, RayAuthState, connect_error_message
 
     if mode is None:  # a local sweep ran: ~/.ray/auth_token exists
         (tmp / ".ray").mkdir()

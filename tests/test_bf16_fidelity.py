@@ -1,12 +1,12 @@
 """bfloat16 fidelity: `e2lm_vllm` in bf16 equals lm-eval's own `vllm` model in bf16.
 
 Pinned on a small held-out set of the bundled samples (subjects and tasks that neither the doctor's
-parity run nor the other engine tests read), through `e2lm_vllm.parity.run_parity`: two engines,
+parity run nor the other engine tests read), through `e2lm_vllm.proof.parity.run_parity`: two engines,
 one after the other (ours, then lm-eval's `vllm` with the same settings and prefix caching off),
 no HF. The criterion is `TOLERANCES["bfloat16"]` per request, and a mean |Δ| well below it
 (measured on this set: max 0.151 nats, mean 0.0148 with bfloat16 emulated; max 0.366, mean 0.096
 with native avx512_bf16, where lm-eval's `vllm` differs from itself by 0.14 on average across batch
-shapes; see `e2lm_vllm.parity`).
+shapes; see `e2lm_vllm.proof.parity`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from e2lm_vllm.parity import TOLERANCES
+from e2lm_vllm.proof.parity import TOLERANCES
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -31,7 +31,7 @@ MEAN_BOUND = 0.15  # nats: lm-eval's own `vllm` in native bf16 at max_num_seqs 1
 
 
 def test_bf16_equals_lm_evals_vllm_within_the_bf16_tolerance(smollm2_path, monkeypatch):
-    from e2lm_vllm.parity import run_parity
+    from e2lm_vllm.proof.parity import run_parity
     from e2lm_vllm.taskdata import include_path_for
 
     if "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ:  # an engine in this process starts faster

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from e2lm_vllm.results.schema import METRICS_SCHEMA
+from e2lm_vllm.sweep.cells import build_plan, cell_tasks, include_paths_of
 from e2lm_vllm.sweep.config import SweepConfigError, config_from_flags
 from e2lm_vllm.sweep.inputs import FileDigests, TaskResolver
-from e2lm_vllm.sweep.plan import build_plan, cell_tasks, include_paths_of
 from e2lm_vllm.sweep.rows import NoMetricsError, check_cell_results
 from e2lm_vllm.sweep.runner import consolidate, prepare_plan, write_cell
 from e2lm_vllm.sweep.worker import CellResult, UnitResult

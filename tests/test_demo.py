@@ -9,7 +9,7 @@ import yaml
 
 from e2lm_vllm.demo import BUNDLED_DOCS, STRONG, WEAK, WEAK_GAPS, demo_size, sweep_config
 from e2lm_vllm.models.ladder import alpha_schedule
-from e2lm_vllm.scoring.signal import MIN_AUTOCORRELATION_LENGTH
+from e2lm_vllm.quality.signal import MIN_AUTOCORRELATION_LENGTH
 from e2lm_vllm.sweep.config import load_sweep_config
 
 AVX2_EPYC = frozenset({"avx", "avx2", "fma"})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from e2lm_vllm.doctor import (
+from e2lm_vllm.proof.doctor import (
     FAIL,
     PASS,
     SKIP,
@@ -25,7 +25,7 @@ from e2lm_vllm.doctor import (
     time_rounds,
     verdict,
 )
-from e2lm_vllm.parity import HFDistance, ParityReport, RequestTypeParity
+from e2lm_vllm.proof.parity import HFDistance, ParityReport, RequestTypeParity
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,7 @@ class _FakeLM:
 
 def test_rounds_run_while_the_next_one_fits_in_the_budget(monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr("e2lm_vllm.doctor.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("e2lm_vllm.proof.doctor.time.perf_counter", lambda: clock[0])
     rounds = [["r"] * n for n in (4, 8, 16, 32)]
     lm = _FakeLM(clock)
     assert time_rounds(lm, rounds, seconds=20) == [4.0, 8.0]  # 4 + 8 + a predicted 16 > 20

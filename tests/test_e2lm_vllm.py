@@ -18,8 +18,8 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from e2lm_vllm.config import ModelArgs, ModelArgsError  # noqa: E402
-from e2lm_vllm.parity import compare, evaluate  # noqa: E402
+from e2lm_vllm.proof.parity import compare, evaluate  # noqa: E402
+from e2lm_vllm.settings import ModelArgs, ModelArgsError  # noqa: E402
 
 pytestmark = pytest.mark.engine
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from e2lm_vllm import demo, doctor
+from e2lm_vllm import demo
 from e2lm_vllm.models.registry import EMBEDDED_MODELS
+from e2lm_vllm.proof import doctor
 from e2lm_vllm.taskdata import SAMPLES_DIR
 
 

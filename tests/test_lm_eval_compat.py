@@ -21,7 +21,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from e2lm_vllm.config import (  # noqa: E402
+from e2lm_vllm.settings import (  # noqa: E402
     IGNORED_ARGS,
     MAX_LENGTH_ALIAS,
     REFUSED_VLLM_ARGS,
@@ -265,7 +265,7 @@ def _evaluate(lm, tasks, **chat):
 
 @pytest.mark.engine
 def test_chat_templated_requests_score_as_hf(vllm_lm, hf_lm, monkeypatch):
-    from e2lm_vllm.parity import compare
+    from e2lm_vllm.proof.parity import compare
 
     monkeypatch.chdir(REPO_ROOT)
     history = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is a comet?"}]
@@ -399,7 +399,7 @@ def test_generate_until_stops_and_max_gen_toks_as_hf(vllm_lm, hf_lm):
 
 @pytest.mark.engine
 def test_rolling_loglikelihood_as_hf_and_one_window_is_the_loglikelihood_after_the_prefix_token(vllm_lm, hf_lm):
-    from e2lm_vllm.parity import TOKENS_PER_TOLERANCE
+    from e2lm_vllm.proof.parity import TOKENS_PER_TOLERANCE
 
     short = "The Moon orbits the Earth about once every 27 days."
     long = " ".join(f"Line {i}: the planets move around the Sun, each on its own path." for i in range(45))

@@ -297,8 +297,8 @@ def test_the_hf_backend_refuses_a_nan_rung_before_loading_it(nan_rung, caplog):
     import sys
     from unittest.mock import patch
 
-    from e2lm_vllm.config import ModelArgs
     from e2lm_vllm.lm import build_lm
+    from e2lm_vllm.settings import ModelArgs
     from e2lm_vllm.sweep.worker import build_lm as sweep_build_lm
     from e2lm_vllm.sweep.worker import failure_kind
 
@@ -329,8 +329,8 @@ def test_hf_scores_refuse_non_finite(nan_rung, smollm2_path):
     raise `NonFiniteScoreError` naming the request, and nothing reaches lm-eval's cache."""
     from lm_eval.api.instance import Instance
 
-    from e2lm_vllm.config import ModelArgs
     from e2lm_vllm.lm import build_hf_lm
+    from e2lm_vllm.settings import ModelArgs
 
     lm = build_hf_lm(ModelArgs(pretrained=str(nan_rung), dtype="float32", max_model_len=256, backend="hf", check_weights=False))
     cache = _Cache()
@@ -388,8 +388,8 @@ def test_a_neighbour_that_scores_nan_is_never_blamed_on_the_checkpoint_under_tes
 ):
     """The swap check's reference, the neighbouring checkpoint, is diverged (weight check off, so it
     loads and scores NaN): no swap check, a fresh engine, and the checkpoint under test is scored."""
+    from e2lm_vllm.sweep.cells import build_plan
     from e2lm_vllm.sweep.config import config_from_flags
-    from e2lm_vllm.sweep.plan import build_plan
     from e2lm_vllm.sweep.worker import SweepWorker
 
     config = config_from_flags(

@@ -1,8 +1,8 @@
-"""The parity verdict (`e2lm_vllm.parity.compare`): tolerance per request, scaled with length."""
+"""The parity verdict (`e2lm_vllm.proof.parity.compare`): tolerance per request, scaled with length."""
 
 from __future__ import annotations
 
-from e2lm_vllm.parity import TOKENS_PER_TOLERANCE, compare
+from e2lm_vllm.proof.parity import TOKENS_PER_TOLERANCE, compare
 
 
 def _results(logprobs: list[float], continuations: list[str]) -> dict:
@@ -48,7 +48,7 @@ import math  # noqa: E402
 
 import pytest  # noqa: E402
 
-from e2lm_vllm.parity import TOLERANCES, hf_distances, tolerance_for  # noqa: E402
+from e2lm_vllm.proof.parity import TOLERANCES, hf_distances, tolerance_for  # noqa: E402
 
 
 def test_tolerance_by_dtype():

@@ -18,8 +18,8 @@ import pytest
 
 from e2lm_vllm.results.schema import METRICS_SCHEMA
 from e2lm_vllm.results.store import ResultsWriteError, write_table_atomic
+from e2lm_vllm.sweep.cells import build_plan
 from e2lm_vllm.sweep.config import config_from_flags
-from e2lm_vllm.sweep.plan import build_plan
 from e2lm_vllm.sweep.runner import consolidate, write_cell
 from e2lm_vllm.sweep.worker import CellResult, UnitResult
 

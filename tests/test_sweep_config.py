@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from e2lm_vllm.sweep.cells import build_plan, cell_tasks, include_paths_of
 from e2lm_vllm.sweep.checkpoints import resolve_checkpoints, step_from_name
 from e2lm_vllm.sweep.config import (
     SweepConfigError,
@@ -17,7 +18,6 @@ from e2lm_vllm.sweep.config import (
     validate_config,
 )
 from e2lm_vllm.sweep.inputs import TaskResolver
-from e2lm_vllm.sweep.plan import build_plan, cell_tasks, include_paths_of
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "ray_jobs" / "examples"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from e2lm_vllm.results.schema import FAILURES_SCHEMA
+from e2lm_vllm.sweep.cells import build_plan
 from e2lm_vllm.sweep.config import config_from_flags
-from e2lm_vllm.sweep.plan import build_plan
 from e2lm_vllm.sweep.runner import FAILURE_PARTS, SweepSession, SweepSummary, WorkerPool, _record_failure
 
 TASKS_DIR = Path(__file__).resolve().parent / "data" / "sweep_tasks"

@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from e2lm_vllm.raycluster import passed_environment
+from e2lm_vllm.cluster.ray_init import passed_environment
+from e2lm_vllm.sweep.cells import build_plan
 from e2lm_vllm.sweep.config import SweepConfigError, validate_config
-from e2lm_vllm.sweep.plan import build_plan
 from e2lm_vllm.sweep.pool import NodeCapacity, RayWorkers, plan_slots
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,9 +219,9 @@ def test_a_worker_on_the_second_node_evaluates_and_every_cell_is_written_once(cl
 
 def test_the_tp2_example_validates_and_places():
     """ray_jobs/examples/tp2.yaml: 2 GPUs per engine; its extra engine arg is one vLLM accepts."""
-    from e2lm_vllm.config import ModelArgs
+    from e2lm_vllm.settings import ModelArgs
+    from e2lm_vllm.sweep.cells import family_model_args
     from e2lm_vllm.sweep.config import load_sweep_config
-    from e2lm_vllm.sweep.plan import family_model_args
 
     config = load_sweep_config(REPO / "ray_jobs" / "examples" / "tp2.yaml")
     assert config.engine.tensor_parallel_size == 2

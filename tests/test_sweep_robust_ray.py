@@ -20,8 +20,8 @@ import pandas as pd
 import psutil
 import pytest
 
+from e2lm_vllm.cluster.worker_secrets import SECRET_ENV_NAMES
 from e2lm_vllm.sweep.config import validate_config
-from e2lm_vllm.worker_secrets import SECRET_ENV_NAMES
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

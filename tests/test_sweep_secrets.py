@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import pickle
 
-from e2lm_vllm.raycluster import passed_environment, worker_environment
-from e2lm_vllm.worker_secrets import WorkerSecrets
+from e2lm_vllm.cluster.ray_init import passed_environment, worker_environment
+from e2lm_vllm.cluster.worker_secrets import WorkerSecrets
 
 DRIVER = {"HF_TOKEN": "hf_abc", "HUGGING_FACE_HUB_TOKEN": "hf_def", "HF_HOME": "/shared/hf", "PATH": "/usr/bin"}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e2lm_vllm.scoring.tokens import iteration_to_tokens
+from e2lm_vllm.quality.tokens import iteration_to_tokens
 from e2lm_vllm.sweep.checkpoints import resolve_checkpoints
 from e2lm_vllm.sweep.config import SweepConfigError, load_sweep_config, validate_config
 

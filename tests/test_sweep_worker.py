@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from e2lm_vllm.sweep.cells import WorkUnit, build_plan
 from e2lm_vllm.sweep.config import config_from_flags
-from e2lm_vllm.sweep.plan import WorkUnit, build_plan
 from e2lm_vllm.sweep.worker import PHASES, SweepWorker, UnitResult
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.usefixtures("engine_in_this_process")]

@@ -24,8 +24,8 @@ import pytest
 
 from e2lm_vllm.results.schema import FAILURES_SCHEMA
 from e2lm_vllm.results.store import write_table_atomic
+from e2lm_vllm.sweep.cells import build_plan
 from e2lm_vllm.sweep.config import SweepConfigError, validate_config
-from e2lm_vllm.sweep.plan import build_plan
 from e2lm_vllm.sweep.runner import consolidate, write_cell
 from e2lm_vllm.sweep.worker import CellResult, UnitResult
 from e2lm_vllm.trackers.push import PushCount, TrackerPush

@@ -17,7 +17,7 @@ Per item (one model, its selection checkpoints in step order):
   selection at 0.40. ``margin="raw"`` gives scoring's ``gold_margin``;
 - ``margin_first``, ``margin_rise`` = last - first;
 - ``slope``: OLS slope of the gold margin over the checkpoint index (as scoring's
-  :func:`~e2lm_vllm.scoring.samples.item_learnability`, on the chosen margin);
+  :func:`~e2lm_vllm.quality.samples.item_learnability`, on the chosen margin);
 - ``rho``: Spearman correlation of the gold margin with the checkpoint index (NaN if constant);
 - ``learned_step``: the first step from which the item stays correct up to the last checkpoint
   (NaN if it is wrong there).
@@ -37,7 +37,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from e2lm_vllm.scoring.samples import per_sample_scores
+from e2lm_vllm.quality.samples import per_sample_scores
 
 DEFAULT_TASK_PREFIX = "e2lm_mmlu_cloze_"
 ITEM_KEY = ["subject", "doc_id"]

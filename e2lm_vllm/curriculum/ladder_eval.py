@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from e2lm_vllm.config import DEFAULT_MAX_MODEL_LEN
 from e2lm_vllm.offline import set_offline_defaults
+from e2lm_vllm.settings import DEFAULT_MAX_MODEL_LEN
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
+from e2lm_vllm.cluster.worker_secrets import WorkerSecrets
 from e2lm_vllm.engine.types import EngineStats, NextTokenQuery, PrefixPrimer, ScoreResult, ScoringPlan, SequenceQuery
-from e2lm_vllm.worker_secrets import WorkerSecrets
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class EngineActor:
         from e2lm_vllm.engine.vllm_engine import VLLMEngine
 
         if secrets is not None:
-            secrets.apply()  # the HF token, kept out of the runtime env (`e2lm_vllm.worker_secrets`)
+            secrets.apply()  # the HF token, kept out of the runtime env (`e2lm_vllm.cluster.worker_secrets`)
 
         self.engine = VLLMEngine(llm_kwargs, environment)
 
@@ -135,7 +135,7 @@ class DataParallelEngine:
     """N `VLLMEngine`s behind the same methods as one: `run_plans`, generation, weight swaps, stats."""
 
     def __init__(self, llm_kwargs: dict[str, Any], environment: dict[str, str], size: int, cpus_per_engine: int):
-        from e2lm_vllm.raycluster import init_ray, worker_environment
+        from e2lm_vllm.cluster.ray_init import init_ray, worker_environment
 
         self.llm_kwargs = dict(llm_kwargs)
         self.ray = ray = init_ray(None)

@@ -1,4 +1,4 @@
 """Checkpoint sweeps: config, plan, driver, Ray pool and workers, swap checks, watching a training run,
 pushing an output folder into trackers (`log`).
 
-May import lm, engine, config, checkpoint, raycluster, results, scoring and trackers; the engine never imports it back."""
+May import lm, engine, settings, checkpoint, cluster, results, quality and trackers; the engine never imports it back."""

@@ -106,7 +106,7 @@ def schedule_tokens(family: ModelFamily, step: int) -> float | None:
                 f"model {family.name}: token_schedule.tokens has no entry for step {step} (listed steps: {listed})"
             )
         return float(schedule.tokens[step])
-    from e2lm_vllm.scoring.tokens import BatchSchedule, iteration_to_tokens
+    from e2lm_vllm.quality.tokens import BatchSchedule, iteration_to_tokens
 
     batches = BatchSchedule(**schedule.model_dump(exclude={"kind", "method"}))  # the same field names
     return float(iteration_to_tokens([step], batches, schedule.method)[0])

@@ -10,7 +10,7 @@ import logging
 import sys
 from typing import Any
 
-from e2lm_vllm.rayauth import RayAuthError
+from e2lm_vllm.cluster.auth import RayAuthError
 from e2lm_vllm.sweep.config import SweepConfigError, config_from_flags, load_sweep_config
 
 

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from e2lm_vllm.config import EngineSettings, refusal
+from e2lm_vllm.settings import EngineSettings, refusal
 
 
 class SweepConfigError(ValueError):
@@ -39,7 +39,7 @@ class _Strict(BaseModel):
 
 def _no_refused_args(value: dict[str, Any]) -> dict[str, Any]:
     """Model args passed as given (`engine.extra`, a family's `model_args`) are refused here, before any
-    work, as `lm_eval --model_args` refuses them (`e2lm_vllm.config.REFUSED_VLLM_ARGS`)."""
+    work, as `lm_eval --model_args` refuses them (`e2lm_vllm.settings.REFUSED_VLLM_ARGS`)."""
     refused = [reason for key, item in value.items() if (reason := refusal(key, item)) is not None]
     if refused:
         raise ValueError("; ".join(refused))
@@ -163,7 +163,7 @@ class ListedTokens(_Strict):
 class RampupTokens(_Strict):
     """Megatron batch-size ramp-up (``--global-batch-size``, ``--seq-length``,
     ``--rampup-batch-size START INCREMENT SAMPLES``), converted by
-    ``e2lm_vllm.scoring.tokens.iteration_to_tokens``, the function ``score`` uses.
+    ``e2lm_vllm.quality.tokens.iteration_to_tokens``, the function ``score`` uses.
 
     The E2LM models: ``global_batch_size: 1024, seq_length: 4096, rampup_start: 256,
     rampup_increment: 256, rampup_samples: 4882812``.

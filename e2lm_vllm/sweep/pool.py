@@ -22,12 +22,12 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from e2lm_vllm.config import LONG_LIVED_WORKER_ENVIRONMENT
-from e2lm_vllm.raycluster import init_ray, worker_environment
+from e2lm_vllm.cluster.ray_init import init_ray, worker_environment
+from e2lm_vllm.cluster.worker_secrets import WorkerSecrets
+from e2lm_vllm.settings import LONG_LIVED_WORKER_ENVIRONMENT
+from e2lm_vllm.sweep.cells import WorkUnit
 from e2lm_vllm.sweep.config import SweepConfig, SweepConfigError
-from e2lm_vllm.sweep.plan import WorkUnit
 from e2lm_vllm.sweep.worker import RaySweepWorker, SweepWorker, UnitResult, evaluate_unit
-from e2lm_vllm.worker_secrets import WorkerSecrets
 
 # -- a worker that hangs ---------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from e2lm_vllm.atomic import write_text_atomic
 from e2lm_vllm.sweep.checkpoints import Completeness
 
 if TYPE_CHECKING:
-    from e2lm_vllm.sweep.plan import Plan, WorkUnit
+    from e2lm_vllm.sweep.cells import Plan, WorkUnit
     from e2lm_vllm.sweep.session import Session
 
 log = logging.getLogger("e2lm_vllm.sweep")
@@ -151,10 +151,10 @@ def write_report(output: Path, state: WatchState) -> Path:
     a half-written file nor a report naming a plot not there yet. With too few checkpoints to
     score (one checkpoint: no curve), ``report.md`` says so and lists what is there.
     """
-    from e2lm_vllm.scoring.cli import render_text
-    from e2lm_vllm.scoring.failures import failure_line
-    from e2lm_vllm.scoring.report import write_results_report
-    from e2lm_vllm.scoring.table import ScoringInputError
+    from e2lm_vllm.quality.cli import render_text
+    from e2lm_vllm.quality.failures import failure_line
+    from e2lm_vllm.quality.report import write_results_report
+    from e2lm_vllm.quality.table import ScoringInputError
 
     final = output / REPORT_FOLDER
     final.mkdir(parents=True, exist_ok=True)

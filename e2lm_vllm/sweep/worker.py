@@ -30,7 +30,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2lm_vllm.sweep.plan import Cell, WorkUnit
+from e2lm_vllm.sweep.cells import Cell, WorkUnit
 from e2lm_vllm.sweep.rows import NoMetricsError, check_cell_results, request_count, sample_rows, subtask_names, versions
 from e2lm_vllm.sweep.swapcheck import SwapCheck, compare, probe_scores
 from e2lm_vllm.sweep.taskcache import TaskCache, TaskKey, evaluate
@@ -63,9 +63,9 @@ def build_lm(lm_name: str, model_args: dict[str, Any]) -> Any:
     """One lm-eval model for one checkpoint. ``lm_name`` is ``e2lm_vllm`` (ours, on vLLM unless
     ``backend=hf``) or ``hf``: lm-eval's HF model on the same args, with the checks of the vLLM path
     (NaN/inf weights and scores: `e2lm_vllm.hf_checked`)."""
-    from e2lm_vllm.config import ModelArgs
     from e2lm_vllm.lm import build_hf_lm
     from e2lm_vllm.lm import build_lm as build_e2lm_vllm
+    from e2lm_vllm.settings import ModelArgs
 
     if lm_name == "e2lm_vllm":
         return build_e2lm_vllm(ModelArgs.from_kwargs(model_args))
@@ -105,8 +105,8 @@ class UnitResult:
 
 def _swappable_lm(model_args: dict[str, Any], lm_name: str) -> bool:
     """Our lm on vLLM (not lm-eval's HF model, nor ours on ``backend=hf``): weights can be swapped."""
-    from e2lm_vllm.config import ModelArgs
     from e2lm_vllm.lm import resolve_backend
+    from e2lm_vllm.settings import ModelArgs
 
     return lm_name == "e2lm_vllm" and resolve_backend(ModelArgs.from_kwargs(model_args)) == "vllm"
 

@@ -6,5 +6,5 @@ training step, ``ledger`` (``OUTPUT/trackers.json``) keeps each run's id and wha
 ``push`` is the hook the sweep calls, and one module per tracker speaks its API.
 ``e2lm-vllm log`` is ``e2lm_vllm.sweep.log`` (it takes the sweep's output lock).
 
-May import results and scoring; never the sweep (which imports it), the lm or the engine.
+May import results and quality; never the sweep (which imports it), the lm or the engine.
 """

@@ -192,10 +192,10 @@ class TrackerPush:
 
     def _scores(self, metrics: pd.DataFrame) -> ScoresSnapshot | None:
         """The `score` table and the report's plots of the output so far; None while it cannot be scored."""
-        from e2lm_vllm.scoring.api import ScoringConfig, prepare_table, score_results
-        from e2lm_vllm.scoring.cli import render_text
-        from e2lm_vllm.scoring.report import write_report
-        from e2lm_vllm.scoring.table import load_results
+        from e2lm_vllm.quality.api import ScoringConfig, prepare_table, score_results
+        from e2lm_vllm.quality.cli import render_text
+        from e2lm_vllm.quality.report import write_report
+        from e2lm_vllm.quality.table import load_results
 
         try:
             results = load_results(self.output)

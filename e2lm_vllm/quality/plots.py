@@ -21,9 +21,9 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from e2lm_vllm.scoring.api import ScoreReport, TaskScore  # noqa: E402
-from e2lm_vllm.scoring.coverage import defined_anywhere, undefined_line  # noqa: E402
-from e2lm_vllm.scoring.formatting import format_value  # noqa: E402
+from e2lm_vllm.quality.api import ScoreReport, TaskScore  # noqa: E402
+from e2lm_vllm.quality.coverage import defined_anywhere, undefined_line  # noqa: E402
+from e2lm_vllm.quality.formatting import format_value  # noqa: E402
 
 PANEL_COLUMNS = 4
 FOOTNOTE_CHARACTERS_PER_INCH = 15  # wrap width of the footnote at fontsize 8

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 
-from e2lm_vllm.scoring.api import ScoreReport
-from e2lm_vllm.scoring.noise import MIN_NOISE_CHECKPOINTS, MIN_SIGNAL_MODELS
-from e2lm_vllm.scoring.signal import MIN_AUTOCORRELATION_LENGTH
+from e2lm_vllm.quality.api import ScoreReport
+from e2lm_vllm.quality.noise import MIN_NOISE_CHECKPOINTS, MIN_SIGNAL_MODELS
+from e2lm_vllm.quality.signal import MIN_AUTOCORRELATION_LENGTH
 
 # TaskScore attribute -> name in the line, in the order the line lists them.
 QUANTITY_NAMES = {

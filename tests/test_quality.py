@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from e2lm_vllm.cli import main
-from e2lm_vllm.scoring import (
+from e2lm_vllm.quality import (
     ScoreWeights,
     ScoringConfig,
     ScoringInputError,

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from e2lm_vllm.scoring.api import ScoreReport
+from e2lm_vllm.quality.api import ScoreReport
 
 # (column in tasks_frame, header, digits)
 TASK_COLUMNS = [

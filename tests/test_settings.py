@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from e2lm_vllm.config import SMALL_CPU_MACHINE_CORES, engine_environment
+from e2lm_vllm.settings import SMALL_CPU_MACHINE_CORES, engine_environment
 
 
 def test_small_cpu_machines_give_the_engine_every_core():

@@ -1,6 +1,6 @@
 """A results source read once and scored once: what `score`, `report` and the sweep watcher's rebuild share.
 
-Reading the Parquet files and scoring every sample (:func:`~e2lm_vllm.scoring.samples.per_sample_scores`,
+Reading the Parquet files and scoring every sample (:func:`~e2lm_vllm.quality.samples.per_sample_scores`,
 a Python loop over the rows of ``samples.parquet``) are the slow parts of a report; the derived
 metrics and the item learnability both need the per-sample scores. Here each file is read once and
 the per-sample scores are computed once, then handed to both.
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from e2lm_vllm.scoring.api import ScoreReport, ScoringConfig, prepare_table, score_table
-from e2lm_vllm.scoring.failures import read_failures
-from e2lm_vllm.scoring.samples import learnability_from_scores, per_sample_scores
-from e2lm_vllm.scoring.table import ResultsTables, load_results
+from e2lm_vllm.quality.api import ScoreReport, ScoringConfig, prepare_table, score_table
+from e2lm_vllm.quality.failures import read_failures
+from e2lm_vllm.quality.samples import learnability_from_scores, per_sample_scores
+from e2lm_vllm.quality.table import ResultsTables, load_results
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from e2lm_vllm.scoring.table import ScoringInputError, validate_samples
+from e2lm_vllm.quality.table import ScoringInputError, validate_samples
 
 SAMPLE_METRICS = ("sample_acc", "sample_acc_norm", "gold_margin", "gold_bits_per_byte")
 CELL_KEY = ["model", "step", "task"]

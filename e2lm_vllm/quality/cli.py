@@ -8,13 +8,13 @@ import sys
 
 from pydantic import ValidationError
 
-from e2lm_vllm.scoring.api import ScoreReport, ScoreWeights, ScoringConfig
-from e2lm_vllm.scoring.backends import backend_line
-from e2lm_vllm.scoring.coverage import undefined_line
-from e2lm_vllm.scoring.failures import failure_line
-from e2lm_vllm.scoring.formatting import model_rows, model_value, task_rows, text_table
-from e2lm_vllm.scoring.scored import score_source
-from e2lm_vllm.scoring.table import ScoringInputError
+from e2lm_vllm.quality.api import ScoreReport, ScoreWeights, ScoringConfig
+from e2lm_vllm.quality.backends import backend_line
+from e2lm_vllm.quality.coverage import undefined_line
+from e2lm_vllm.quality.failures import failure_line
+from e2lm_vllm.quality.formatting import model_rows, model_value, task_rows, text_table
+from e2lm_vllm.quality.scored import score_source
+from e2lm_vllm.quality.table import ScoringInputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ Runs the same lm-eval tasks (same documents, same requests) through three models
 time: `e2lm_vllm`; the reference, the same vLLM engine without prefix reuse; and lm-eval's HFLM.
 
 **The reference** is lm-eval's own `vllm` model (`lm_eval --model vllm`), built from the `vllm.LLM`
-keyword arguments our engine was started with and prefix caching off (`e2lm_vllm.reference`): every
+keyword arguments our engine was started with and prefix caching off (`e2lm_vllm.proof.reference`): every
 request is one whole prompt, its continuation read from vLLM's prompt logprobs. Chosen over our own
 engine with prefix caching off because it shares none of our code: lm-eval's tokenization,
 truncation, rolling windows, generation stops and sums, so the comparison checks all of `lm.py`, the
@@ -355,7 +355,7 @@ def run_parity(
     number for all tasks or one per task (see `evaluate_all`).
     """
     from e2lm_vllm.lm import E2LMVLLM
-    from e2lm_vllm.reference import REFERENCE_NAME, build_reference_lm, shutdown_reference
+    from e2lm_vllm.proof.reference import REFERENCE_NAME, build_reference_lm, shutdown_reference
 
     def run(lm: Any, name: str) -> dict:
         results = evaluate_all(lm, tasks, include_path=include_path, limit=limit, num_fewshot=num_fewshot)
@@ -467,7 +467,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lm_eval.utils import simple_parse_args_string
 
-    from e2lm_vllm.config import ModelArgsError
+    from e2lm_vllm.settings import ModelArgsError
 
     model_args = {"pretrained": args.pretrained, "dtype": args.dtype, **simple_parse_args_string(args.model_args)}
     tasks = [task for task in args.tasks.split(",") if task]

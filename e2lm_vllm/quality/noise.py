@@ -3,7 +3,7 @@
 Heineman et al., "Signal and Noise: A Framework for Reducing Uncertainty in Language Model
 Evaluation" (2025); code at github.com/allenai/signal-and-noise, ``snr/metrics.py``
 (``signal_to_noise_ratio``) and ``snr/stats.py`` (``calc_total_variation``). Two definitions,
-chosen per metric by :func:`e2lm_vllm.scoring.scales.metric_scale`:
+chosen per metric by :func:`e2lm_vllm.quality.scales.metric_scale`:
 
 - positive rates (``relative``, the paper's): signal = max_{j,k} |m_j - m_k| / mean(m) over the
   models' final scores m; noise = std(s) / mean(s) over the last n checkpoints s of one model
@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from e2lm_vllm.scoring.scales import MetricScale
+from e2lm_vllm.quality.scales import MetricScale
 
 SignalDefinition = Literal["relative", "absolute"]
 
@@ -102,7 +102,7 @@ def signal_and_noise(
     Args:
         final_scores: each model's raw score at its last checkpoint.
         last_scores: each model's raw scores at its last n checkpoints, in step order.
-        scale: the metric's scale (:func:`~e2lm_vllm.scoring.scales.metric_scale`).
+        scale: the metric's scale (:func:`~e2lm_vllm.quality.scales.metric_scale`).
     """
     definition = DEFINITION_OF_SCALE[scale]
     spread, jitter = (relative_dispersion, relative_noise) if definition == "relative" else (dispersion, checkpoint_noise)

@@ -1,6 +1,6 @@
 """Ray's token-auth state as `e2lm-vllm doctor` reports it: every combination, no Ray started.
 
-Which combination breaks which command is Ray's behaviour (rayauth.py's docstring); the real
+Which combination breaks which command is Ray's behaviour (cluster/auth.py's docstring); the real
 commands in both states that matter run in tests/test_readme_ray.py.
 """
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from e2lm_vllm.doctor import ray_auth
-from e2lm_vllm.rayauth import ENABLE, GENERATE, RayAuthState
+from e2lm_vllm.cluster.auth import ENABLE, GENERATE, RayAuthState
+from e2lm_vllm.proof.doctor import ray_auth
 
 
 def _home(tmp_path: Path, token: bool) -> Path:

@@ -4,7 +4,7 @@ Writes into DIR: ``report.md`` (tables, figures, notes), ``summary.png`` (global
 split into its weighted parts, or, where no task has one, the quantities that are defined), one
 ``curves-<metric>.png`` per metric (a panel per task, a line per model, the task's defined scores
 in each panel's title), ``scores.json``, and, when per-sample rows are present,
-``item_learnability.csv``. Figures: ``scoring/plots.py``.
+``item_learnability.csv``. Figures: ``quality/plots.py``.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from e2lm_vllm.scoring.api import ScoreReport, ScoringConfig
-from e2lm_vllm.scoring.backends import backend_line
-from e2lm_vllm.scoring.cli import add_scoring_arguments, config_from_args
-from e2lm_vllm.scoring.coverage import undefined_line
-from e2lm_vllm.scoring.failures import failure_line, failure_rows
-from e2lm_vllm.scoring.formatting import format_value, markdown_table, model_rows, model_value, task_rows
-from e2lm_vllm.scoring.plots import curve_scores, plot_curves, plot_summary, task_title
-from e2lm_vllm.scoring.scored import ScoredResults, score_source
-from e2lm_vllm.scoring.table import ScoringInputError
+from e2lm_vllm.quality.api import ScoreReport, ScoringConfig
+from e2lm_vllm.quality.backends import backend_line
+from e2lm_vllm.quality.cli import add_scoring_arguments, config_from_args
+from e2lm_vllm.quality.coverage import undefined_line
+from e2lm_vllm.quality.failures import failure_line, failure_rows
+from e2lm_vllm.quality.formatting import format_value, markdown_table, model_rows, model_value, task_rows
+from e2lm_vllm.quality.plots import curve_scores, plot_curves, plot_summary, task_title
+from e2lm_vllm.quality.scored import ScoredResults, score_source
+from e2lm_vllm.quality.table import ScoringInputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +64,7 @@ def write_results_report(
 
 
 def write_scored_report(scored: ScoredResults, output: Path) -> Path:
-    """:func:`write_report` of results already scored by :func:`~e2lm_vllm.scoring.scored.score_source`."""
+    """:func:`write_report` of results already scored by :func:`~e2lm_vllm.quality.scored.score_source`."""
     return write_report(
         scored.report, scored.table, output, source=scored.source, learnability=scored.learnability, failures=scored.failures
     )

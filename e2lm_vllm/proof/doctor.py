@@ -4,7 +4,7 @@
    the engine's prefix-cache block size, bfloat16 support;
 2. **parity** on the bundled samples (`tasks/samples`), in each dtype asked for (default float32,
    and bfloat16 where the device runs it natively, `bf16_decision`): `e2lm_vllm` against the same
-   engine without prefix reuse and against HF (`e2lm_vllm.parity`: the criterion and its tolerances);
+   engine without prefix reuse and against HF (`e2lm_vllm.proof.parity`: the criterion and its tolerances);
 3. **benchmark**: about a minute of scoring bundled samples on the warm engines of one dtype's
    parity run (bfloat16 on a GPU, else the first dtype; no extra engine start): requests/s of
    `e2lm_vllm`, and of lm-eval's own `vllm` model on the same requests (`--no-bench-reference`
@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from e2lm_vllm.config import DEFAULT_MAX_MODEL_LEN
 from e2lm_vllm.cpu import bf16_native, cpu_flags, cpu_name, speed_flags
+from e2lm_vllm.settings import DEFAULT_MAX_MODEL_LEN
 from e2lm_vllm.taskdata.suites import SAMPLES_PREFIX, mmlu_task_name, task_name
 
 DEFAULT_MODEL = "smollm2-135m"  # embedded: prepared offline from its PyPI package
@@ -134,7 +134,7 @@ def platform_facts() -> dict[str, Any]:
 
     import torch
 
-    from e2lm_vllm.config import CPU_BLOCK_SIZE, GPU_BLOCK_SIZE
+    from e2lm_vllm.settings import CPU_BLOCK_SIZE, GPU_BLOCK_SIZE
 
     facts: dict[str, Any] = {
         "torch": torch.__version__,
@@ -156,7 +156,7 @@ def platform_facts() -> dict[str, Any]:
         device=device,
         device_name=torch.cuda.get_device_name(0) if on_gpu else cpu_name(),
         cuda=torch.version.cuda,
-        # our default for this device (`e2lm_vllm.config`); the engine's own value replaces it once one runs
+        # our default for this device (`e2lm_vllm.settings`); the engine's own value replaces it once one runs
         block_size=GPU_BLOCK_SIZE if on_gpu else CPU_BLOCK_SIZE,
         # vLLM's CPU backend runs bfloat16 everywhere, natively with AVX512-BF16 or AMX, emulated otherwise
         bf16=bool(torch.cuda.is_bf16_supported()) if on_gpu else device == "cpu",
@@ -247,7 +247,7 @@ def time_rounds(lm: Any, rounds: list[list[Any]], seconds: float, max_rounds: in
 
 @dataclass
 class Benchmark:
-    """Timed scoring on one warm engine per backend (`run` is an `e2lm_vllm.parity` engine hook)."""
+    """Timed scoring on one warm engine per backend (`run` is an `e2lm_vllm.proof.parity` engine hook)."""
 
     rounds: list[list[Any]]
     seconds: float = BENCH_SECONDS
@@ -323,7 +323,7 @@ def run_doctor(
 ) -> DoctorReport:
     """`dtypes` None: float32, and bfloat16 where `bf16_decision` says (else a SKIP row saying why);
     `limit` None: `parity_limit` for this device."""
-    from e2lm_vllm.parity import run_parity
+    from e2lm_vllm.proof.parity import run_parity
 
     progress("platform: importing vLLM and torch")
     facts = platform_facts()
@@ -408,7 +408,7 @@ def format_doctor(report: DoctorReport) -> str:
 
 def ray_auth() -> dict[str, Any]:
     """Ray's token-auth state here (no Ray started): `ray job submit` fails when it mismatches `ray start`'s."""
-    from e2lm_vllm.rayauth import RayAuthState
+    from e2lm_vllm.cluster.auth import RayAuthState
 
     state = RayAuthState.read()
     return {"line": f"ray auth: {state.describe()}", "mode": state.mode, "token_from": state.token_from,

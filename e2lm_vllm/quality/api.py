@@ -1,6 +1,6 @@
 """Typed top-level scoring: results table in, per-model and per-task benchmark-quality scores out.
 
-    >>> from e2lm_vllm.scoring import ScoringConfig, score_path
+    >>> from e2lm_vllm.quality import ScoringConfig, score_path
     >>> report = score_path("plot-data-combined-all.json", ScoringConfig(e2lm_filter=True))
     >>> report.tasks[0].task, report.tasks[0].score
 
@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from e2lm_vllm.scoring.backends import backend_counts
-from e2lm_vllm.scoring.noise import SignalDefinition, signal_and_noise, total_variation
-from e2lm_vllm.scoring.ranking import compliance, decision_accuracy, early_steps, final_scores, ranking_consistency
-from e2lm_vllm.scoring.samples import sample_metrics_from_scores, sample_metrics_table
-from e2lm_vllm.scoring.scales import metric_scale
-from e2lm_vllm.scoring.signal import MIN_AUTOCORRELATION_LENGTH, signal_quality
-from e2lm_vllm.scoring.table import (
+from e2lm_vllm.quality.backends import backend_counts
+from e2lm_vllm.quality.noise import SignalDefinition, signal_and_noise, total_variation
+from e2lm_vllm.quality.ranking import compliance, decision_accuracy, early_steps, final_scores, ranking_consistency
+from e2lm_vllm.quality.samples import sample_metrics_from_scores, sample_metrics_table
+from e2lm_vllm.quality.scales import metric_scale
+from e2lm_vllm.quality.signal import MIN_AUTOCORRELATION_LENGTH, signal_quality
+from e2lm_vllm.quality.table import (
     NanPolicy,
     ResultsTables,
     ScoringInputError,
@@ -33,7 +33,7 @@ from e2lm_vllm.scoring.table import (
     metric_label,
     validate_metrics,
 )
-from e2lm_vllm.scoring.tokens import e2lm_checkpoint_filter, iteration_to_tokens
+from e2lm_vllm.quality.tokens import e2lm_checkpoint_filter, iteration_to_tokens
 
 # On the organisers' models: a benchmark that cannot tell the 3B model from the 0.5B model of the
 # same (deep) architecture does not measure what more training compute buys.
@@ -121,7 +121,7 @@ class TaskScore:
     signal: float
     noise: float
     snr: float
-    signal_definition: SignalDefinition  # "relative" (positive rates) or "absolute": see scoring/scales.py
+    signal_definition: SignalDefinition  # "relative" (positive rates) or "absolute": see quality/scales.py
     decision_accuracy: float
     total_variation: float
     score: float
@@ -137,7 +137,7 @@ class ScoreReport:
     config: ScoringConfig
     reference_pair: tuple[str, str] | None
     notes: list[str] = field(default_factory=list)
-    backends: dict[str, int] = field(default_factory=dict)  # cells per recorded backend (scoring/backends.py)
+    backends: dict[str, int] = field(default_factory=dict)  # cells per recorded backend (quality/backends.py)
 
     def models_frame(self) -> pd.DataFrame:
         """Per-model rows as a DataFrame."""
@@ -173,7 +173,7 @@ def prepare_table(
 
     Adds a ``metric_label`` column (``metric`` or ``metric,filter``) and an ``oriented`` column:
     the value, negated for lower-is-better metrics so that larger is always better.
-    ``sample_scores``: :func:`~e2lm_vllm.scoring.samples.per_sample_scores` of ``results.samples``
+    ``sample_scores``: :func:`~e2lm_vllm.quality.samples.per_sample_scores` of ``results.samples``
     when the caller already has them (they are the slow part); computed here otherwise.
     """
     if isinstance(results, pd.DataFrame):

@@ -4,7 +4,7 @@ Pure numpy/scipy/pandas; no engine needed. Formulas: docs/scoring.md.
 Imports no other e2lm_vllm package; the sweep (its report) and curriculum import it, the engine never does.
 """
 
-from e2lm_vllm.scoring.api import (
+from e2lm_vllm.quality.api import (
     E2LM_REFERENCE_PAIR,
     ModelSignal,
     ScoreReport,
@@ -16,7 +16,7 @@ from e2lm_vllm.scoring.api import (
     score_results,
     score_table,
 )
-from e2lm_vllm.scoring.noise import (
+from e2lm_vllm.quality.noise import (
     SignalNoise,
     checkpoint_noise,
     dispersion,
@@ -26,12 +26,12 @@ from e2lm_vllm.scoring.noise import (
     signal_to_noise,
     total_variation,
 )
-from e2lm_vllm.scoring.ranking import compliance, decision_accuracy, ranking_agreement, ranking_consistency
-from e2lm_vllm.scoring.samples import item_learnability, per_sample_scores, sample_metrics_table
-from e2lm_vllm.scoring.scales import RATE_METRICS, metric_scale
-from e2lm_vllm.scoring.scored import ScoredResults, score_source
-from e2lm_vllm.scoring.signal import SignalQuality, autocorrelation, monotonicity, ordinal_ranks, signal_quality
-from e2lm_vllm.scoring.table import (
+from e2lm_vllm.quality.ranking import compliance, decision_accuracy, ranking_agreement, ranking_consistency
+from e2lm_vllm.quality.samples import item_learnability, per_sample_scores, sample_metrics_table
+from e2lm_vllm.quality.scales import RATE_METRICS, metric_scale
+from e2lm_vllm.quality.scored import ScoredResults, score_source
+from e2lm_vllm.quality.signal import SignalQuality, autocorrelation, monotonicity, ordinal_ranks, signal_quality
+from e2lm_vllm.quality.table import (
     ResultsTables,
     ScoringInputError,
     is_lower_better,
@@ -39,7 +39,7 @@ from e2lm_vllm.scoring.table import (
     load_results,
     validate_metrics,
 )
-from e2lm_vllm.scoring.tokens import E2LM_SCHEDULE, BatchSchedule, e2lm_checkpoint_filter, iteration_to_tokens
+from e2lm_vllm.quality.tokens import E2LM_SCHEDULE, BatchSchedule, e2lm_checkpoint_filter, iteration_to_tokens
 
 __all__ = [
     "E2LM_REFERENCE_PAIR",

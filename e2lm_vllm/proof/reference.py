@@ -3,7 +3,7 @@
 `e2lm-vllm parity` and `e2lm-vllm doctor` compare `e2lm_vllm` with the same vLLM engine scoring
 every request as one whole prompt, without prefix reuse. That reference is lm-eval's `VLLM` class
 (`lm_eval --model vllm`), built from the very `vllm.LLM` keyword arguments our engine was started
-with, prefix caching switched off. See `e2lm_vllm.parity` for why this reference and not HF.
+with, prefix caching switched off. See `e2lm_vllm.proof.parity` for why this reference and not HF.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def build_reference_lm(lm: Any) -> Any:
     Its context length is our engine's (`max_length + 2`): lm-eval's `vllm` then truncates
     log-likelihood requests to `max_length + 1` tokens and rolls windows of `max_length` tokens,
     exactly as HFLM and `e2lm_vllm` do at `max_length`. The engine environment defaults
-    (`e2lm_vllm.config.engine_environment`) are already set: `lm`'s engine set them when it started.
+    (`e2lm_vllm.settings.engine_environment`) are already set: `lm`'s engine set them when it started.
     """
     patch_vllm_version_lookup()
     from lm_eval.models.vllm_causallms import VLLM

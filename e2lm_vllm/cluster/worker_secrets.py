@@ -2,7 +2,7 @@
 
 A worker's ``runtime_env`` is no place for a token: Ray stores it with the job and the actor and
 writes it to its logs on every node (the runtime env agent, the raylet), where anyone who reads
-the cluster's log folder finds it. So the workers' environment (`raycluster.worker_environment`:
+the cluster's log folder finds it. So the workers' environment (`cluster.ray_init.worker_environment`:
 the sweep's workers and the data-parallel engines) leaves these variables out, and the driver passes
 them as an argument of the worker's constructor (or of the task, one per checkpoint), which Ray keeps
 in memory and does not log; the worker sets them in its own ``os.environ`` before anything imports

@@ -11,8 +11,8 @@ import os
 import re
 from typing import Any
 
-from e2lm_vllm.config import LONG_LIVED_WORKER_ENVIRONMENT
-from e2lm_vllm.worker_secrets import SECRET_ENV_NAMES
+from e2lm_vllm.cluster.worker_secrets import SECRET_ENV_NAMES
+from e2lm_vllm.settings import LONG_LIVED_WORKER_ENVIRONMENT
 
 # Environment a worker inherits from the driver: offline switches, caches, vLLM and HF settings.
 PASSED_ENV_PREFIXES = ("HF_", "VLLM_", "TRANSFORMERS_", "HUGGINGFACE_")
@@ -82,7 +82,7 @@ def _connect(ray: Any, address: str | None) -> None:
     """`ray.init` on an existing cluster; a failure that a missing token can explain names the fix."""
     from ray.exceptions import AuthenticationError
 
-    from e2lm_vllm.rayauth import RayAuthError, connect_error_message
+    from e2lm_vllm.cluster.auth import RayAuthError, connect_error_message
 
     try:
         ray.init(address=address) if address else ray.init()

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from e2lm_vllm.cli import main
-from e2lm_vllm.scoring import samples as sample_scoring
+from e2lm_vllm.quality import samples as sample_scoring
 
 
 def write_sweep(
@@ -119,9 +119,9 @@ def test_score_reads_each_parquet_once(tmp_path, monkeypatch, capsys):
 
 
 def test_one_call_rebuilds_a_report_as_the_watcher_needs(tmp_path, monkeypatch):
-    from e2lm_vllm.scoring.cli import render_text
-    from e2lm_vllm.scoring.failures import failure_line
-    from e2lm_vllm.scoring.report import write_results_report
+    from e2lm_vllm.quality.cli import render_text
+    from e2lm_vllm.quality.failures import failure_line
+    from e2lm_vllm.quality.report import write_results_report
 
     sweep = write_sweep(tmp_path / "sweep")
     reads = Reads(monkeypatch)
