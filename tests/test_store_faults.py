@@ -21,7 +21,7 @@ from e2lm_vllm.results.store import ResultsWriteError, write_table_atomic
 from e2lm_vllm.sweep.cells import build_plan
 from e2lm_vllm.sweep.config import config_from_flags
 from e2lm_vllm.sweep.runner import consolidate, write_cell
-from e2lm_vllm.sweep.worker import CellResult, UnitResult
+from e2lm_vllm.sweep.types import CellResult, UnitResult
 
 TASKS = str(Path(__file__).parent / "data" / "sweep_tasks")
 

@@ -266,7 +266,7 @@ def test_plan_resumes_at_cell_granularity(tmp_path):
     assert (len(plan.cells), len(plan.done), len(plan.units)) == (4, 0, 2)
     # Finish one cell the way the runner does; only the three others are left.
     from e2lm_vllm.sweep.runner import write_cell
-    from e2lm_vllm.sweep.worker import CellResult, UnitResult
+    from e2lm_vllm.sweep.types import CellResult, UnitResult
 
     result = CellResult(key=plan.cells[0].key, metrics=[{"task": "sweep_arc_easy", "metric": "acc", "filter": "none", "value": 0.5}])
     write_cell(plan.cells[0], result, UnitResult("x", [result], 1.0, "vllm", {}, 1, "h"), output, engine_share=1.0)
@@ -294,7 +294,7 @@ def test_consolidation_labels_cells_with_the_current_token_schedule(tmp_path):
     import pandas as pd
 
     from e2lm_vllm.sweep.runner import consolidate, write_cell
-    from e2lm_vllm.sweep.worker import CellResult, UnitResult
+    from e2lm_vllm.sweep.types import CellResult, UnitResult
 
     for step in (1000, 2000):
         (tmp_path / "run" / f"step_{step}").mkdir(parents=True)

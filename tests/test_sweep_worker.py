@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from e2lm_vllm.sweep.cells import WorkUnit, build_plan
+from e2lm_vllm.sweep.cells import build_plan
 from e2lm_vllm.sweep.config import config_from_flags
-from e2lm_vllm.sweep.worker import PHASES, SweepWorker, UnitResult
+from e2lm_vllm.sweep.types import UnitResult, WorkUnit
+from e2lm_vllm.sweep.worker import PHASES, SweepWorker
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.usefixtures("engine_in_this_process")]
 

@@ -27,7 +27,7 @@ from e2lm_vllm.results.store import write_table_atomic
 from e2lm_vllm.sweep.cells import build_plan
 from e2lm_vllm.sweep.config import SweepConfigError, validate_config
 from e2lm_vllm.sweep.runner import consolidate, write_cell
-from e2lm_vllm.sweep.worker import CellResult, UnitResult
+from e2lm_vllm.sweep.types import CellResult, UnitResult
 from e2lm_vllm.trackers.push import PushCount, TrackerPush
 from e2lm_vllm.trackers.spec import TrackerSpecError, parse_spec, parse_specs
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,8 +24,7 @@ import pyarrow.parquet as pq
 from e2lm_vllm.sweep.checkpoints import Checkpoint, Completeness, resolve_checkpoints
 from e2lm_vllm.sweep.config import LocalCheckpoints, ModelFamily, SweepConfig, is_task_yaml_path, stable_hash
 from e2lm_vllm.sweep.inputs import FileDigests, TaskResolver, checkpoint_fingerprint
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+from e2lm_vllm.sweep.types import Cell, CellTask, WorkUnit, slug
 
 
 def include_paths_of(config: SweepConfig) -> list[str]:
@@ -40,74 +38,8 @@ def include_paths_of(config: SweepConfig) -> list[str]:
     return paths
 
 
-def _slug(text: str, length: int = 60) -> str:
-    return _UNSAFE.sub("_", text).strip("_")[-length:] or "x"
-
-
 # The key of a part's Parquet footer that records the inputs it was computed from.
 INPUTS_METADATA_KEY = b"e2lm_inputs"
-
-
-@dataclass(frozen=True)
-class CellTask:
-    """One task as a cell evaluates it."""
-
-    name: str
-    num_fewshot: int | None
-    limit: float | None
-    source: str = ""  # what lm-eval loads: the task name, or the YAML path the config gave
-    fingerprint: str = ""  # `inputs.TaskResolver`: what the task reads
-
-    def hash_payload(self) -> dict[str, Any]:
-        # The fields the cell hash has always had: an unchanged config finds its parts done.
-        return {"name": self.name, "num_fewshot": self.num_fewshot, "limit": self.limit}
-
-
-@dataclass(frozen=True)
-class Cell:
-    checkpoint: Checkpoint
-    task: CellTask
-    cell_hash: str  # hash of what changes this cell's result; the `config_hash` column
-    checkpoint_fingerprint: str = ""  # `inputs.checkpoint_fingerprint`
-
-    @property
-    def inputs(self) -> dict[str, str]:
-        """The fingerprints recorded with the cell's results (footer and columns of its metrics part)."""
-        return {"task_fingerprint": self.task.fingerprint, "checkpoint_fingerprint": self.checkpoint_fingerprint}
-
-    @property
-    def key(self) -> str:
-        return f"{self.checkpoint.model}|{self.checkpoint.id}|{self.task.name}|{self.cell_hash}"
-
-    def part_stem(self, output: Path) -> Path:
-        ckpt = self.checkpoint
-        folder = f"step{ckpt.step:010d}_{_slug(Path(ckpt.id).name)}_{stable_hash(ckpt.id, 8)}"
-        return output / "cells" / _slug(ckpt.model) / folder / f"{_slug(self.task.name)}.{self.cell_hash}"
-
-    def metrics_part(self, output: Path) -> Path:
-        return self.part_stem(output).with_name(self.part_stem(output).name + ".metrics.parquet")
-
-    def samples_part(self, output: Path) -> Path:
-        return self.part_stem(output).with_name(self.part_stem(output).name + ".samples.parquet")
-
-
-@dataclass
-class WorkUnit:
-    """One checkpoint and the tasks still to evaluate on it: one engine lifetime in one worker."""
-
-    checkpoint: Checkpoint
-    cells: list[Cell]
-    model_args: dict[str, Any]
-    lm: str
-    include_paths: list[str]
-    # Same key, same engine settings: the worker may swap weights (the lm still checks config and tokenizer).
-    engine_key: str = ""
-    # Model args of another checkpoint of the family: what a worker's swap check swaps to and back.
-    partner_args: dict[str, Any] | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.checkpoint.model}@{self.checkpoint.step}"
 
 
 @dataclass(frozen=True)
@@ -282,17 +214,17 @@ def _retired_parts(config: SweepConfig, plan: Plan, output: Path) -> list[Retire
     retired = []
     for family in config.models:
         patterns = _local_patterns(family)
-        family_folder = output / "cells" / _slug(family.name)
+        family_folder = output / "cells" / slug(family.name)
         if not patterns or not family_folder.is_dir():
             continue
-        stems = {(_slug(task), cell_hash): (task, fp) for (model, task, cell_hash), fp in current.items() if model == family.name}
+        stems = {(slug(task), cell_hash): (task, fp) for (model, task, cell_hash), fp in current.items() if model == family.name}
         for folder in sorted(p for p in family_folder.iterdir() if p.is_dir() and p not in planned_folders):
             for part in sorted(folder.glob("*.metrics.parquet")):
-                slug, _, cell_hash = part.name[: -len(".metrics.parquet")].rpartition(".")
-                if (slug, cell_hash) not in stems:
+                task_slug, _, cell_hash = part.name[: -len(".metrics.parquet")].rpartition(".")
+                if (task_slug, cell_hash) not in stems:
                     continue
                 state, recorded, _ = read_part_inputs(part)
-                if state != "ok" or (recorded is not None and recorded.get("task_fingerprint") != stems[slug, cell_hash][1]):
+                if state != "ok" or (recorded is not None and recorded.get("task_fingerprint") != stems[task_slug, cell_hash][1]):
                     continue
                 checkpoint = pq.read_table(part, columns=["checkpoint"]).column("checkpoint")[0].as_py()
                 location = str(Path(checkpoint).expanduser().absolute())

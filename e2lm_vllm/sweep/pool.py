@@ -25,9 +25,9 @@ from typing import Any
 from e2lm_vllm.cluster.ray_init import init_ray, worker_environment
 from e2lm_vllm.cluster.worker_secrets import WorkerSecrets
 from e2lm_vllm.settings import LONG_LIVED_WORKER_ENVIRONMENT
-from e2lm_vllm.sweep.cells import WorkUnit
 from e2lm_vllm.sweep.config import SweepConfig, SweepConfigError
-from e2lm_vllm.sweep.worker import RaySweepWorker, SweepWorker, UnitResult, evaluate_unit
+from e2lm_vllm.sweep.types import UnitResult, WorkUnit
+from e2lm_vllm.sweep.worker import RaySweepWorker, SweepWorker, evaluate_unit
 
 # -- a worker that hangs ---------------------------------------------------------------------------
 

@@ -35,13 +35,14 @@ from tqdm import tqdm
 
 from e2lm_vllm.results.schema import FAILURES_SCHEMA, METRICS_SCHEMA, SAMPLES_SCHEMA
 from e2lm_vllm.results.store import conform, write_table_atomic
-from e2lm_vllm.sweep.cells import INPUTS_METADATA_KEY, Cell, Plan, WorkUnit, build_plan, read_part_inputs
+from e2lm_vllm.sweep.cells import INPUTS_METADATA_KEY, Plan, build_plan, read_part_inputs
 from e2lm_vllm.sweep.checkpoints import Completeness
 from e2lm_vllm.sweep.config import SweepConfig, SweepConfigError, config_hash
 from e2lm_vllm.sweep.inputs import FileDigests
 from e2lm_vllm.sweep.lock import output_lock
 from e2lm_vllm.sweep.pool import CheckpointTimeoutError, InProcessWorker, RayWorkers
-from e2lm_vllm.sweep.worker import CellResult, UnitResult, failure_kind
+from e2lm_vllm.sweep.types import Cell, CellResult, UnitResult, WorkUnit
+from e2lm_vllm.sweep.worker import failure_kind
 
 if TYPE_CHECKING:
     from e2lm_vllm.sweep.watch import WatchOptions

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from e2lm_vllm.sweep.cells import Plan, WorkUnit
+    from e2lm_vllm.sweep.cells import Plan
     from e2lm_vllm.sweep.checkpoints import Completeness
+    from e2lm_vllm.sweep.types import WorkUnit
 
 
 class Session(Protocol):

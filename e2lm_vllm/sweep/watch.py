@@ -37,8 +37,9 @@ from e2lm_vllm.atomic import write_text_atomic
 from e2lm_vllm.sweep.checkpoints import Completeness
 
 if TYPE_CHECKING:
-    from e2lm_vllm.sweep.cells import Plan, WorkUnit
+    from e2lm_vllm.sweep.cells import Plan
     from e2lm_vllm.sweep.session import Session
+    from e2lm_vllm.sweep.types import WorkUnit
 
 log = logging.getLogger("e2lm_vllm.sweep")
 

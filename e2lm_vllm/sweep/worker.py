@@ -27,13 +27,12 @@ import os
 import socket
 import time
 import traceback
-from dataclasses import dataclass, field
 from typing import Any
 
-from e2lm_vllm.sweep.cells import Cell, WorkUnit
 from e2lm_vllm.sweep.rows import NoMetricsError, check_cell_results, request_count, sample_rows, subtask_names, versions
 from e2lm_vllm.sweep.swapcheck import SwapCheck, compare, probe_scores
 from e2lm_vllm.sweep.taskcache import TaskCache, TaskKey, evaluate
+from e2lm_vllm.sweep.types import Cell, CellResult, UnitResult, WorkUnit
 
 log = logging.getLogger("e2lm_vllm.sweep.worker")
 
@@ -76,31 +75,6 @@ def backend_of(lm: Any) -> str:
     from e2lm_vllm.lm import E2LMVLLM
 
     return "vllm" if isinstance(lm, E2LMVLLM) else "hf"
-
-
-@dataclass
-class CellResult:
-    key: str
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    samples: list[dict[str, Any]] = field(default_factory=list)
-    error: str | None = None
-    error_kind: str | None = None  # `failure_kind` of the error
-    eval_seconds: float = 0.0
-
-
-@dataclass
-class UnitResult:
-    label: str
-    cells: list[CellResult]
-    engine_seconds: float  # building the engine or swapping the weights (and the swap check)
-    backend: str
-    versions: dict[str, str | None]
-    pid: int
-    host: str
-    engine: str = "built"  # "built", "swapped", or "checked": swapped, then rebuilt to check the swap
-    timings: dict[str, float] = field(default_factory=dict)  # PHASES -> seconds
-    swap_check: dict[str, Any] | None = None
-    rss_bytes: int = 0  # the worker's resident memory after this checkpoint
 
 
 def _swappable_lm(model_args: dict[str, Any], lm_name: str) -> bool:
