@@ -32,13 +32,13 @@ from e2lm_vllm.cpu import cpu_flags, cpu_name, has_avx512
 from e2lm_vllm.offline import set_offline_defaults
 from e2lm_vllm.quality.signal import MIN_AUTOCORRELATION_LENGTH
 from e2lm_vllm.settings import DEFAULT_MAX_MODEL_LEN
-from e2lm_vllm.taskdata.suites import SAMPLES_PREFIX, mmlu_task_name, task_name
+from e2lm_vllm.taskdata.suites import SAMPLES_LINK, SAMPLES_PREFIX, mmlu_task_name, task_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # 0-shot and short: the cheapest bundled tasks whose accuracy rises along the ladder (HellaSwag's
 # long endings cost about as much again and MMLU needs 5 shots for a 135M model to leave chance).
 DEMO_TASKS = tuple(task_name(SAMPLES_PREFIX, name) for name in ("arc_easy", "piqa"))
-BUNDLED_DOCS = 60  # documents per task in tasks/samples (ARC-Easy and PIQA)
+BUNDLED_DOCS = 60  # documents per task in the bundled samples (ARC-Easy and PIQA)
 # The reference pair (HIGH, LOW): the run that reaches the real weights is ahead of the weaker one
 # at every rung by construction (smaller blend gap), as the organisers' 3B model is of their 500M.
 STRONG, WEAK = "smollm2-full", "smollm2-weak"
@@ -93,7 +93,7 @@ def sweep_config(ladders: dict[str, Path], size: DemoSize, output: Path, tensorb
             {"name": name, "architecture": ARCHITECTURE, "checkpoints": {"paths": [str(folder / "step_*")]}}
             for name, folder in ladders.items()
         ],
-        "include_paths": [str(REPO_ROOT / "tasks" / "samples")],
+        "include_paths": [str(REPO_ROOT / SAMPLES_LINK)],
         "tasks": list(DEMO_TASKS),
         "limit": size.limit,
         "engine": {"lm": "e2lm_vllm", "dtype": "float32", "max_model_len": DEFAULT_MAX_MODEL_LEN},
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             _bin("lm_eval"), "--model", "e2lm_vllm",
             "--model_args", f"pretrained={model_path},dtype=float32,max_model_len={DEFAULT_MAX_MODEL_LEN}",
-            "--tasks", ",".join(SAMPLE_TASKS), "--include_path", "tasks/samples", "--limit", str(size.samples_limit),
+            "--tasks", ",".join(SAMPLE_TASKS), "--include_path", SAMPLES_LINK, "--limit", str(size.samples_limit),
             "--output_path", str(output / "lm_eval"),
         ],
     )  # fmt: skip

@@ -1,4 +1,5 @@
-"""`pip install` of the wheel alone registers `--model e2lm_vllm` with the stock lm-eval CLI.
+"""`pip install` of the wheel alone registers `--model e2lm_vllm` with the stock lm-eval CLI, and
+carries the bundled sample tasks that `e2lm-vllm doctor` reads.
 
 The project venv has the package installed editable, with the hook `make install` wrote: a venv made
 from it would see both. So the throwaway venv sees the project's *dependencies* through a plain path
@@ -19,6 +20,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from e2lm_vllm.taskdata import SAMPLES_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +67,38 @@ def test_wheel_and_sdist_carry_the_hook_at_the_top_level(source_copy, tmp_path):
         with zipfile.ZipFile(built) as archive:
             assert archive.read(PTH_NAME).decode() == hook
             assert PTH_NAME in archive.read(next(n for n in archive.namelist() if n.endswith("RECORD"))).decode()
+
+
+# Run from outside the repo with only the unpacked wheel (and the venv's dependencies) importable:
+# the doctor's default include path, and lm-eval reading a sample task's documents through it.
+INSTALLED_SAMPLES_PROBE = """
+import json, e2lm_vllm
+from lm_eval.tasks import TaskManager, get_task_dict
+from e2lm_vllm.taskdata import include_path_for
+include = include_path_for("samples")  # what `e2lm-vllm doctor` passes without --include-path
+task = get_task_dict(["sample_arc_easy"], TaskManager(include_path=include))["sample_arc_easy"]
+docs = list(task.test_docs())
+print(json.dumps({"package": e2lm_vllm.__file__, "include": include, "docs": len(docs), "first": docs[0]["id"]}))
+"""
+
+
+def test_the_wheel_carries_the_samples_and_lm_eval_reads_them_installed(source_copy, tmp_path):
+    wheel = _build_wheel(source_copy, tmp_path / "wheel")
+    bundled = {str(p.relative_to(REPO_ROOT)) for p in SAMPLES_DIR.rglob("*") if p.is_file()}
+    assert len(bundled) > 40 and any(name.endswith("_template_yaml") for name in bundled)
+    installed = tmp_path / "installed"
+    with zipfile.ZipFile(wheel) as archive:
+        assert bundled - set(archive.namelist()) == set()
+        archive.extractall(installed)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "E2LM_TASKS_CACHE")}
+    env |= {"PYTHONPATH": str(installed), "E2LM_VLLM_HOME": str(tmp_path / "home"), "HF_DATASETS_OFFLINE": "1"}
+    found = json.loads(_run([sys.executable, "-c", INSTALLED_SAMPLES_PROBE], env=env, cwd=elsewhere).stdout.splitlines()[-1])
+    assert Path(found["package"]).is_relative_to(installed), found  # not this checkout
+    assert Path(found["include"]).is_relative_to(tmp_path / "home"), found  # the user cache, not site-packages
+    first = json.loads((SAMPLES_DIR / "data" / "arc" / "easy.test.jsonl").read_text().splitlines()[0])
+    assert found["docs"] == 60 and found["first"] == first["id"], found
 
 
 def test_pip_install_of_the_wheel_alone_registers_the_model(source_copy, tmp_path, smollm2_path):

@@ -110,7 +110,7 @@ def test_bundled_samples_are_the_converter_output(root: Path) -> None:
     }
     assert sorted(on_disk) == sorted(generated), "run `python -m e2lm_vllm.taskdata samples`"
     for name, text in generated.items():
-        assert on_disk[name] == text, f"tasks/samples/{name} differs from the converter output"
+        assert on_disk[name] == text, f"{samples / name} differs from the converter output"
     assert 1200 <= sum(suite.request_counts.values()) <= 1600  # the demo's request budget
 
 

@@ -2,9 +2,10 @@
 
 1. **platform**: the device vLLM runs on (CPU or GPU, its name), vLLM's version and build, torch's,
    the engine's prefix-cache block size, bfloat16 support;
-2. **parity** on the bundled samples (`tasks/samples`), in each dtype asked for (default float32,
-   and bfloat16 where the device runs it natively, `bf16_decision`): `e2lm_vllm` against the same
-   engine without prefix reuse and against HF (`e2lm_vllm.proof.parity`: the criterion and its tolerances);
+2. **parity** on the bundled samples (package data, read through `include_path_for("samples")`, so
+   an installed wheel has them), in each dtype asked for (default float32, and bfloat16 where the
+   device runs it natively, `bf16_decision`): `e2lm_vllm` against the same engine without prefix
+   reuse and against HF (`e2lm_vllm.proof.parity`: the criterion and its tolerances);
 3. **benchmark**: about a minute of scoring bundled samples on the warm engines of one dtype's
    parity run (bfloat16 on a GPU, else the first dtype; no extra engine start): requests/s of
    `e2lm_vllm`, and of lm-eval's own `vllm` model on the same requests (`--no-bench-reference`

@@ -1,5 +1,5 @@
 """Real evaluation data -> normalised JSONL + lm-eval task folders (the one converter).
-Imports no other e2lm_vllm package (stdlib and yaml); doctor, curriculum and the bench use it.
+Imports no other e2lm_vllm package but models (its user cache folder); doctor, demo, curriculum and the bench use it.
 
 Reads the raw layout of the shared data folder (``../shared/data`` beside the repo, or
 ``$E2LM_DATA_DIR``), writes one JSONL file per split with the same fields as the Hugging Face
@@ -10,11 +10,13 @@ lm-eval's own templates verbatim. Only ``dataset_path``/``data_files`` differ fr
 Two suites, same templates:
 - ``full``: every item; built on demand into a cache folder with absolute data paths
   (:func:`include_path_for`), so it works from any directory.
-- ``samples``: a few hundred seeded items committed under ``tasks/samples`` for the demo; its
-  YAML names data files relative to the repo root (the demo and ``ray job submit --working-dir .``
-  run there). :func:`include_path_for` ("samples") gives an absolute-path copy usable anywhere.
+- ``samples``: a few hundred seeded items committed as package data in ``e2lm_vllm/taskdata/samples``
+  (``SAMPLES_DIR``; a checkout links ``tasks/samples`` to it) for the demo and the doctor; its YAML
+  names data files relative to a checkout's root (the demo and ``ray job submit --working-dir .``
+  run there). :func:`include_path_for` ("samples") gives an absolute-path copy usable anywhere,
+  installed wheel included.
 
-    python -m e2lm_vllm.taskdata samples            # regenerates tasks/samples (committed)
+    python -m e2lm_vllm.taskdata samples            # regenerates e2lm_vllm/taskdata/samples (committed)
     python -m e2lm_vllm.taskdata full [-o DIR]      # prints the include path of the full suite
 
 One module per job:
@@ -53,6 +55,7 @@ from e2lm_vllm.taskdata.suites import (
     SAMPLE_SIZES,
     SAMPLES_DATA_REF,
     SAMPLES_DIR,
+    SAMPLES_LINK,
     SAMPLES_PREFIX,
     STORY_LONG_WORDS,
     STORY_SHORT_MAX_WORDS,
@@ -70,7 +73,7 @@ from e2lm_vllm.taskdata.templates import MMLU_KINDS, MMLU_LETTERS, mmlu_format
 
 __all__ = [
     "ARC_SPLITS", "ARC_SUBSETS", "FORMAT_VERSION", "FULL_PREFIX", "MMLU_KINDS", "MMLU_LETTERS", "RAW_FOLDERS", "REPO_ROOT",
-    "SAMPLES_DATA_REF", "SAMPLES_DIR", "SAMPLES_PREFIX", "SAMPLE_MMLU_SUBJECTS", "SAMPLE_SEED", "SAMPLE_SIZES", "STALE_BUILD_SECONDS",
+    "SAMPLES_DATA_REF", "SAMPLES_DIR", "SAMPLES_LINK", "SAMPLES_PREFIX", "SAMPLE_MMLU_SUBJECTS", "SAMPLE_SEED", "SAMPLE_SIZES", "STALE_BUILD_SECONDS",
     "STORY_LONG_WORDS", "STORY_MAX_WORDS", "STORY_SHORT_MAX_WORDS", "Suite", "SuiteKind", "TaskDataError",
     "arc_gold_index", "arc_rows", "build_full_suite", "build_samples_suite", "data_root", "hellaswag_preprocess",
     "hellaswag_rows", "include_path_for", "jsonl_text", "main", "mmlu_format", "mmlu_rows", "mmlu_subjects", "mmlu_task_name",

@@ -24,7 +24,16 @@ GENERATOR_FILES = (*sorted(Path(__file__).parent.glob("*.py")), TEMPLATES_FILE)
 
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("E2LM_TASKS_CACHE") or REPO_ROOT / ".cache" / "e2lm_tasks")
+    """``$E2LM_TASKS_CACHE``; else ``.cache/e2lm_tasks`` of a checkout; else (an installed wheel, whose
+    REPO_ROOT is site-packages) ``tasks`` in e2lm-vllm's user cache folder, beside the prepared models."""
+    configured = os.environ.get("E2LM_TASKS_CACHE")
+    if configured:
+        return Path(configured)
+    if (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT / ".cache" / "e2lm_tasks"
+    from e2lm_vllm.models.prepare import e2lm_home
+
+    return e2lm_home() / "tasks"
 
 
 def _fingerprint(kind: SuiteKind, sources: list[Path]) -> str:
@@ -41,9 +50,9 @@ def include_path_for(kind: SuiteKind = "full", data: str | os.PathLike[str] | No
     """Folder to pass as lm-eval's ``include_path`` for the ``full`` or ``samples`` suite.
 
     Both are written (once, then reused while the sources are unchanged) into a cache folder
-    (``$E2LM_TASKS_CACHE`` or ``<repo>/.cache/e2lm_tasks``) with absolute data paths, so lm-eval
-    can run them from any directory. ``full`` converts the raw data folder (:func:`data_root`);
-    ``samples`` points at the committed files in ``tasks/samples/data``.
+    (:func:`_cache_root`) with absolute data paths, so lm-eval can run them from any directory.
+    ``full`` converts the raw data folder (:func:`data_root`); ``samples`` points at the bundled
+    files in ``SAMPLES_DIR / "data"`` (package data: an installed wheel has them).
     """
     if kind == "full":
         root = data_root(data)
@@ -81,7 +90,7 @@ def include_path_for(kind: SuiteKind = "full", data: str | os.PathLike[str] | No
 
 
 def _write_samples_yaml_only(out_dir: Path, data_ref: str) -> None:
-    """The committed sample YAMLs with ``tasks/samples/data`` replaced by ``data_ref``."""
+    """The committed sample YAMLs with their checkout-relative ``SAMPLES_DATA_REF`` replaced by ``data_ref``."""
     for path in SAMPLES_DIR.rglob("*"):
         if path.is_file() and (path.suffix == ".yaml" or path.name.endswith("_yaml")):
             target = out_dir / path.relative_to(SAMPLES_DIR)

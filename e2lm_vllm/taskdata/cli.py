@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m e2lm_vllm.taskdata", description="Real evaluation data -> normalised JSONL + lm-eval task folders."
     )
     parser.add_argument("suite", choices=["samples", "full"])
-    parser.add_argument("-o", "--out", type=Path, help="output folder (samples: tasks/samples; full: the cache)")
+    parser.add_argument("-o", "--out", type=Path, help="output folder (samples: e2lm_vllm/taskdata/samples; full: the cache)")
     parser.add_argument("--data", help="raw data folder (default: $E2LM_DATA_DIR or ../shared/data)")
     args = parser.parse_args(argv)
     try:
