@@ -32,6 +32,7 @@ from e2lm_vllm.engine.types import (
     SequenceQuery,
 )
 from e2lm_vllm.engine.vllm_engine import VLLMEngine
+from tests.sweeps import flags_config
 
 BAD_TENSOR = "model.layers.7.mlp.up_proj.weight"
 
@@ -246,30 +247,32 @@ def test_a_nan_rung_is_refused_before_any_engine_starts(nan_rung):
         E2LMVLLM(pretrained=str(nan_rung), dtype="float32", backend="vllm")
 
 
+def _diverging_config(ladder_dirs, nan_rung: Path, tmp_path: Path, **flags):
+    """A finite rung and the NaN rung of one run, swept into ``tmp_path / "sweep"``."""
+    return flags_config([ladder_dirs[0], nan_rung], tmp_path / "sweep", model_name="diverging", **flags)
+
+
+def _sweep_failing_once_on_the_nan_rung(config):
+    """Run ``config`` in this process: one failure, of kind non_finite, not retried, naming the tensor."""
+    import pandas as pd
+
+    from e2lm_vllm.sweep.runner import run_sweep
+
+    summary = run_sweep(config, progress=False, in_process=True)
+    failures = pd.read_parquet(Path(config.output) / "failures.parquet")
+    assert summary.exit_code == 1
+    assert list(failures.kind) == ["non_finite"] and list(failures.attempts) == [1]
+    assert f"NaN in weight tensor {BAD_TENSOR}" in failures.error[0]
+    return summary
+
+
 @pytest.mark.engine
 def test_a_sweep_records_a_nan_rung_once_as_non_finite(ladder_dirs, nan_rung, tmp_path):
     """In this process (no Ray), on vLLM: the NaN rung fails once, without retries; the finite rung is
     evaluated, although its worker's swap check first tried the NaN rung as its neighbour."""
     import pandas as pd
 
-    from e2lm_vllm.sweep.config import config_from_flags
-    from e2lm_vllm.sweep.runner import run_sweep
-
-    config = config_from_flags(
-        checkpoints=[str(ladder_dirs[0]), str(nan_rung)],
-        model_name="diverging",
-        tasks="sweep_arc_easy",
-        include_path=[str(Path(__file__).parent / "data" / "sweep_tasks")],
-        limit=2,
-        output=str(tmp_path / "sweep"),
-        lm="e2lm_vllm",
-        model_args={"dtype": "float32"},
-    )
-    summary = run_sweep(config, progress=False, in_process=True)
-    failures = pd.read_parquet(tmp_path / "sweep" / "failures.parquet")
-    assert summary.exit_code == 1
-    assert list(failures.kind) == ["non_finite"] and list(failures.attempts) == [1]
-    assert f"NaN in weight tensor {BAD_TENSOR}" in failures.error[0]
+    summary = _sweep_failing_once_on_the_nan_rung(_diverging_config(ladder_dirs, nan_rung, tmp_path, limit=2, lm="e2lm_vllm"))
     assert "[non_finite]" in summary.describe()
     assert len(pd.read_parquet(tmp_path / "sweep" / "metrics.parquet").checkpoint.unique()) == 1
 
@@ -359,25 +362,8 @@ def test_a_sweep_on_hf_records_a_nan_rung_as_non_finite(ladder_dirs, nan_rung, t
     the finite rung is scored, and its rows say backend hf."""
     import pandas as pd
 
-    from e2lm_vllm.sweep.config import config_from_flags
-    from e2lm_vllm.sweep.runner import run_sweep
-
-    config = config_from_flags(
-        checkpoints=[str(ladder_dirs[0]), str(nan_rung)],
-        model_name="diverging",
-        tasks="sweep_arc_easy",
-        include_path=[str(Path(__file__).parent / "data" / "sweep_tasks")],
-        limit=1,
-        output=str(tmp_path / "sweep"),
-        lm="hf",
-        model_args={"dtype": "float32"},
-    )
-    summary = run_sweep(config, progress=False, in_process=True)
-    failures = pd.read_parquet(tmp_path / "sweep" / "failures.parquet")
+    _sweep_failing_once_on_the_nan_rung(_diverging_config(ladder_dirs, nan_rung, tmp_path, limit=1, lm="hf"))
     metrics = pd.read_parquet(tmp_path / "sweep" / "metrics.parquet")
-    assert summary.exit_code == 1
-    assert list(failures.kind) == ["non_finite"] and list(failures.attempts) == [1]
-    assert f"NaN in weight tensor {BAD_TENSOR}" in failures.error[0]
     assert list(metrics.checkpoint.unique()) == [str(ladder_dirs[0])] and set(metrics.backend) == {"hf"}
 
 
@@ -389,19 +375,10 @@ def test_a_neighbour_that_scores_nan_is_never_blamed_on_the_checkpoint_under_tes
     """The swap check's reference, the neighbouring checkpoint, is diverged (weight check off, so it
     loads and scores NaN): no swap check, a fresh engine, and the checkpoint under test is scored."""
     from e2lm_vllm.sweep.cells import build_plan
-    from e2lm_vllm.sweep.config import config_from_flags
     from e2lm_vllm.sweep.worker import SweepWorker
 
-    config = config_from_flags(
-        checkpoints=[str(ladder_dirs[0]), str(nan_rung)],
-        model_name="diverging",
-        tasks="sweep_arc_easy",
-        include_path=[str(Path(__file__).parent / "data" / "sweep_tasks")],
-        limit=1,
-        output=str(tmp_path / "sweep"),
-        lm="e2lm_vllm",
-        model_args={"dtype": "float32", "backend": "vllm", "check_weights": False, "max_model_len": 256},
-    )
+    model_args = {"backend": "vllm", "check_weights": False, "max_model_len": 256}
+    config = _diverging_config(ladder_dirs, nan_rung, tmp_path, limit=1, lm="e2lm_vllm", model_args=model_args)
     unit = build_plan(config, tmp_path / "sweep").units[0]
     assert unit.checkpoint.step == 0 and unit.partner_args is not None and unit.partner_args["pretrained"] == str(nan_rung)
     worker = SweepWorker()

@@ -49,13 +49,18 @@ def source_copy(tmp_path_factory) -> Path:
     return copy
 
 
+def _bundled_samples() -> set[str]:
+    """The sample tasks' files as a wheel names them."""
+    return {str(p.relative_to(REPO_ROOT)) for p in SAMPLES_DIR.rglob("*") if p.is_file()}
+
+
 def _build_wheel(source: str | Path, out: Path) -> Path:
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(source)])
     (wheel,) = out.glob("e2lm_vllm-*.whl")
     return wheel
 
 
-def test_wheel_and_sdist_carry_the_hook_at_the_top_level(source_copy, tmp_path):
+def test_wheel_and_sdist_carry_the_hook_at_the_top_level_and_the_samples(source_copy, tmp_path):
     wheel = _build_wheel(source_copy, tmp_path / "wheel")
     sdist_dir = tmp_path / "sdist"
     _run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(sdist_dir)!r})"],
@@ -65,6 +70,7 @@ def test_wheel_and_sdist_carry_the_hook_at_the_top_level(source_copy, tmp_path):
     hook = (REPO_ROOT / "e2lm_vllm" / PTH_NAME).read_text()
     for built in (wheel, from_sdist):
         with zipfile.ZipFile(built) as archive:
+            assert _bundled_samples() - set(archive.namelist()) == set()
             assert archive.read(PTH_NAME).decode() == hook
             assert PTH_NAME in archive.read(next(n for n in archive.namelist() if n.endswith("RECORD"))).decode()
 
@@ -84,7 +90,7 @@ print(json.dumps({"package": e2lm_vllm.__file__, "include": include, "docs": len
 
 def test_the_wheel_carries_the_samples_and_lm_eval_reads_them_installed(source_copy, tmp_path):
     wheel = _build_wheel(source_copy, tmp_path / "wheel")
-    bundled = {str(p.relative_to(REPO_ROOT)) for p in SAMPLES_DIR.rglob("*") if p.is_file()}
+    bundled = _bundled_samples()
     assert len(bundled) > 40 and any(name.endswith("_template_yaml") for name in bundled)
     installed = tmp_path / "installed"
     with zipfile.ZipFile(wheel) as archive:

@@ -16,11 +16,11 @@ import pytest
 
 from e2lm_vllm.cluster.ray_init import passed_environment
 from e2lm_vllm.sweep.cells import build_plan
-from e2lm_vllm.sweep.config import SweepConfigError, validate_config
+from e2lm_vllm.sweep.config import SweepConfigError
 from e2lm_vllm.sweep.pool import NodeCapacity, RayWorkers, plan_slots
+from tests.sweeps import SWEEP_TASKS, yaml_config
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS_DIR = str(REPO / "tests" / "data" / "sweep_tasks")
 
 
 def _node(name: str, gpus: int, cpus: int) -> NodeCapacity:
@@ -103,20 +103,7 @@ def cluster():
 
 
 def _config(tmp_path: Path, checkpoints: list[Path], **overrides) -> object:
-    data = {
-        "models": [{"name": "smollm2-ladder", "checkpoints": [{"paths": [str(p) for p in checkpoints]}]}],
-        "tasks": ["sweep_arc_easy"],
-        "include_paths": [TASKS_DIR],
-        "limit": 2,
-        "engine": {"lm": "e2lm_vllm", "dtype": "float32", "max_model_len": 512},
-        "output": str(tmp_path / "sweep"),
-    }
-    for key, value in overrides.items():
-        if key == "tensor_parallel_size":
-            data["engine"] = {**data["engine"], key: value}
-        else:
-            data[key] = value
-    return validate_config(data)
+    return yaml_config(checkpoints, tmp_path / "sweep", name="smollm2-ladder", lm="e2lm_vllm", **overrides)
 
 
 def _node_ids() -> set[str]:
@@ -177,7 +164,7 @@ def test_unreadable_paths_name_the_node_and_the_path(cluster, ladder_dirs, tmp_p
             checkpoint=dataclasses.replace(unit.checkpoint, path=missing),
             model_args={**unit.model_args, "pretrained": missing},
         ),
-        "task folder": dataclasses.replace(unit, include_paths=[TASKS_DIR, missing]),
+        "task folder": dataclasses.replace(unit, include_paths=[str(SWEEP_TASKS), missing]),
     }
     workers = RayWorkers(config, cluster.address)
     try:

@@ -21,12 +21,10 @@ import psutil
 import pytest
 
 from e2lm_vllm.cluster.worker_secrets import SECRET_ENV_NAMES
-from e2lm_vllm.sweep.config import validate_config
+from tests.sweeps import yaml_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
-TASKS_DIR = str(REPO / "tests" / "data" / "sweep_tasks")
 SECRETS = {"HF_TOKEN": "hf_some-secret-value-4f1c", "HUGGING_FACE_HUB_TOKEN": "hf_older-secret-name-9d2e"}
 
 
@@ -49,17 +47,7 @@ def ray_local():
 
 
 def _config(tmp_path: Path, checkpoints: list[Path], **overrides):
-    data = {
-        "models": [{"name": "ladder", "checkpoints": [{"paths": [str(p) for p in checkpoints]}]}],
-        "tasks": ["sweep_arc_easy"],
-        "include_paths": [TASKS_DIR],
-        "limit": 2,
-        "engine": {"lm": "hf", "dtype": "float32", "max_model_len": 512},
-        "output": str(tmp_path / "sweep"),
-        "workers": 1,
-        **overrides,
-    }
-    return validate_config(data)
+    return yaml_config(checkpoints, tmp_path / "sweep", name="ladder", lm="hf", **{"workers": 1, **overrides})
 
 
 def _files_holding(roots: list[Path], needle: bytes) -> list[str]:

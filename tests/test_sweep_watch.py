@@ -31,8 +31,8 @@ from safetensors.numpy import save_file
 
 from e2lm_vllm.sweep.checkpoints import incomplete_reason, safetensors_incomplete
 from e2lm_vllm.sweep.watch import next_expected_step
+from tests.sweeps import SWEEP_TASKS, flags_config
 
-REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = "model.safetensors"
 
 
@@ -210,7 +210,7 @@ def test_ctrl_c_stops_a_waiting_watcher_with_130_and_releases_the_lock(tmp_path)
     output = tmp_path / "out"
     command = [
         str(Path(sys.executable).parent / "e2lm-vllm"), "sweep", "--checkpoints", str(tmp_path / "run" / "step_*"),
-        "--tasks", "sweep_arc_easy", "--include-path", str(REPO / "tests" / "data" / "sweep_tasks"),
+        "--tasks", "sweep_arc_easy", "--include-path", str(SWEEP_TASKS),
         "--output", str(output), "--watch", "--poll-seconds", "0.2", "--no-progress",
     ]  # fmt: skip
     watcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -287,23 +287,12 @@ def _incomplete(output: Path) -> dict[str, str]:
 @pytest.mark.engine
 @pytest.mark.slow
 def test_the_watcher_follows_a_run_being_written(ladder_dirs, tmp_path, engine_in_this_process):
-    from e2lm_vllm.sweep.config import config_from_flags
     from e2lm_vllm.sweep.runner import run_sweep
     from e2lm_vllm.sweep.watch import WatchOptions
 
     run_dir, output, stop = tmp_path / "run", tmp_path / "out", tmp_path / "STOP"
     run_dir.mkdir()
-    config = config_from_flags(
-        checkpoints=[str(run_dir / "step_*")],
-        model_name="ladder",
-        tasks="sweep_arc_easy",
-        include_path=[str(REPO / "tests" / "data" / "sweep_tasks")],
-        limit=2,
-        num_fewshot=0,
-        lm="e2lm_vllm",
-        model_args={"dtype": "float32"},
-        output=str(output),
-    )
+    config = flags_config([run_dir / "step_*"], output, model_name="ladder", limit=2, lm="e2lm_vllm", num_fewshot=0)
     names = [rung.name for rung in ladder_dirs]  # step_000000, step_001000, step_002000
 
     # Run 1: rung 0 is there; a stop file once it is evaluated stops the watcher mid-run.

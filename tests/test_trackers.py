@@ -30,13 +30,13 @@ from e2lm_vllm.sweep.runner import consolidate, write_cell
 from e2lm_vllm.sweep.types import CellResult, UnitResult
 from e2lm_vllm.trackers.push import PushCount, TrackerPush
 from e2lm_vllm.trackers.spec import TrackerSpecError, parse_spec, parse_specs
+from tests.sweeps import SWEEP_TASKS, flags_config
 
 pytest.importorskip("tensorboardX")
 pytest.importorskip("wandb")
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = (1000, 2000, 3000)
-TASKS_DIR = REPO / "tests" / "data" / "sweep_tasks"
 TASKS = ("sweep_arc_easy", "sweep_arc_letter")  # real task YAMLs: the planner checks that tasks exist
 A, B = TASKS
 TOKENS_PER_STEP = 2048.0
@@ -58,7 +58,7 @@ def _config(tmp: Path, steps=STEPS, limit: float | None = None):
     data = {
         "models": [{"name": "fam", "checkpoints": {"paths": [str(tmp / "run" / "step_*")]}, "tokens_per_step": TOKENS_PER_STEP}],
         "tasks": list(TASKS),
-        "include_paths": [str(TASKS_DIR)],
+        "include_paths": [str(SWEEP_TASKS)],
         "output": str(tmp / "out"),
     }
     return validate_config({**data, **({"limit": limit} if limit else {})})
@@ -425,7 +425,7 @@ def test_a_missing_tracker_package_is_one_line_naming_the_extra_before_any_engin
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed: `import wandb` raises ImportError
     (tmp_path / "run" / "step_1").mkdir(parents=True)
     code = main([
-        "--checkpoints", str(tmp_path / "run" / "step_*"), "--tasks", A, "--include-path", str(TASKS_DIR), "--output", str(tmp_path / "out"),
+        "--checkpoints", str(tmp_path / "run" / "step_*"), "--tasks", A, "--include-path", str(SWEEP_TASKS), "--output", str(tmp_path / "out"),
         "--log-to", "wandb:project=p", "--no-progress",
     ])  # fmt: skip
     err = capsys.readouterr().err.strip()
@@ -453,7 +453,7 @@ def test_online_wandb_without_credentials_is_refused_before_any_engine(tmp_path,
 def test_log_to_is_not_part_of_the_config_hash(tmp_path):
     from e2lm_vllm.sweep.config import config_hash
 
-    data = {"models": [{"name": "m", "checkpoints": {"paths": [str(tmp_path / "step_1")]}}], "tasks": [A], "include_paths": [str(TASKS_DIR)]}
+    data = {"models": [{"name": "m", "checkpoints": {"paths": [str(tmp_path / "step_1")]}}], "tasks": [A], "include_paths": [str(SWEEP_TASKS)]}
     (tmp_path / "step_1").mkdir()
     plain, logged = validate_config(data), validate_config({**data, "log_to": [f"tensorboard:{tmp_path}"]})
     assert config_hash(plain) == config_hash(logged)
@@ -466,20 +466,9 @@ def test_log_to_is_not_part_of_the_config_hash(tmp_path):
 @pytest.mark.slow
 def test_a_real_in_process_sweep_logs_each_checkpoint_once_and_a_rerun_nothing(tmp_path, ladder_dirs):
     """`run_sweep` on 3 real checkpoints (lm-eval's HF model, 2 ARC-Easy docs): the driver's own hooks."""
-    from e2lm_vllm.sweep.config import config_from_flags
     from e2lm_vllm.sweep.runner import run_sweep
 
-    config = config_from_flags(
-        checkpoints=[str(path) for path in ladder_dirs],
-        model_name="ladder",
-        tasks="sweep_arc_easy",
-        include_path=[str(REPO / "tests" / "data" / "sweep_tasks")],
-        limit=2,
-        num_fewshot=0,
-        lm="hf",
-        model_args={"dtype": "float32"},
-        output=str(tmp_path / "out"),
-    )
+    config = flags_config(ladder_dirs, tmp_path / "out", model_name="ladder", limit=2, lm="hf", num_fewshot=0)
     config.log_to = _targets(tmp_path)
     summary = run_sweep(config, progress=False, in_process=True)
     assert summary.evaluated == 3 and not summary.failures
