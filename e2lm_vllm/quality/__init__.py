@@ -1,7 +1,6 @@
-"""Benchmark-quality metrics: which task, and which metric of it, gives signal early in training.
+"""Benchmark-quality metrics: which task, and which metric of it, gives signal early in training (numpy/scipy/pandas; formulas: docs/scoring.md).
 
-Pure numpy/scipy/pandas; no engine needed. Formulas: docs/scoring.md.
-Imports no other e2lm_vllm package; the sweep (its report) and curriculum import it, the engine never does.
+Imports no other e2lm_vllm package; the sweep (its report), trackers, curriculum and the demo import it, the engine never does.
 """
 
 from e2lm_vllm.quality.api import (

@@ -1,4 +1,8 @@
-"""``python -m e2lm_vllm.taskdata samples|full``: write the bundled samples, or build the full suite."""
+"""``python -m e2lm_vllm.taskdata samples|full``: write the bundled samples, or build the full suite.
+
+    python -m e2lm_vllm.taskdata samples            # regenerates e2lm_vllm/taskdata/samples (committed)
+    python -m e2lm_vllm.taskdata full [-o DIR]      # prints the include path of the full suite
+"""
 
 from __future__ import annotations
 
