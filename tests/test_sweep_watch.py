@@ -345,6 +345,8 @@ def test_the_watcher_follows_a_run_being_written(ladder_dirs, tmp_path, engine_i
     writer.join()
     assert not errors, errors
     assert (second.stopped_by, second.evaluated, second.already_done, second.exit_code) == ("until-step", 2, 1, 0)
+    # Rung 0, deleted while the watcher ran, stays in its plan (watch._keep_earlier_cells): counted in the summary.
+    assert second.cells == 3
 
     half = (ladder_dirs[1] / WEIGHTS).stat().st_size // 2
     assert seen["reason"] == f"{WEIGHTS}: {half} of {2 * half} bytes"
@@ -360,6 +362,7 @@ def test_the_watcher_follows_a_run_being_written(ladder_dirs, tmp_path, engine_i
     assert pd.read_parquet(output / "failures.parquet").empty
     metrics = pd.read_parquet(output / "metrics.parquet")
     assert sorted(metrics.step.unique()) == [0, 1000, 2000]
+    assert metrics.groupby("step").checkpoint_deleted.all().to_dict() == {0: True, 1000: False, 2000: False}
     assert not metrics.duplicated(["checkpoint", "task", "metric", "filter"]).any()
     # One pool across the second watcher's rounds: rung 2, found at a later poll, is a weight swap.
     assert [unit["engine"] for unit in units[1:]] == ["checked", "swapped"]
