@@ -1,21 +1,69 @@
-"""Shared, expensive fixtures: the prepared real model and a small synthetic ladder.
+"""Shared, expensive fixtures: the prepared real model, tiny random models of its architectures, ladders.
 
 The model cache lives in the repo's ignored ``.cache/`` (``E2LM_VLLM_HOME`` is set for the whole
 session, subprocesses included), so a fresh clone pays the GGUF conversion (~1 min) once and a
 developer's later runs pay nothing.
+
+Scoring work is the suite's budget on a CPU without AVX512 (vLLM ~7x slower per token there, engine
+starts not slower): tests of mechanics (swaps, sweep faults, placement, watch, resume, trackers) run on
+the tiny models; the real SmolLM2 only where real text or real-model numbers are the point. The prefill
+tokens every engine of the session computed (Ray workers and CLIs included, through the engine's token
+ledger) are reported per test at the end of the run.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from e2lm_vllm.engine.vllm_engine import TOKEN_LEDGER_VARIABLE
 from e2lm_vllm.offline import set_offline_defaults
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_HOME = REPO_ROOT / ".cache" / "test-home"
+# Seeds of the tiny models: the ladder's random init uses seed 0, so its last rung (the tiny model) differs.
+TINY_SEED = 1
+
+
+# -- prefill tokens computed per test (the scoring work), from the engines' token ledger -------------
+
+_tokens_by_test: dict[str, int] = {}
+
+
+def _ledger_total() -> int:
+    try:
+        with open(os.environ[TOKEN_LEDGER_VARIABLE]) as ledger:
+            return sum(int(line) for line in ledger if line.strip())
+    except (KeyError, OSError):
+        return 0
+
+
+def pytest_configure(config):
+    # Before any fixture: Ray clusters and subprocesses started later inherit it.
+    if TOKEN_LEDGER_VARIABLE not in os.environ:
+        handle, path = tempfile.mkstemp(prefix="e2lm-token-ledger-", suffix=".txt")
+        os.close(handle)
+        os.environ[TOKEN_LEDGER_VARIABLE] = path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    before = _ledger_total()
+    yield
+    _tokens_by_test[item.nodeid] = _ledger_total() - before
+
+
+def pytest_terminal_summary(terminalreporter):
+    scored = sorted(((tokens, nodeid) for nodeid, tokens in _tokens_by_test.items() if tokens), reverse=True)
+    if not scored:
+        return
+    terminalreporter.section("prefill tokens computed by vLLM engines per test (setup, call, teardown)")
+    for tokens, nodeid in scored:
+        terminalreporter.write_line(f"{tokens:>9} {nodeid}")
+    terminalreporter.write_line(f"{sum(tokens for tokens, _ in scored):>9} in all")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,6 +89,31 @@ def ladder_dirs(smollm2_path: Path, e2lm_home: Path) -> list[Path]:
     from e2lm_vllm.models.ladder import write_ladder
 
     return write_ladder("smollm2-135m", 3, e2lm_home / "ladders" / "smollm2-135m-3", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_path(smollm2_path: Path, e2lm_home: Path) -> Path:
+    """SmolLM2's architecture and tokenizer, 2 layers of width 64, random weights (seed `TINY_SEED`)."""
+    from e2lm_vllm.models.tiny import write_tiny_model
+
+    return write_tiny_model(smollm2_path, e2lm_home / "tiny" / "smollm2-135m", seed=TINY_SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_path(e2lm_home: Path) -> Path:
+    """Gemma 3's architecture (a sliding and a full attention layer) and tokenizer, random weights."""
+    from e2lm_vllm.models.prepare import prepare_model
+    from e2lm_vllm.models.tiny import write_tiny_model
+
+    return write_tiny_model(prepare_model("gemma3-270m"), e2lm_home / "tiny" / "gemma3-270m", seed=TINY_SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_ladder_dirs(tiny_llama_path: Path, e2lm_home: Path) -> list[Path]:
+    """Three checkpoints of the tiny Llama (steps 0, 1000, 2000): for sweeps whose mechanics are tested."""
+    from e2lm_vllm.models.ladder import write_ladder
+
+    return write_ladder(tiny_llama_path, 3, e2lm_home / "ladders" / "tiny-smollm2-135m-3", seed=0)
 
 
 @pytest.fixture(scope="module")
