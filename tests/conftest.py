@@ -30,15 +30,24 @@ TINY_SEED = 1
 
 # -- prefill tokens computed per test (the scoring work), from the engines' token ledger -------------
 
-_tokens_by_test: dict[str, int] = {}
+# Models at most this wide are the tiny ones (64): their tokens cost ~1/40 of SmolLM2-135M's (576 wide).
+TINY_MAX_HIDDEN_SIZE = 128
+_tokens_by_test: dict[str, tuple[int, int]] = {}  # nodeid -> (tokens on real-size models, on tiny ones)
 
 
-def _ledger_total() -> int:
+def _ledger_totals() -> tuple[int, int]:
+    real = tiny = 0
     try:
         with open(os.environ[TOKEN_LEDGER_VARIABLE]) as ledger:
-            return sum(int(line) for line in ledger if line.strip())
+            for line in ledger:
+                tokens, hidden_size = (int(field) for field in line.split())
+                if hidden_size <= TINY_MAX_HIDDEN_SIZE:
+                    tiny += tokens
+                else:
+                    real += tokens
     except (KeyError, OSError):
-        return 0
+        pass
+    return real, tiny
 
 
 def pytest_configure(config):
@@ -51,19 +60,22 @@ def pytest_configure(config):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    before = _ledger_total()
+    real, tiny = _ledger_totals()
     yield
-    _tokens_by_test[item.nodeid] = _ledger_total() - before
+    real_after, tiny_after = _ledger_totals()
+    _tokens_by_test[item.nodeid] = (real_after - real, tiny_after - tiny)
 
 
 def pytest_terminal_summary(terminalreporter):
-    scored = sorted(((tokens, nodeid) for nodeid, tokens in _tokens_by_test.items() if tokens), reverse=True)
+    scored = sorted(((counts, nodeid) for nodeid, counts in _tokens_by_test.items() if any(counts)), reverse=True)
     if not scored:
         return
     terminalreporter.section("prefill tokens computed by vLLM engines per test (setup, call, teardown)")
-    for tokens, nodeid in scored:
-        terminalreporter.write_line(f"{tokens:>9} {nodeid}")
-    terminalreporter.write_line(f"{sum(tokens for tokens, _ in scored):>9} in all")
+    terminalreporter.write_line(f"{'real-size':>9} {'tiny':>9}")
+    for (real, tiny), nodeid in scored:
+        terminalreporter.write_line(f"{real:>9} {tiny:>9} {nodeid}")
+    real_total, tiny_total = (sum(counts[i] for counts, _ in scored) for i in (0, 1))
+    terminalreporter.write_line(f"{real_total:>9} {tiny_total:>9} in all")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -124,7 +136,46 @@ def engine_in_this_process():
         yield
 
 
-# -- one vLLM engine and one HFLM per engine-test module (engine start dominates on 2 cores) -------
+# -- one vLLM engine and one HFLM on the real model, shared by consecutive modules of one MAX_LENGTH ---
+# (engine start dominates on 2 cores). Held from the first module that asks for one until a module that
+# does not use it, so at most one of each is alive and no module needs another to have run first.
+
+_held: dict[str, tuple[int, object]] = {}  # fixture name -> (max_length, lm)
+
+
+def _max_length(item_or_request) -> int:
+    return getattr(item_or_request.module, "MAX_LENGTH", 512)
+
+
+def _held_lm(name: str, max_length: int, build):
+    held = _held.get(name)
+    if held is not None and held[0] == max_length:
+        return held[1]
+    _release(name)
+    lm = build()
+    _held[name] = (max_length, lm)
+    return lm
+
+
+def _release(name: str) -> None:
+    held = _held.pop(name, None)
+    if held is not None and hasattr(held[1], "shutdown"):
+        held[1].shutdown()
+
+
+def _module_uses(item, name: str, max_length: int) -> bool:
+    same_module = [other for other in item.session.items if other.module is item.module]
+    return _max_length(item) == max_length and any(name in other.fixturenames for other in same_module)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    if nextitem is not None and nextitem.module is item.module:
+        return
+    for name, (max_length, _) in list(_held.items()):
+        if nextitem is None or not _module_uses(nextitem, name, max_length):
+            _release(name)
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +183,12 @@ def vllm_lm(request, smollm2_path):
     """`e2lm_vllm` on the real model, float32, with the module's `MAX_LENGTH` (default 512)."""
     from e2lm_vllm.lm import E2LMVLLM
 
-    max_length = getattr(request.module, "MAX_LENGTH", 512)
-    lm = E2LMVLLM(pretrained=str(smollm2_path), dtype="float32", max_model_len=max_length, backend="vllm")
-    yield lm
-    lm.shutdown()
+    max_length = _max_length(request)
+    return _held_lm(
+        "vllm_lm",
+        max_length,
+        lambda: E2LMVLLM(pretrained=str(smollm2_path), dtype="float32", max_model_len=max_length, backend="vllm"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +196,6 @@ def hf_lm(request, smollm2_path):
     """lm-eval's own HFLM on the same model and context length: the parity reference."""
     from e2lm_vllm.lm import E2LMVLLM
 
-    max_length = getattr(request.module, "MAX_LENGTH", 512)
+    max_length = _max_length(request)
     args = {"pretrained": str(smollm2_path), "dtype": "float32", "max_model_len": max_length, "backend": "hf", "batch_size": 8}
-    return E2LMVLLM.create_from_arg_obj(args)
+    return _held_lm("hf_lm", max_length, lambda: E2LMVLLM.create_from_arg_obj(args))

@@ -464,13 +464,13 @@ def test_log_to_is_not_part_of_the_config_hash(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_real_in_process_sweep_logs_each_checkpoint_once_and_a_rerun_nothing(tmp_path, ladder_dirs):
+def test_a_real_in_process_sweep_logs_each_checkpoint_once_and_a_rerun_nothing(tmp_path, tiny_ladder_dirs):
     """`run_sweep` on 3 real checkpoints (lm-eval's HF model, 2 ARC-Easy docs): the driver's own hooks."""
     from e2lm_vllm.sweep.config import config_from_flags
     from e2lm_vllm.sweep.runner import run_sweep
 
     config = config_from_flags(
-        checkpoints=[str(path) for path in ladder_dirs],
+        checkpoints=[str(path) for path in tiny_ladder_dirs],
         model_name="ladder",
         tasks="sweep_arc_easy",
         include_path=[str(REPO / "tests" / "data" / "sweep_tasks")],

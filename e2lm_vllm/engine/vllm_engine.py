@@ -7,7 +7,7 @@ its weights in place (`swap_weights`), so a sweep pays engine start once per dev
 per checkpoint.
 
 One exception to "no I/O": with ``E2LM_VLLM_TOKEN_LEDGER`` set to a file, each scoring call appends
-the prefill tokens it computed, so a test session can total the scoring work of every process it
+the prefill tokens it computed and the model's hidden size, so a test session can total the scoring work of every process it
 starts (engines in Ray workers and CLI subprocesses included): tests/conftest.py reports it per test.
 """
 
@@ -283,8 +283,10 @@ class VLLMEngine:
         self.stats.cached_prefill_tokens += delta("vllm:prompt_tokens_cached")
         ledger = os.environ.get(TOKEN_LEDGER_VARIABLE)
         if ledger:
+            # The model's width beside the tokens: what a token costs depends on it (tiny test models vs real ones).
+            hidden_size = self.llm.llm_engine.vllm_config.model_config.get_hidden_size()
             with open(ledger, "a") as file:  # one short line per call: appends of concurrent processes do not interleave
-                file.write(f"{delta('vllm:request_prefill_kv_computed_tokens')}\n")
+                file.write(f"{delta('vllm:request_prefill_kv_computed_tokens')} {hidden_size}\n")
 
     def shutdown(self) -> None:
         """Free the engine: vLLM keeps memory until its engine core is shut down and collected."""
