@@ -1,8 +1,8 @@
 """Non-finite weights and scores: a diverged checkpoint is an error naming the tensor or request, never a number.
 
 The engine's checks run here against a stand-in for ``vllm.LLM`` (no engine); the weight scan on
-copies of a real ladder rung with a NaN or inf written into one MLP weight. The test marked
-``engine`` runs that rung through the real vLLM engine.
+copies of a rung of the tiny ladder (SmolLM2's architecture, random weights) with a NaN or inf written
+into one MLP weight. The tests marked ``engine`` run that rung through the real vLLM engine.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from e2lm_vllm.engine.types import (
 )
 from e2lm_vllm.engine.vllm_engine import VLLMEngine
 
-BAD_TENSOR = "model.layers.7.mlp.up_proj.weight"
+BAD_TENSOR = "model.layers.1.mlp.up_proj.weight"
 
 
 # --- the engine's checks, on a stand-in for vllm.LLM -----------------------------------------------
@@ -132,24 +132,24 @@ def _poisoned_copy(rung: Path, folder: Path, value: float, tensor: str = BAD_TEN
 
 
 @pytest.fixture(scope="module")
-def nan_rung(ladder_dirs, tmp_path_factory):
-    return _poisoned_copy(ladder_dirs[1], tmp_path_factory.mktemp("diverged") / "step_001000", math.nan)
+def nan_rung(tiny_ladder_dirs, tmp_path_factory):
+    return _poisoned_copy(tiny_ladder_dirs[1], tmp_path_factory.mktemp("diverged") / "step_001000", math.nan)
 
 
-def test_weight_scan_names_the_first_non_finite_tensor(ladder_dirs, nan_rung, tmp_path):
-    assert first_non_finite_tensor(ladder_dirs[1]) is None
+def test_weight_scan_names_the_first_non_finite_tensor(tiny_ladder_dirs, nan_rung, tmp_path):
+    assert first_non_finite_tensor(tiny_ladder_dirs[1]) is None
     assert first_non_finite_tensor(nan_rung) == BAD_TENSOR
-    inf_rung = _poisoned_copy(ladder_dirs[1], tmp_path / "inf", -math.inf, "model.layers.2.mlp.down_proj.weight")
-    assert first_non_finite_tensor(inf_rung) == "model.layers.2.mlp.down_proj.weight"
+    inf_rung = _poisoned_copy(tiny_ladder_dirs[1], tmp_path / "inf", -math.inf, "model.layers.0.mlp.down_proj.weight")
+    assert first_non_finite_tensor(inf_rung) == "model.layers.0.mlp.down_proj.weight"
     with pytest.raises(NonFiniteWeightsError) as error:
         check_finite_weights(nan_rung)
     assert str(error.value) == (
         f"checkpoint {nan_rung} holds NaN in weight tensor {BAD_TENSOR} (file model.safetensors): "
         "a diverged checkpoint, not evaluated"
     )
-    with pytest.raises(NonFiniteWeightsError, match="holds inf in weight tensor model.layers.2.mlp.down_proj.weight"):
+    with pytest.raises(NonFiniteWeightsError, match="holds inf in weight tensor model.layers.0.mlp.down_proj.weight"):
         check_finite_weights(inf_rung)
-    check_finite_weights(ladder_dirs[1])  # finite: no error
+    check_finite_weights(tiny_ladder_dirs[1])  # finite: no error
 
 
 def test_weight_scan_reads_sharded_checkpoints_in_index_order(tmp_path):
@@ -247,7 +247,7 @@ def test_a_nan_rung_is_refused_before_any_engine_starts(nan_rung):
 
 
 @pytest.mark.engine
-def test_a_sweep_records_a_nan_rung_once_as_non_finite(ladder_dirs, nan_rung, tmp_path):
+def test_a_sweep_records_a_nan_rung_once_as_non_finite(tiny_ladder_dirs, nan_rung, tmp_path):
     """In this process (no Ray), on vLLM: the NaN rung fails once, without retries; the finite rung is
     evaluated, although its worker's swap check first tried the NaN rung as its neighbour."""
     import pandas as pd
@@ -256,7 +256,7 @@ def test_a_sweep_records_a_nan_rung_once_as_non_finite(ladder_dirs, nan_rung, tm
     from e2lm_vllm.sweep.runner import run_sweep
 
     config = config_from_flags(
-        checkpoints=[str(ladder_dirs[0]), str(nan_rung)],
+        checkpoints=[str(tiny_ladder_dirs[0]), str(nan_rung)],
         model_name="diverging",
         tasks="sweep_arc_easy",
         include_path=[str(Path(__file__).parent / "data" / "sweep_tasks")],
@@ -324,7 +324,7 @@ class _Cache:
 
 
 @pytest.mark.slow
-def test_hf_scores_refuse_non_finite(nan_rung, smollm2_path):
+def test_hf_scores_refuse_non_finite(nan_rung, tiny_llama_path):
     """lm-eval's HFLM on the NaN rung (weight check off, to reach the scores): loglikelihood and rolling
     raise `NonFiniteScoreError` naming the request, and nothing reaches lm-eval's cache."""
     from lm_eval.api.instance import Instance
@@ -347,14 +347,14 @@ def test_hf_scores_refuse_non_finite(nan_rung, smollm2_path):
         lm.loglikelihood_rolling(rolling, disable_tqdm=True)
     assert cache.answers == []
     # The same HF model on finite weights: its answers are cached, as lm-eval's HFLM caches them.
-    finite = build_hf_lm(ModelArgs(pretrained=str(smollm2_path), dtype="float32", max_model_len=256, backend="hf"))
+    finite = build_hf_lm(ModelArgs(pretrained=str(tiny_llama_path), dtype="float32", max_model_len=256, backend="hf"))
     finite.set_cache_hook(cache)
     (answer,) = finite.loglikelihood(letter, disable_tqdm=True)
     assert cache.answers == [("loglikelihood", ("Question: 2 + 2 = ?\nAnswer:", " B"), answer)]
 
 
 @pytest.mark.slow
-def test_a_sweep_on_hf_records_a_nan_rung_as_non_finite(ladder_dirs, nan_rung, tmp_path):
+def test_a_sweep_on_hf_records_a_nan_rung_as_non_finite(tiny_ladder_dirs, nan_rung, tmp_path):
     """`lm: hf` in a sweep (in this process): the NaN rung is a failure of kind non_finite, not a score;
     the finite rung is scored, and its rows say backend hf."""
     import pandas as pd
@@ -363,7 +363,7 @@ def test_a_sweep_on_hf_records_a_nan_rung_as_non_finite(ladder_dirs, nan_rung, t
     from e2lm_vllm.sweep.runner import run_sweep
 
     config = config_from_flags(
-        checkpoints=[str(ladder_dirs[0]), str(nan_rung)],
+        checkpoints=[str(tiny_ladder_dirs[0]), str(nan_rung)],
         model_name="diverging",
         tasks="sweep_arc_easy",
         include_path=[str(Path(__file__).parent / "data" / "sweep_tasks")],
@@ -378,13 +378,13 @@ def test_a_sweep_on_hf_records_a_nan_rung_as_non_finite(ladder_dirs, nan_rung, t
     assert summary.exit_code == 1
     assert list(failures.kind) == ["non_finite"] and list(failures.attempts) == [1]
     assert f"NaN in weight tensor {BAD_TENSOR}" in failures.error[0]
-    assert list(metrics.checkpoint.unique()) == [str(ladder_dirs[0])] and set(metrics.backend) == {"hf"}
+    assert list(metrics.checkpoint.unique()) == [str(tiny_ladder_dirs[0])] and set(metrics.backend) == {"hf"}
 
 
 @pytest.mark.engine
 @pytest.mark.slow
 def test_a_neighbour_that_scores_nan_is_never_blamed_on_the_checkpoint_under_test(
-    ladder_dirs, nan_rung, tmp_path, engine_in_this_process, caplog
+    tiny_ladder_dirs, nan_rung, tmp_path, engine_in_this_process, caplog
 ):
     """The swap check's reference, the neighbouring checkpoint, is diverged (weight check off, so it
     loads and scores NaN): no swap check, a fresh engine, and the checkpoint under test is scored."""
@@ -393,7 +393,7 @@ def test_a_neighbour_that_scores_nan_is_never_blamed_on_the_checkpoint_under_tes
     from e2lm_vllm.sweep.worker import SweepWorker
 
     config = config_from_flags(
-        checkpoints=[str(ladder_dirs[0]), str(nan_rung)],
+        checkpoints=[str(tiny_ladder_dirs[0]), str(nan_rung)],
         model_name="diverging",
         tasks="sweep_arc_easy",
         include_path=[str(Path(__file__).parent / "data" / "sweep_tasks")],

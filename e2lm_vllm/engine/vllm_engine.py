@@ -278,15 +278,16 @@ class VLLMEngine:
         def delta(name: str) -> int:
             return int(after.get(name, 0.0) - before.get(name, 0.0))
 
+        computed = delta("vllm:request_prefill_kv_computed_tokens")
         self.stats.prompt_tokens += delta("vllm:prompt_tokens")
-        self.stats.computed_prefill_tokens += delta("vllm:request_prefill_kv_computed_tokens")
+        self.stats.computed_prefill_tokens += computed
         self.stats.cached_prefill_tokens += delta("vllm:prompt_tokens_cached")
         ledger = os.environ.get(TOKEN_LEDGER_VARIABLE)
-        if ledger:
+        if ledger and computed:
             # The model's width beside the tokens: what a token costs depends on it (tiny test models vs real ones).
             hidden_size = self.llm.llm_engine.vllm_config.model_config.get_hidden_size()
             with open(ledger, "a") as file:  # one short line per call: appends of concurrent processes do not interleave
-                file.write(f"{delta('vllm:request_prefill_kv_computed_tokens')} {hidden_size}\n")
+                file.write(f"{computed} {hidden_size}\n")
 
     def shutdown(self) -> None:
         """Free the engine: vLLM keeps memory until its engine core is shut down and collected."""
