@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from e2lm_vllm.models.ladder import _save_atomically
+from e2lm_vllm.models.ladder import resolve_source, save_atomically
 
 TINY_HIDDEN_SIZE = 64
 TINY_LAYERS = 2
@@ -51,8 +51,6 @@ def write_tiny_model(source: str | os.PathLike[str], out_dir: str | os.PathLike[
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from e2lm_vllm.models.ladder import resolve_source
-
     source_dir = resolve_source(source)
     out = Path(out_dir)
     wanted = tiny_config(json.loads((source_dir / "config.json").read_text()), seed)
@@ -65,5 +63,5 @@ def write_tiny_model(source: str | os.PathLike[str], out_dir: str | os.PathLike[
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _save_atomically(model, source_dir, out.parent, out.name)
+    save_atomically(model, source_dir, out.parent, out.name)
     return out
