@@ -42,7 +42,14 @@ def tiny_config(source_config: dict, seed: int) -> dict:
         config["query_pre_attn_scalar"] = TINY_HIDDEN_SIZE
     config.pop("_model_name_or_path", None)
     config.pop("e2lm", None)
-    config[MARKER_KEY] = {"source": source_config.get("_model_name_or_path", ""), "seed": seed}
+    # The whole recipe: a tiny model written with other sizes is rewritten, not reused.
+    config[MARKER_KEY] = {
+        "source": source_config.get("_model_name_or_path", ""),
+        "seed": seed,
+        "hidden_size": TINY_HIDDEN_SIZE,
+        "layers": TINY_LAYERS,
+        "initializer_range": TINY_INITIALIZER_RANGE,
+    }
     return config
 
 
