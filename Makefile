@@ -27,7 +27,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # Two lanes, each test once: the fast one first, so a broken import fails in 2 minutes, not 25;
-# then engine, Ray and slow tests. --durations: the suite's time is a budget (.ci/run under 25 min on 2 cores).
+# then engine, Ray and slow tests. --durations: the suite's time is a budget (.ci/run under 25 min on 2 cores);
+# the table of prefill tokens per test after it is the scoring work, ~7x slower on a CPU without AVX512 (tests/conftest.py).
 test: test-fast
 	$(BIN)/python -m pytest -ra --timeout=1500 --durations=25 -m "engine or ray or slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 

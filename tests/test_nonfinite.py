@@ -1,8 +1,8 @@
 """Non-finite weights and scores: a diverged checkpoint is an error naming the tensor or request, never a number.
 
 The engine's checks run here against a stand-in for ``vllm.LLM`` (no engine); the weight scan on
-copies of a real ladder rung with a NaN or inf written into one MLP weight. The test marked
-``engine`` runs that rung through the real vLLM engine.
+copies of a rung of the tiny ladder (SmolLM2's architecture, random weights) with a NaN or inf written
+into one MLP weight. The tests marked ``engine`` run that rung through the real vLLM engine.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from e2lm_vllm.engine.types import (
 from e2lm_vllm.engine.vllm_engine import VLLMEngine
 from tests.sweeps import flags_config
 
-BAD_TENSOR = "model.layers.7.mlp.up_proj.weight"
+BAD_TENSOR = "model.layers.1.mlp.up_proj.weight"
 
 
 # --- the engine's checks, on a stand-in for vllm.LLM -----------------------------------------------
@@ -133,24 +133,24 @@ def _poisoned_copy(rung: Path, folder: Path, value: float, tensor: str = BAD_TEN
 
 
 @pytest.fixture(scope="module")
-def nan_rung(ladder_dirs, tmp_path_factory):
-    return _poisoned_copy(ladder_dirs[1], tmp_path_factory.mktemp("diverged") / "step_001000", math.nan)
+def nan_rung(tiny_ladder_dirs, tmp_path_factory):
+    return _poisoned_copy(tiny_ladder_dirs[1], tmp_path_factory.mktemp("diverged") / "step_001000", math.nan)
 
 
-def test_weight_scan_names_the_first_non_finite_tensor(ladder_dirs, nan_rung, tmp_path):
-    assert first_non_finite_tensor(ladder_dirs[1]) is None
+def test_weight_scan_names_the_first_non_finite_tensor(tiny_ladder_dirs, nan_rung, tmp_path):
+    assert first_non_finite_tensor(tiny_ladder_dirs[1]) is None
     assert first_non_finite_tensor(nan_rung) == BAD_TENSOR
-    inf_rung = _poisoned_copy(ladder_dirs[1], tmp_path / "inf", -math.inf, "model.layers.2.mlp.down_proj.weight")
-    assert first_non_finite_tensor(inf_rung) == "model.layers.2.mlp.down_proj.weight"
+    inf_rung = _poisoned_copy(tiny_ladder_dirs[1], tmp_path / "inf", -math.inf, "model.layers.0.mlp.down_proj.weight")
+    assert first_non_finite_tensor(inf_rung) == "model.layers.0.mlp.down_proj.weight"
     with pytest.raises(NonFiniteWeightsError) as error:
         check_finite_weights(nan_rung)
     assert str(error.value) == (
         f"checkpoint {nan_rung} holds NaN in weight tensor {BAD_TENSOR} (file model.safetensors): "
         "a diverged checkpoint, not evaluated"
     )
-    with pytest.raises(NonFiniteWeightsError, match="holds inf in weight tensor model.layers.2.mlp.down_proj.weight"):
+    with pytest.raises(NonFiniteWeightsError, match="holds inf in weight tensor model.layers.0.mlp.down_proj.weight"):
         check_finite_weights(inf_rung)
-    check_finite_weights(ladder_dirs[1])  # finite: no error
+    check_finite_weights(tiny_ladder_dirs[1])  # finite: no error
 
 
 def test_weight_scan_reads_sharded_checkpoints_in_index_order(tmp_path):
@@ -267,12 +267,12 @@ def _sweep_failing_once_on_the_nan_rung(config):
 
 
 @pytest.mark.engine
-def test_a_sweep_records_a_nan_rung_once_as_non_finite(ladder_dirs, nan_rung, tmp_path):
+def test_a_sweep_records_a_nan_rung_once_as_non_finite(tiny_ladder_dirs, nan_rung, tmp_path):
     """In this process (no Ray), on vLLM: the NaN rung fails once, without retries; the finite rung is
     evaluated, although its worker's swap check first tried the NaN rung as its neighbour."""
     import pandas as pd
 
-    summary = _sweep_failing_once_on_the_nan_rung(_diverging_config(ladder_dirs, nan_rung, tmp_path, limit=2, lm="e2lm_vllm"))
+    summary = _sweep_failing_once_on_the_nan_rung(_diverging_config(tiny_ladder_dirs, nan_rung, tmp_path, limit=2, lm="e2lm_vllm"))
     assert "[non_finite]" in summary.describe()
     assert len(pd.read_parquet(tmp_path / "sweep" / "metrics.parquet").checkpoint.unique()) == 1
 
@@ -327,7 +327,7 @@ class _Cache:
 
 
 @pytest.mark.slow
-def test_hf_scores_refuse_non_finite(nan_rung, smollm2_path):
+def test_hf_scores_refuse_non_finite(nan_rung, tiny_llama_path):
     """lm-eval's HFLM on the NaN rung (weight check off, to reach the scores): loglikelihood and rolling
     raise `NonFiniteScoreError` naming the request, and nothing reaches lm-eval's cache."""
     from lm_eval.api.instance import Instance
@@ -350,27 +350,27 @@ def test_hf_scores_refuse_non_finite(nan_rung, smollm2_path):
         lm.loglikelihood_rolling(rolling, disable_tqdm=True)
     assert cache.answers == []
     # The same HF model on finite weights: its answers are cached, as lm-eval's HFLM caches them.
-    finite = build_hf_lm(ModelArgs(pretrained=str(smollm2_path), dtype="float32", max_model_len=256, backend="hf"))
+    finite = build_hf_lm(ModelArgs(pretrained=str(tiny_llama_path), dtype="float32", max_model_len=256, backend="hf"))
     finite.set_cache_hook(cache)
     (answer,) = finite.loglikelihood(letter, disable_tqdm=True)
     assert cache.answers == [("loglikelihood", ("Question: 2 + 2 = ?\nAnswer:", " B"), answer)]
 
 
 @pytest.mark.slow
-def test_a_sweep_on_hf_records_a_nan_rung_as_non_finite(ladder_dirs, nan_rung, tmp_path):
+def test_a_sweep_on_hf_records_a_nan_rung_as_non_finite(tiny_ladder_dirs, nan_rung, tmp_path):
     """`lm: hf` in a sweep (in this process): the NaN rung is a failure of kind non_finite, not a score;
     the finite rung is scored, and its rows say backend hf."""
     import pandas as pd
 
-    _sweep_failing_once_on_the_nan_rung(_diverging_config(ladder_dirs, nan_rung, tmp_path, limit=1, lm="hf"))
+    _sweep_failing_once_on_the_nan_rung(_diverging_config(tiny_ladder_dirs, nan_rung, tmp_path, limit=1, lm="hf"))
     metrics = pd.read_parquet(tmp_path / "sweep" / "metrics.parquet")
-    assert list(metrics.checkpoint.unique()) == [str(ladder_dirs[0])] and set(metrics.backend) == {"hf"}
+    assert list(metrics.checkpoint.unique()) == [str(tiny_ladder_dirs[0])] and set(metrics.backend) == {"hf"}
 
 
 @pytest.mark.engine
 @pytest.mark.slow
 def test_a_neighbour_that_scores_nan_is_never_blamed_on_the_checkpoint_under_test(
-    ladder_dirs, nan_rung, tmp_path, engine_in_this_process, caplog
+    tiny_ladder_dirs, nan_rung, tmp_path, engine_in_this_process, caplog
 ):
     """The swap check's reference, the neighbouring checkpoint, is diverged (weight check off, so it
     loads and scores NaN): no swap check, a fresh engine, and the checkpoint under test is scored."""
@@ -378,7 +378,7 @@ def test_a_neighbour_that_scores_nan_is_never_blamed_on_the_checkpoint_under_tes
     from e2lm_vllm.sweep.worker import SweepWorker
 
     model_args = {"backend": "vllm", "check_weights": False, "max_model_len": 256}
-    config = _diverging_config(ladder_dirs, nan_rung, tmp_path, limit=1, lm="e2lm_vllm", model_args=model_args)
+    config = _diverging_config(tiny_ladder_dirs, nan_rung, tmp_path, limit=1, lm="e2lm_vllm", model_args=model_args)
     unit = build_plan(config, tmp_path / "sweep").units[0]
     assert unit.checkpoint.step == 0 and unit.partner_args is not None and unit.partner_args["pretrained"] == str(nan_rung)
     worker = SweepWorker()

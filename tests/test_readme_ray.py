@@ -10,7 +10,7 @@ runs is only this, and each rule must apply once:
   that it never meets another Ray on this shared machine (`ray stop` would kill them all; the test
   kills exactly this head's processes).
 - The copy's `ray_jobs/examples/e2lm_dense.yaml`, which the block names, is that file with its hub
-  checkpoints, tasks and engine replaced by the 3-rung SmolLM2 ladder of conftest.py, one bundled
+  checkpoints, tasks and engine replaced by the 3-rung tiny ladder of conftest.py, one bundled
   4-doc task at `limit: 1`, and lm-eval's `hf` model (the hub is unreachable here; a vLLM engine
   start is a minute on 2 cores). Its other fields (output, max_attempts, num_fewshot, token schedule)
   stay. The README's line itself runs unchanged.
@@ -117,10 +117,10 @@ def local_ray_init(env: dict[str, str]) -> None:
 
 
 @pytest.fixture(scope="module", params=["fresh-machine", "after-local-ray-init"])
-def readme_run(request, ladder_dirs, tmp_path_factory):
+def readme_run(request, tiny_ladder_dirs, tmp_path_factory):
     """The README block run in one HOME state; yields while its head still runs."""
     home = tmp_path_factory.mktemp(f"home-{request.param}")
-    checkout = checkout_copy(tmp_path_factory.mktemp(f"checkout-{request.param}"), ladder_dirs)
+    checkout = checkout_copy(tmp_path_factory.mktemp(f"checkout-{request.param}"), tiny_ladder_dirs)
     temp_dir = tempfile.mkdtemp(prefix="e2lm-readme-", dir="/tmp")  # short: Ray's socket paths are length-limited
     port, dashboard_port = _free_port(), _free_port()
     env = environment(home, checkout, RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{dashboard_port}")
@@ -136,23 +136,23 @@ def readme_run(request, ladder_dirs, tmp_path_factory):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_the_readme_ray_block_runs_as_written(readme_run, ladder_dirs):
+def test_the_readme_ray_block_runs_as_written(readme_run, tiny_ladder_dirs):
     run = readme_run.run
     assert run.returncode == 0, f"{readme_run.state}: the README's Ray block failed:\n{(run.stdout + run.stderr)[-4000:]}"
     output = readme_run.checkout / OUTPUT
     metrics = pd.read_parquet(output / "metrics.parquet")
-    assert sorted(metrics.checkpoint.unique()) == sorted(str(path) for path in ladder_dirs)
+    assert sorted(metrics.checkpoint.unique()) == sorted(str(path) for path in tiny_ladder_dirs)
     assert (metrics.backend == "hf").all() and (metrics.n_samples == 1).all()
     assert (output / "report" / "report.md").is_file()
 
 
 @pytest.mark.parametrize("readme_run", ["after-local-ray-init"], indirect=True)
-def test_a_sweep_driver_without_the_auth_mode_names_the_fix(readme_run, ladder_dirs, tmp_path):
+def test_a_sweep_driver_without_the_auth_mode_names_the_fix(readme_run, tiny_ladder_dirs, tmp_path):
     """`ray_jobs/sweep.py --address` outside a job, RAY_AUTH_MODE unset, on the README's head (token auth)."""
     assert readme_run.run.returncode == 0, (readme_run.run.stdout + readme_run.run.stderr)[-3000:]
     address = f"127.0.0.1:{readme_run.port}"
     command = [
-        "python", "ray_jobs/sweep.py", "--address", address, "--checkpoints", str(ladder_dirs[0]), "--tasks",
+        "python", "ray_jobs/sweep.py", "--address", address, "--checkpoints", str(tiny_ladder_dirs[0]), "--tasks",
         "sweep_arc_easy", "--include-path", "tests/data/sweep_tasks", "--limit", "1", "--lm", "hf",
         "--output", str(tmp_path / "out"), "--no-progress",
     ]  # fmt: skip

@@ -113,9 +113,9 @@ def _node_ids() -> set[str]:
 
 
 @pytest.mark.ray
-def test_tensor_parallel_workers_land_whole_on_one_node(cluster, ladder_dirs, tmp_path):
+def test_tensor_parallel_workers_land_whole_on_one_node(cluster, tiny_ladder_dirs, tmp_path):
     """TP=2 on 2 nodes x 2 GPUs: two long-lived workers, one per node, each engine's 2 GPUs on its worker's node."""
-    workers = RayWorkers(_config(tmp_path, ladder_dirs[:1], tensor_parallel_size=2), cluster.address)
+    workers = RayWorkers(_config(tmp_path, tiny_ladder_dirs[:1], tensor_parallel_size=2), cluster.address)
     try:
         assert workers.count == 2
         reports = [workers.placement(index) for index in range(workers.count)]
@@ -131,11 +131,11 @@ def test_tensor_parallel_workers_land_whole_on_one_node(cluster, ladder_dirs, tm
 
 
 @pytest.mark.ray
-def test_four_gpus_at_tp1_run_four_workers(cluster, ladder_dirs, tmp_path, monkeypatch):
+def test_four_gpus_at_tp1_run_four_workers(cluster, tiny_ladder_dirs, tmp_path, monkeypatch):
     """TP=1: 4 per-checkpoint workers, 2 per node, each given its own GPU and half its node's CPUs."""
     monkeypatch.setenv("VLLM_HOST_IP", "10.9.9.9")  # the driver's: must not travel to another node
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    workers = RayWorkers(_config(tmp_path, ladder_dirs[:1], worker_lifetime="checkpoint"), cluster.address)
+    workers = RayWorkers(_config(tmp_path, tiny_ladder_dirs[:1], worker_lifetime="checkpoint"), cluster.address)
     try:
         assert workers.count == 4
         reports = [workers.placement(index) for index in range(workers.count)]
@@ -151,11 +151,11 @@ def test_four_gpus_at_tp1_run_four_workers(cluster, ladder_dirs, tmp_path, monke
 
 
 @pytest.mark.ray
-def test_unreadable_paths_name_the_node_and_the_path(cluster, ladder_dirs, tmp_path):
+def test_unreadable_paths_name_the_node_and_the_path(cluster, tiny_ladder_dirs, tmp_path):
     """A checkpoint or task folder the worker's node cannot read fails once, clearly, before lm-eval or vLLM."""
     from e2lm_vllm.sweep.runner import _failure_error
 
-    config = _config(tmp_path, ladder_dirs[:1], worker_lifetime="checkpoint", workers=2)
+    config = _config(tmp_path, tiny_ladder_dirs[:1], worker_lifetime="checkpoint", workers=2)
     unit = build_plan(config, tmp_path / "sweep").units[0]
     missing = str(tmp_path / "not-on-this-node" / "step_000000")
     cases = {
@@ -183,16 +183,16 @@ def test_unreadable_paths_name_the_node_and_the_path(cluster, ladder_dirs, tmp_p
 @pytest.mark.ray
 @pytest.mark.engine
 @pytest.mark.slow
-def test_a_worker_on_the_second_node_evaluates_and_every_cell_is_written_once(cluster, ladder_dirs, tmp_path):
+def test_a_worker_on_the_second_node_evaluates_and_every_cell_is_written_once(cluster, tiny_ladder_dirs, tmp_path):
     """2 rungs x 1 task through `run_sweep` on the cluster: one per-checkpoint worker per node, real vLLM on the CPU."""
     from e2lm_vllm.sweep.runner import run_sweep
 
-    config = _config(tmp_path, ladder_dirs[:2], worker_lifetime="checkpoint", workers=2)
+    config = _config(tmp_path, tiny_ladder_dirs[:2], worker_lifetime="checkpoint", workers=2)
     summary = run_sweep(config, address=cluster.address, progress=False)
     assert summary.exit_code == 0 and summary.evaluated == 2, summary.describe()
     output = tmp_path / "sweep"
     metrics = pd.read_parquet(output / "metrics.parquet")
-    assert sorted(metrics.checkpoint.unique()) == sorted(str(p) for p in ladder_dirs[:2])
+    assert sorted(metrics.checkpoint.unique()) == sorted(str(p) for p in tiny_ladder_dirs[:2])
     assert not metrics.duplicated(["checkpoint", "task", "metric", "filter"]).any()
     assert (metrics.backend == "vllm").all() and (metrics.n_samples == 2).all()
     assert len(pd.read_parquet(output / "samples.parquet")) == 2 * 2

@@ -1,10 +1,11 @@
 """The sweep on a real Ray cluster on 127.0.0.1, submitted with the real `ray job submit`.
 
 One head per module (own --temp-dir and ports; stopped by killing exactly its processes, since
-`ray stop` would kill every Ray on the machine). Checkpoints: a 3-rung SmolLM2 ladder. Tasks: the
-two tiny ARC tasks in tests/data/sweep_tasks (4 docs each). Covered: a full sweep with a corrupt
-checkpoint, equality with `lm_eval` run by hand, a worker killed mid-checkpoint, a driver killed and
-rerun, and the YAML config through `e2lm-vllm sweep` on the same output.
+`ray stop` would kill every Ray on the machine). Checkpoints: the 3-rung tiny ladder (SmolLM2's
+architecture, random weights). Tasks: the two tiny ARC tasks in tests/data/sweep_tasks (4 docs
+each). Covered: a full sweep with a corrupt checkpoint, equality with `lm_eval` run by hand, a worker
+killed mid-checkpoint, a driver killed and rerun, and the YAML config through `e2lm-vllm sweep` on
+the same output.
 """
 
 from __future__ import annotations
@@ -117,9 +118,9 @@ def ray_head():
 
 
 @pytest.fixture(scope="module")
-def ladder(ladder_dirs) -> list[Path]:
-    """The shared 3-rung SmolLM2 ladder of tests/conftest.py (steps 0, 1000, 2000)."""
-    return ladder_dirs
+def ladder(tiny_ladder_dirs) -> list[Path]:
+    """The shared 3-rung tiny ladder of tests/conftest.py (SmolLM2's architecture, random weights; steps 0, 1000, 2000)."""
+    return tiny_ladder_dirs
 
 
 @pytest.fixture(scope="module")

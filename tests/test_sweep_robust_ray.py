@@ -64,7 +64,7 @@ def _files_holding(roots: list[Path], needle: bytes) -> list[str]:
     return found
 
 
-def test_the_hf_token_reaches_the_workers_and_no_file(ray_local, ladder_dirs, tmp_path, monkeypatch):
+def test_the_hf_token_reaches_the_workers_and_no_file(ray_local, tiny_ladder_dirs, tmp_path, monkeypatch):
     import ray
 
     from e2lm_vllm.sweep.pool import RayWorkers
@@ -72,7 +72,7 @@ def test_the_hf_token_reaches_the_workers_and_no_file(ray_local, ladder_dirs, tm
 
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
-    config = _config(tmp_path, ladder_dirs[:1])
+    config = _config(tmp_path, tiny_ladder_dirs[:1])
     summary = run_sweep(config, progress=False)
     assert summary.exit_code == 0 and summary.evaluated == 1, summary.describe()
 
@@ -105,10 +105,10 @@ def _hanging_checkpoint(rung: Path, folder: Path) -> Path:
     return folder
 
 
-def test_a_hung_worker_is_killed_and_its_checkpoint_retried_then_failed_as_timeout(ray_local, ladder_dirs, tmp_path):
+def test_a_hung_worker_is_killed_and_its_checkpoint_retried_then_failed_as_timeout(ray_local, tiny_ladder_dirs, tmp_path):
     from e2lm_vllm.sweep.runner import run_sweep
 
-    hang = _hanging_checkpoint(ladder_dirs[-1], tmp_path / "run" / "step_005000")
+    hang = _hanging_checkpoint(tiny_ladder_dirs[-1], tmp_path / "run" / "step_005000")
     timeout = 25.0  # a worker's start (imports) and its load must fit, so the hang is in the checkpoint
     config = _config(
         tmp_path,

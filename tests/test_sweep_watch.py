@@ -1,6 +1,6 @@
 """Following a training run: `e2lm-vllm sweep --watch`, in this process on a real vLLM engine.
 
-A background writer puts the 3 SmolLM2 ladder rungs into a watched folder one by one, as a trainer
+A background writer puts the 3 tiny ladder rungs into a watched folder one by one, as a trainer
 would: rung 0 before the watcher starts; the watcher is stopped by a stop file once rung 0 is
 evaluated and started again (a restart in the middle of the run); rung 1 is then written slowly, in
 two pieces with a pause the watcher must sit through; rung 2 lands last and the watcher stops at it
@@ -286,17 +286,17 @@ def _incomplete(output: Path) -> dict[str, str]:
 
 @pytest.mark.engine
 @pytest.mark.slow
-def test_the_watcher_follows_a_run_being_written(ladder_dirs, tmp_path, engine_in_this_process):
+def test_the_watcher_follows_a_run_being_written(tiny_ladder_dirs, tmp_path, engine_in_this_process):
     from e2lm_vllm.sweep.runner import run_sweep
     from e2lm_vllm.sweep.watch import WatchOptions
 
     run_dir, output, stop = tmp_path / "run", tmp_path / "out", tmp_path / "STOP"
     run_dir.mkdir()
     config = flags_config([run_dir / "step_*"], output, model_name="ladder", limit=2, lm="e2lm_vllm", num_fewshot=0)
-    names = [rung.name for rung in ladder_dirs]  # step_000000, step_001000, step_002000
+    names = [rung.name for rung in tiny_ladder_dirs]  # step_000000, step_001000, step_002000
 
     # Run 1: rung 0 is there; a stop file once it is evaluated stops the watcher mid-run.
-    _land(ladder_dirs[0], run_dir / names[0])
+    _land(tiny_ladder_dirs[0], run_dir / names[0])
 
     def stop_after_rung_0() -> None:
         _wait_for(lambda: _metrics_parts(output, 0), "rung 0's cell")
@@ -318,10 +318,10 @@ def test_the_watcher_follows_a_run_being_written(ladder_dirs, tmp_path, engine_i
     def write_the_rest() -> None:
         folder = run_dir / names[1]
         folder.mkdir()
-        for file in ladder_dirs[1].iterdir():
+        for file in tiny_ladder_dirs[1].iterdir():
             if file.name != WEIGHTS:
                 _put(file, folder / file.name)
-        whole = (ladder_dirs[1] / WEIGHTS).read_bytes()
+        whole = (tiny_ladder_dirs[1] / WEIGHTS).read_bytes()
         with open(folder / WEIGHTS, "wb") as handle:
             handle.write(whole[: len(whole) // 2])
             handle.flush()
@@ -337,7 +337,7 @@ def test_the_watcher_follows_a_run_being_written(ladder_dirs, tmp_path, engine_i
         _wait_for(lambda: _metrics_parts(output, 1000), "rung 1's cell")
         # The trainer rotates checkpoints: rung 0 goes; its rows must stay in the tables.
         shutil.rmtree(run_dir / names[0])
-        _land(ladder_dirs[2], run_dir / names[2])
+        _land(tiny_ladder_dirs[2], run_dir / names[2])
 
     writer, errors = _in_background(write_the_rest, stop)
     watch = WatchOptions(poll_seconds=0.5, until_step=2000, stop_file=stop)
@@ -348,7 +348,7 @@ def test_the_watcher_follows_a_run_being_written(ladder_dirs, tmp_path, engine_i
     # Rung 0, deleted while the watcher ran, stays in its plan (watch._keep_earlier_cells): counted in the summary.
     assert second.cells == 3
 
-    half = (ladder_dirs[1] / WEIGHTS).stat().st_size // 2
+    half = (tiny_ladder_dirs[1] / WEIGHTS).stat().st_size // 2
     assert seen["reason"] == f"{WEIGHTS}: {half} of {2 * half} bytes"
     assert seen["parts_while_partial"] == 0
     (part_1000,) = _metrics_parts(output, 1000)

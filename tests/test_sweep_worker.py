@@ -1,6 +1,6 @@
 """The long-lived sweep worker, in this process on a real vLLM engine: swaps, their check, its caches.
 
-Three SmolLM2 ladder rungs x the two tiny ARC tasks. A worker evaluates them in order: on rung 0 it
+Three tiny ladder rungs (SmolLM2's architecture, random weights) x the two tiny ARC tasks. A worker evaluates them in order: on rung 0 it
 checks swapping first (fresh engines on rungs 1 and 0, then a swap to 1 and back, against the fresh
 probes), then swaps to rungs 1 and 2. Rung 2's rows must equal those of a worker that built a
 fresh engine on it. A worker whose swaps are broken on purpose must notice and fall back.
@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def units(ladder_dirs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> list[WorkUnit]:
+def units(tiny_ladder_dirs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> list[WorkUnit]:
     config = config_from_flags(
-        checkpoints=[str(path) for path in ladder_dirs],
+        checkpoints=[str(path) for path in tiny_ladder_dirs],
         tasks="sweep_arc_easy,sweep_arc_letter",
         include_path=[str(REPO / "tests" / "data" / "sweep_tasks")],
         limit=4,

@@ -464,11 +464,11 @@ def test_log_to_is_not_part_of_the_config_hash(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_real_in_process_sweep_logs_each_checkpoint_once_and_a_rerun_nothing(tmp_path, ladder_dirs):
+def test_a_real_in_process_sweep_logs_each_checkpoint_once_and_a_rerun_nothing(tmp_path, tiny_ladder_dirs):
     """`run_sweep` on 3 real checkpoints (lm-eval's HF model, 2 ARC-Easy docs): the driver's own hooks."""
     from e2lm_vllm.sweep.runner import run_sweep
 
-    config = flags_config(ladder_dirs, tmp_path / "out", model_name="ladder", limit=2, lm="hf", num_fewshot=0)
+    config = flags_config(tiny_ladder_dirs, tmp_path / "out", model_name="ladder", limit=2, lm="hf", num_fewshot=0)
     config.log_to = _targets(tmp_path)
     summary = run_sweep(config, progress=False, in_process=True)
     assert summary.evaluated == 3 and not summary.failures

@@ -5,6 +5,9 @@ must equal those of a fresh engine on B, and A's after the round trip those it h
 within `SWAP_TOLERANCE` (1e-6). The second checkpoint is the first with every tensor
 moved by seeded noise (1% of its own spread), so a stale module shows up as a difference of nats.
 
+Both run on the tiny random models of these architectures (tests/conftest.py): a swap's exactness is
+a matter of which modules hold derived state, not of the model's size or training.
+
 - Gemma 3 (`gemma3-270m`): tied `lm_head`, other norms and attention than Llama; the refresh must
   name `lm_head`.
 - SmolLM2 untied: `tie_word_embeddings: false` and an `lm_head.weight` of its own, unlike the
@@ -89,22 +92,15 @@ def _assert_exact(scores: dict) -> None:
     assert compare("moved", scores["fresh_first"], scores["fresh_second"]).max_difference > 0.01
 
 
-@pytest.fixture(scope="module")
-def gemma3_path(e2lm_home: Path) -> Path:
-    from e2lm_vllm.models.prepare import prepare_model
-
-    return prepare_model("gemma3-270m")
-
-
-def test_gemma3_swaps_exactly(gemma3_path: Path, tmp_path: Path) -> None:
-    moved = _write_checkpoint(gemma3_path, tmp_path / "gemma3-moved", noise_seed=1)
-    scores = _swap_round_trip(gemma3_path, moved)
+def test_gemma3_swaps_exactly(tiny_gemma3_path: Path, tmp_path: Path) -> None:
+    moved = _write_checkpoint(tiny_gemma3_path, tmp_path / "gemma3-moved", noise_seed=1)
+    scores = _swap_round_trip(tiny_gemma3_path, moved)
     _assert_exact(scores)
     assert "lm_head" in scores["refreshed"]
 
 
-def test_untied_model_swaps_exactly(smollm2_path: Path, tmp_path: Path) -> None:
-    first = _write_checkpoint(smollm2_path, tmp_path / "untied-a", untie=True, noise_seed=None)
+def test_untied_model_swaps_exactly(tiny_llama_path: Path, tmp_path: Path) -> None:
+    first = _write_checkpoint(tiny_llama_path, tmp_path / "untied-a", untie=True, noise_seed=None)
     second = _write_checkpoint(first, tmp_path / "untied-b", noise_seed=2)
     scores = _swap_round_trip(first, second)
     _assert_exact(scores)

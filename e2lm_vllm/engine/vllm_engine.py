@@ -5,6 +5,10 @@ prompt-logprob rows vLLM computed rather than left unfilled for cached tokens, a
 or sampled with a seed per request). Token ids in, numbers out: no text, no I/O. It can also change
 its weights in place (`swap_weights`), so a sweep pays engine start once per device instead of once
 per checkpoint.
+
+One exception to "no I/O": with ``E2LM_VLLM_TOKEN_LEDGER`` set to a file, each scoring call appends
+the prefill tokens it computed and the model's hidden size, so a test session can total the scoring work of every process it
+starts (engines in Ray workers and CLI subprocesses included): tests/conftest.py reports it per test.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from e2lm_vllm.engine.types import (
 )
 
 logger = logging.getLogger(__name__)
+
+TOKEN_LEDGER_VARIABLE = "E2LM_VLLM_TOKEN_LEDGER"  # see the module docstring
 
 # vLLM accepts at most this many `logprob_token_ids` per request (vllm.sampling_params).
 MAX_TOKEN_IDS_PER_REQUEST = 128
@@ -272,9 +278,16 @@ class VLLMEngine:
         def delta(name: str) -> int:
             return int(after.get(name, 0.0) - before.get(name, 0.0))
 
+        computed = delta("vllm:request_prefill_kv_computed_tokens")
         self.stats.prompt_tokens += delta("vllm:prompt_tokens")
-        self.stats.computed_prefill_tokens += delta("vllm:request_prefill_kv_computed_tokens")
+        self.stats.computed_prefill_tokens += computed
         self.stats.cached_prefill_tokens += delta("vllm:prompt_tokens_cached")
+        ledger = os.environ.get(TOKEN_LEDGER_VARIABLE)
+        if ledger and computed:
+            # The model's width beside the tokens: what a token costs depends on it (tiny test models vs real ones).
+            hidden_size = self.llm.llm_engine.vllm_config.model_config.get_hidden_size()
+            with open(ledger, "a") as file:  # one short line per call: appends of concurrent processes do not interleave
+                file.write(f"{computed} {hidden_size}\n")
 
     def shutdown(self) -> None:
         """Free the engine: vLLM keeps memory until its engine core is shut down and collected."""

@@ -190,11 +190,11 @@ def _write_rungs(source_dir: Path, rungs: list[Rung], out: Path, seed: int) -> N
                 else:
                     param.copy_(torch.lerp(init[name].detach(), real[name], rung.alpha))
         model.config.e2lm = asdict(rung)
-        _save_atomically(model, source_dir, out, rung.folder_name)
+        save_atomically(model, source_dir, out, rung.folder_name)
     del model.config.e2lm
 
 
-def _save_atomically(model, source_dir: Path, out: Path, folder_name: str) -> None:
+def save_atomically(model, source_dir: Path, out: Path, folder_name: str) -> None:
     """Write the rung into a work folder beside its target and move it in with os.replace."""
     work = Path(tempfile.mkdtemp(prefix=f".{folder_name}.tmp-", dir=out))
     try:
