@@ -213,7 +213,8 @@ class SweepSession:
                 for ref, hung in _next_finished(workers, in_flight):
                     flight = in_flight.pop(ref)
                     idle.append(flight.worker)
-                    if not self._settle(workers, ref, flight, hung, attempts[flight.unit.label]):
+                    retry = self._settle(workers, ref, flight, hung, attempts[flight.unit.label])
+                    if retry:
                         pending.insert(0, flight.unit)
                         continue
                     progress.advance(len(flight.unit.cells), len(self.failures))
@@ -227,7 +228,7 @@ class SweepSession:
             progress.close()
 
     def _settle(self, workers: Executor, ref: Any, flight: InFlight, hung: CheckpointTimeoutError | None, attempt: int) -> bool:
-        """Write a finished unit's cells, or record its cells' failure; False for a failure worth another attempt."""
+        """Write a finished unit's cells, or record its cells' failure; True for a failure worth another attempt."""
         unit = flight.unit
         try:
             if hung is not None:
@@ -240,14 +241,14 @@ class SweepSession:
             kind = failure_kind(error)
             if kind in RETRIED_KINDS and attempt < self.config.max_attempts:
                 log.warning("%s: attempt %d failed, retrying: %s", unit.label, attempt, message.splitlines()[0])
-                return False
+                return True
             for cell in unit.cells:
                 record_failure(self.failures, cell, message, attempt, self.failure_parts, kind)
             log.error("%s: failed after %d attempts: %s", unit.label, attempt, message.splitlines()[0])
         else:
             self.pool.loaded[flight.worker] = unit.engine_key
             self._write_unit(unit, result, wall=time.time() - flight.submitted)
-        return True
+        return False
 
     def _write_unit(self, unit: WorkUnit, result: UnitResult, wall: float) -> None:
         """Write a finished unit's cells, and its timing record in ``runs.jsonl``."""
