@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +35,55 @@ def test_every_worker_lifetime_has_its_ray_executor():
     lifetimes = typing.get_args(SweepConfig.model_fields["worker_lifetime"].annotation)
     assert set(RAY_EXECUTORS) == set(lifetimes) == {"sweep", "checkpoint"}
     assert (RAY_EXECUTORS["sweep"], RAY_EXECUTORS["checkpoint"]) == (RayActorExecutor, RayTaskExecutor)
+
+
+class _FailingExecutor:
+    """An `Executor` whose every unit raises: the driver's retries, without Ray or an engine (those: tests/test_sweep_ray.py)."""
+
+    count = 1
+    checkpoint_timeout_s = None
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    def describe(self) -> str:
+        return "1 failing worker"
+
+    def submit(self, index, unit):
+        self.submitted.append(unit.label)
+        return len(self.submitted)
+
+    def wait(self, refs, timeout=None):
+        return refs[:1]
+
+    def get(self, ref):
+        raise RuntimeError(f"attempt {ref} failed")
+
+    def abandon(self, index, ref) -> None:
+        pass
+
+    def replace_if_dead(self, index, error) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_the_driver_retries_a_failing_unit_max_attempts_times_then_records_each_cell_once(tmp_path, monkeypatch):
+    from e2lm_vllm.sweep import executors
+    from e2lm_vllm.sweep.cells import build_plan
+    from e2lm_vllm.sweep.config import config_from_flags
+    from e2lm_vllm.sweep.runner import SweepSession, SweepSummary
+
+    monkeypatch.setattr(executors, "InProcessExecutor", _FailingExecutor)
+    (tmp_path / "run" / "step_1").mkdir(parents=True)
+    tasks = str(Path(__file__).resolve().parent / "data" / "sweep_tasks")
+    config = config_from_flags(checkpoints=[str(tmp_path / "run" / "step_1")], tasks="sweep_arc_easy, sweep_arc_letter", include_path=[tasks], output=str(tmp_path / "out"))
+    config.max_attempts = 3
+    plan = build_plan(config, tmp_path / "out")
+    session = SweepSession(config, tmp_path / "out", executors.WorkerPool(config, None, in_process=True), SweepSummary(tmp_path / "out", len(plan.cells), 0), False)
+    session.evaluate(plan)
+    assert session.pool.get().submitted == [plan.units[0].label] * 3
+    assert [(f["task"], f["attempts"], f["kind"], f["error"]) for f in session.failures] == [
+        (task, 3, "error", "RuntimeError: attempt 3 failed") for task in ("sweep_arc_easy", "sweep_arc_letter")
+    ]
