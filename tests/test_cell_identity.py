@@ -20,7 +20,8 @@ from e2lm_vllm.sweep.cells import build_plan, cell_tasks, include_paths_of
 from e2lm_vllm.sweep.config import SweepConfigError, config_from_flags
 from e2lm_vllm.sweep.inputs import FileDigests, TaskResolver
 from e2lm_vllm.sweep.rows import NoMetricsError, check_cell_results
-from e2lm_vllm.sweep.runner import consolidate, prepare_plan, write_cell
+from e2lm_vllm.sweep.runner import prepare_plan
+from e2lm_vllm.sweep.tables import consolidate, write_cell
 from e2lm_vllm.sweep.types import CellResult, UnitResult
 
 TASKS = Path(__file__).parent / "data" / "sweep_tasks"

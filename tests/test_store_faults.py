@@ -20,7 +20,7 @@ from e2lm_vllm.results.schema import METRICS_SCHEMA
 from e2lm_vllm.results.store import ResultsWriteError, write_table_atomic
 from e2lm_vllm.sweep.cells import build_plan
 from e2lm_vllm.sweep.config import config_from_flags
-from e2lm_vllm.sweep.runner import consolidate, write_cell
+from e2lm_vllm.sweep.tables import consolidate, write_cell
 from e2lm_vllm.sweep.types import CellResult, UnitResult
 
 TASKS = str(Path(__file__).parent / "data" / "sweep_tasks")
@@ -156,12 +156,12 @@ def test_sweep_cli_on_a_read_only_output_stops_before_any_work(tmp_path, tmpfs, 
 def test_sweep_cli_on_a_disk_filling_up_mid_run_exits_1_naming_the_file(tmp_path, tmpfs, capsys, monkeypatch):
     from e2lm_vllm.sweep import cli, runner
 
-    def evaluate_until_full(plan, config, output, *args):  # the driver's loop, without Ray
+    def evaluate_until_full(session, plan, after_unit=None):  # the driver's loop, without Ray
         cell = plan.missing[0]
         _fill(tmpfs)
-        write_cell(cell, *_result(cell, value=0.5), output, engine_share=1.0)
+        write_cell(cell, *_result(cell, value=0.5), session.output, engine_share=1.0)
 
-    monkeypatch.setattr(runner, "_evaluate", evaluate_until_full)
+    monkeypatch.setattr(runner.SweepSession, "evaluate", evaluate_until_full)
     assert cli.main(_cli_args(tmp_path, tmpfs / "out")) == 1
     err = capsys.readouterr().err
     assert f"e2lm-vllm sweep: cannot write {tmpfs / 'out' / 'cells'}" in err

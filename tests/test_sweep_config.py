@@ -265,7 +265,7 @@ def test_plan_resumes_at_cell_granularity(tmp_path):
     plan = build_plan(config, output)
     assert (len(plan.cells), len(plan.done), len(plan.units)) == (4, 0, 2)
     # Finish one cell the way the runner does; only the three others are left.
-    from e2lm_vllm.sweep.runner import write_cell
+    from e2lm_vllm.sweep.tables import write_cell
     from e2lm_vllm.sweep.types import CellResult, UnitResult
 
     result = CellResult(key=plan.cells[0].key, metrics=[{"task": "sweep_arc_easy", "metric": "acc", "filter": "none", "value": 0.5}])
@@ -293,7 +293,7 @@ def test_consolidation_labels_cells_with_the_current_token_schedule(tmp_path):
     """Tokens label a checkpoint (not in the cell hash): a corrected schedule relabels cells already written."""
     import pandas as pd
 
-    from e2lm_vllm.sweep.runner import consolidate, write_cell
+    from e2lm_vllm.sweep.tables import consolidate, write_cell
     from e2lm_vllm.sweep.types import CellResult, UnitResult
 
     for step in (1000, 2000):

@@ -9,7 +9,9 @@ import pyarrow.parquet as pq
 from e2lm_vllm.results.schema import FAILURES_SCHEMA
 from e2lm_vllm.sweep.cells import build_plan
 from e2lm_vllm.sweep.config import config_from_flags
-from e2lm_vllm.sweep.runner import FAILURE_PARTS, SweepSession, SweepSummary, WorkerPool, _record_failure
+from e2lm_vllm.sweep.executors import WorkerPool
+from e2lm_vllm.sweep.runner import SweepSession, SweepSummary
+from e2lm_vllm.sweep.tables import FAILURE_PARTS, record_failure
 
 TASKS_DIR = Path(__file__).resolve().parent / "data" / "sweep_tasks"
 
@@ -24,7 +26,7 @@ def test_each_failure_is_one_part_written_at_once_and_never_rewritten(tmp_path):
     first = None
     for index in range(60):
         cell = plan.cells[index % len(plan.cells)]
-        _record_failure(session.failures, cell, f"error {index}", 1, parts, "error")
+        record_failure(session.failures, cell, f"error {index}", 1, parts, "error")
         part = parts / f"{index + 1:06d}.parquet"
         # On disk when the call returns: a driver killed now keeps it.
         assert pq.read_table(part).to_pylist() == [{name: session.failures[-1][name] for name in FAILURES_SCHEMA.names}]

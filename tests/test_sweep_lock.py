@@ -202,7 +202,7 @@ def test_run_sweep_holds_the_lock_before_anything_else(tmp_path, holder, monkeyp
     def no_ray(*args, **kwargs):
         raise AssertionError("the sweep went on to evaluate (and would start Ray)")
 
-    monkeypatch.setattr(runner, "_evaluate", no_ray)
+    monkeypatch.setattr(runner.SweepSession, "evaluate", no_ray)
     (tmp_path / "run" / "step_1").mkdir(parents=True)
     config = config_from_flags(checkpoints=[str(tmp_path / "run" / "step_1")], tasks="t", output=str(tmp_path / "out"))
     with pytest.raises(SweepLockedError, match=f"pid {holder[1]}"):

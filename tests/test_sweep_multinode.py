@@ -17,7 +17,8 @@ import pytest
 from e2lm_vllm.cluster.ray_init import passed_environment
 from e2lm_vllm.sweep.cells import build_plan
 from e2lm_vllm.sweep.config import SweepConfigError
-from e2lm_vllm.sweep.pool import NodeCapacity, RayWorkers, plan_slots
+from e2lm_vllm.sweep.executors import RayActorExecutor, RayTaskExecutor
+from e2lm_vllm.sweep.placement import NodeCapacity, plan_slots
 from tests.sweeps import SWEEP_TASKS, yaml_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +116,7 @@ def _node_ids() -> set[str]:
 @pytest.mark.ray
 def test_tensor_parallel_workers_land_whole_on_one_node(cluster, tiny_ladder_dirs, tmp_path):
     """TP=2 on 2 nodes x 2 GPUs: two long-lived workers, one per node, each engine's 2 GPUs on its worker's node."""
-    workers = RayWorkers(_config(tmp_path, tiny_ladder_dirs[:1], tensor_parallel_size=2), cluster.address)
+    workers = RayActorExecutor(_config(tmp_path, tiny_ladder_dirs[:1], tensor_parallel_size=2), cluster.address)
     try:
         assert workers.count == 2
         reports = [workers.placement(index) for index in range(workers.count)]
@@ -135,7 +136,7 @@ def test_four_gpus_at_tp1_run_four_workers(cluster, tiny_ladder_dirs, tmp_path, 
     """TP=1: 4 per-checkpoint workers, 2 per node, each given its own GPU and half its node's CPUs."""
     monkeypatch.setenv("VLLM_HOST_IP", "10.9.9.9")  # the driver's: must not travel to another node
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    workers = RayWorkers(_config(tmp_path, tiny_ladder_dirs[:1], worker_lifetime="checkpoint"), cluster.address)
+    workers = RayTaskExecutor(_config(tmp_path, tiny_ladder_dirs[:1], worker_lifetime="checkpoint"), cluster.address)
     try:
         assert workers.count == 4
         reports = [workers.placement(index) for index in range(workers.count)]
@@ -166,7 +167,7 @@ def test_unreadable_paths_name_the_node_and_the_path(cluster, tiny_ladder_dirs, 
         ),
         "task folder": dataclasses.replace(unit, include_paths=[str(SWEEP_TASKS), missing]),
     }
-    workers = RayWorkers(config, cluster.address)
+    workers = RayTaskExecutor(config, cluster.address)
     try:
         second = workers.slots[1].node.node_id
         for what, bad_unit in cases.items():

@@ -67,7 +67,7 @@ def _files_holding(roots: list[Path], needle: bytes) -> list[str]:
 def test_the_hf_token_reaches_the_workers_and_no_file(ray_local, tiny_ladder_dirs, tmp_path, monkeypatch):
     import ray
 
-    from e2lm_vllm.sweep.pool import RayWorkers
+    from e2lm_vllm.sweep.executors import RayActorExecutor
     from e2lm_vllm.sweep.runner import run_sweep
 
     for name, value in SECRETS.items():
@@ -77,7 +77,7 @@ def test_the_hf_token_reaches_the_workers_and_no_file(ray_local, tiny_ladder_dir
     assert summary.exit_code == 0 and summary.evaluated == 1, summary.describe()
 
     # A worker started as the sweep starts its workers has both, in its own process's environment.
-    workers = RayWorkers(config, None)
+    workers = RayActorExecutor(config, None)
     try:
         runtime_env = workers.options[0]["runtime_env"]["env_vars"]
         seen = ray.get(workers.actors[0].__ray_call__.remote(lambda worker: {n: os.environ.get(n) for n in SECRETS}))

@@ -26,7 +26,7 @@ from e2lm_vllm.results.schema import FAILURES_SCHEMA
 from e2lm_vllm.results.store import write_table_atomic
 from e2lm_vllm.sweep.cells import build_plan
 from e2lm_vllm.sweep.config import SweepConfigError, validate_config
-from e2lm_vllm.sweep.runner import consolidate, write_cell
+from e2lm_vllm.sweep.tables import consolidate, write_cell
 from e2lm_vllm.sweep.types import CellResult, UnitResult
 from e2lm_vllm.trackers.push import PushCount, TrackerPush
 from e2lm_vllm.trackers.spec import TrackerSpecError, parse_spec, parse_specs
@@ -291,10 +291,10 @@ def test_the_real_watcher_stopped_and_restarted_between_checkpoints(tmp_path, mo
     """`run_sweep(watch=...)` twice on one output, the driver's and the watcher's own hooks, a scripted
     worker in place of the engine: steps 1000 and 2000 (b fails at 2000), stop at --until-step 2000;
     step 3000 lands; a new watcher retries b@2000 and evaluates step 3000, stops at --until-step 3000."""
-    from e2lm_vllm.sweep import runner
+    from e2lm_vllm.sweep import executors, runner
     from e2lm_vllm.sweep.watch import WatchOptions
 
-    monkeypatch.setattr(runner, "InProcessWorker", _ScriptedWorker)
+    monkeypatch.setattr(executors, "InProcessExecutor", _ScriptedWorker)
     _ScriptedWorker.failed_once = set()
     for step in STEPS:
         (tmp_path / "run" / f"step_{step}").mkdir(parents=True)

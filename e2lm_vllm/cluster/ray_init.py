@@ -1,5 +1,5 @@
 """Ray start-up and the environment of Ray workers: what the sweep's workers and the data-parallel
-engines both need (`e2lm_vllm.sweep.pool`, `e2lm_vllm.engine.data_parallel`), so neither imports the other.
+engines both need (`e2lm_vllm.sweep.executors`, `e2lm_vllm.engine.data_parallel`), so neither imports the other.
 
 A worker inherits the driver's offline switches, caches, vLLM and HF settings, never what describes
 the driver's host; Ray is started fresh and local unless an address (or `RAY_ADDRESS`) names a cluster.

@@ -1,16 +1,10 @@
-"""The sweep driver: plan the cells, hand checkpoints to Ray workers, write results as they land.
+"""The sweep driver: plan the cells, hand checkpoints to the workers, write results as they land.
 
 Workers live as long as the sweep (one per GPU, or per CPU slot): the driver gives each the next
 checkpoint of the family it already has loaded, so that it swaps weights instead of starting an
-engine (`e2lm_vllm.sweep.worker`).
-
-Each finished cell is written at once as its own Parquet parts under ``OUTPUT/cells/`` (atomic),
-so a killed driver loses only the checkpoints in flight and a rerun computes only the missing
-cells. At the end the parts are consolidated into ``metrics.parquet`` and ``samples.parquet``;
-failed cells go to ``failures.parquet`` and make the exit status non-zero. Each failure is written
-at once as a one-row part under ``OUTPUT/failures/RUN_ID/`` (so a killed driver leaves the failures
-seen so far, at a cost per failure that does not grow with the run); a run that finishes writes
-``failures.parquet`` from them and removes the parts, those of killed runs included (it retried their cells).
+engine (`e2lm_vllm.sweep.worker`). A unit that fails is retried (`max_attempts`), one that hangs
+past ``checkpoint_timeout_s`` has its worker killed and is retried as a dead worker's. What runs
+the units is an `executors.Executor`; how results and failures lie on disk is `tables`.
 """
 
 from __future__ import annotations
@@ -18,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import threading
 import time
@@ -29,19 +22,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from e2lm_vllm.results.schema import FAILURES_SCHEMA, METRICS_SCHEMA, SAMPLES_SCHEMA
-from e2lm_vllm.results.store import conform, write_table_atomic
-from e2lm_vllm.sweep.cells import INPUTS_METADATA_KEY, Plan, build_plan, read_part_inputs
+from e2lm_vllm.sweep.cells import Plan, build_plan
 from e2lm_vllm.sweep.checkpoints import Completeness
 from e2lm_vllm.sweep.config import SweepConfig, SweepConfigError, config_hash
+from e2lm_vllm.sweep.executors import CheckpointTimeoutError, Executor, WorkerPool
 from e2lm_vllm.sweep.inputs import FileDigests
 from e2lm_vllm.sweep.lock import output_lock
-from e2lm_vllm.sweep.pool import CheckpointTimeoutError, InProcessWorker, RayWorkers
-from e2lm_vllm.sweep.types import Cell, CellResult, UnitResult, WorkUnit
+from e2lm_vllm.sweep.tables import (
+    FAILURE_PARTS,
+    adopt_legacy_parts,
+    append_run_record,
+    consolidate,
+    record_failure,
+    remove_failure_parts,
+    write_cell,
+    write_failures,
+)
+from e2lm_vllm.sweep.types import Cell, UnitResult, WorkUnit
 from e2lm_vllm.sweep.worker import failure_kind
 
 if TYPE_CHECKING:
@@ -53,7 +52,6 @@ log = logging.getLogger("e2lm_vllm.sweep")
 # Failure kinds worth another attempt: an error may be transient, a hang a stuck worker; `non_finite`
 # (NaN weights or scores) is the checkpoint's own result and would repeat.
 RETRIED_KINDS = ("error", "timeout")
-FAILURE_PARTS = "failures"  # OUTPUT/failures/RUN_ID/NNNNNN.parquet: one row each, until the run finishes
 
 
 @dataclass
@@ -89,131 +87,11 @@ def in_ray_job() -> bool:
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # set by the job supervisor for the entrypoint
 
 
-def _cell_columns(cell: Cell) -> dict[str, Any]:
-    ckpt = cell.checkpoint
-    return {"model": ckpt.model, "checkpoint": ckpt.id, "step": ckpt.step, "tokens": ckpt.tokens}
-
-
-def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
-
-
-def _inputs_metadata(cell: Cell) -> dict[bytes, bytes]:
-    return {INPUTS_METADATA_KEY: json.dumps(cell.inputs, sort_keys=True).encode()}
-
-
-def write_cell(cell: Cell, result: CellResult, unit_result: UnitResult, output: Path, engine_share: float) -> None:
-    """Samples first, metrics last: the metrics part is the cell's 'done' marker, its footer the inputs it read."""
-    identity = _cell_columns(cell)
-    samples = [{**identity, **row} for row in result.samples]
-    write_table_atomic(_table(samples, SAMPLES_SCHEMA), cell.samples_part(output), SAMPLES_SCHEMA)
-    extra = {
-        "eval_seconds": result.eval_seconds,
-        "engine_seconds": engine_share,
-        "backend": unit_result.backend,
-        "config_hash": cell.cell_hash,
-        **unit_result.versions,
-        **cell.inputs,
-    }
-    metrics = [{**identity, **extra, **row} for row in result.metrics]
-    write_table_atomic(_table(metrics, METRICS_SCHEMA), cell.metrics_part(output), METRICS_SCHEMA, _inputs_metadata(cell))
-
-
-def adopt_legacy_parts(plan: Plan, output: Path) -> None:
-    """Parts written before fingerprints existed count as done; their fingerprints are the current inputs'.
-
-    The alternative, recomputing every cell of an old output folder once, would cost a whole sweep
-    to learn what the user most likely already has. `--force` recomputes instead.
-    """
-    for cell in plan.legacy:
-        part = cell.metrics_part(output)
-        table = conform(pq.read_table(part), METRICS_SCHEMA)
-        for name, value in cell.inputs.items():
-            table = table.set_column(table.schema.get_field_index(name), name, pa.array([value] * table.num_rows, pa.string()))
-        write_table_atomic(table, part, METRICS_SCHEMA, _inputs_metadata(cell))
-    if plan.legacy:
-        log.info(
-            "adopted %d cells written before input fingerprints: recorded the current task and checkpoint "
-            "fingerprints for them (rerun with --force to recompute instead)",
-            len(plan.legacy),
-        )
-    plan.legacy = []
-
-
-def _read_parts(paths: list[Path], schema: pa.Schema) -> pa.Table:
-    tables = [conform(pq.read_table(path), schema) for path in paths if path.is_file()]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
-
-
-def _with_current_tokens(plan: Plan, table: pa.Table) -> pa.Table:
-    """The `tokens` column from the config's token schedule now, not from when a cell was written.
-
-    Tokens label a checkpoint and do not change its results, so they are not in the cell hash: a
-    corrected schedule (the E2LM batch ramp-up, say) relabels every cell without recomputing any.
-    A deleted checkpoint keeps the tokens it was written with.
-    """
-    if "tokens" not in table.column_names or table.num_rows == 0:
-        return table
-    tokens = {cell.checkpoint.id: cell.checkpoint.tokens for cell in plan.cells}
-    written = table.column("tokens").to_pylist()
-    current = [tokens[c] if c in tokens else old for c, old in zip(table.column("checkpoint").to_pylist(), written)]
-    index = table.column_names.index("tokens")
-    return table.set_column(index, table.schema.field(index), pa.array(current, type=table.schema.field(index).type))
-
-
-def _with_deleted_flag(table: pa.Table, deleted: bool) -> pa.Table:
-    index = table.schema.get_field_index("checkpoint_deleted")
-    return table.set_column(index, table.schema.field(index), pa.array([deleted] * table.num_rows, pa.bool_()))
-
-
-def current_cells(plan: Plan, output: Path) -> list[Cell]:
-    """The plan's cells whose part holds rows computed from the inputs there are now."""
-    current = []
-    for cell in plan.cells:
-        state, recorded, _ = read_part_inputs(cell.metrics_part(output))
-        if state == "ok" and (recorded is None or cell.inputs == {k: recorded.get(k) for k in cell.inputs}):
-            current.append(cell)
-    return current
-
-
-def consolidate(plan: Plan, output: Path) -> tuple[int, int]:
-    """``metrics.parquet`` and ``samples.parquet`` from the current parts of this plan's cells and the parts
-    of checkpoints deleted since they were evaluated (marked ``checkpoint_deleted``), atomically.
-
-    A part computed from inputs that have changed since (a recomputation that failed) is left out:
-    no table shows a number the current task or checkpoint would not give.
-    """
-    cells = current_cells(plan, output)
-    # A watcher keeps the cells of checkpoints deleted while it runs in its plan (`watch._keep_earlier_cells`).
-    here: list[Cell] = []
-    gone: list[Cell] = []
-    for cell in cells:
-        deleted = cell.checkpoint.path is not None and not Path(cell.checkpoint.path).exists()
-        (gone if deleted else here).append(cell)
-    planned = {c.metrics_part(output) for c in plan.cells}
-    retired = [r for r in plan.retired if r.metrics not in planned]
-
-    def table(kept: list[Path], deleted: list[Path], schema: pa.Schema) -> pa.Table:
-        kept_table = _with_deleted_flag(_with_current_tokens(plan, _read_parts(kept, schema)), False)
-        return pa.concat_tables([kept_table, _with_deleted_flag(_with_current_tokens(plan, _read_parts(deleted, schema)), True)])
-
-    metrics = table([c.metrics_part(output) for c in here], [c.metrics_part(output) for c in gone] + [r.metrics for r in retired], METRICS_SCHEMA)
-    samples = table([c.samples_part(output) for c in here], [c.samples_part(output) for c in gone] + [r.samples for r in retired], SAMPLES_SCHEMA)
-    write_table_atomic(metrics, output / "metrics.parquet", METRICS_SCHEMA)
-    write_table_atomic(samples, output / "samples.parquet", SAMPLES_SCHEMA)
-    return metrics.num_rows, samples.num_rows
-
-
 def _failure_error(error: BaseException) -> str:
     # Ray wraps the worker's exception; keep the original type and message, not Ray's wrapping.
     cause = getattr(error, "cause", None) or error
     text = f"{type(cause).__name__}: {cause}"
     return text if len(text) < 4000 else text[:2000] + "\n...\n" + text[-2000:]
-
-
-def _append_run_record(output: Path, record: dict[str, Any]) -> None:
-    with open(output / "runs.jsonl", "a") as handle:
-        handle.write(json.dumps(record) + "\n")
 
 
 def run_sweep(
@@ -243,24 +121,32 @@ def run_sweep(
         return _run_sweep(config, force, address, progress, in_process, watch)
 
 
-class WorkerPool:
-    """The sweep's workers, started on first use and kept for every round of a watched run."""
+@dataclass(frozen=True)
+class InFlight:
+    """A unit submitted to worker `worker` at `submitted` (``time.time()``), not yet back."""
 
-    def __init__(self, config: SweepConfig, address: str | None, in_process: bool):
-        self.config, self.address, self.in_process = config, address, in_process
-        self.workers: RayWorkers | InProcessWorker | None = None
-        self.loaded: dict[int, str | None] = {}  # worker index -> engine key of its last unit
+    worker: int
+    unit: WorkUnit
+    submitted: float
 
-    def get(self) -> RayWorkers | InProcessWorker:
-        if self.workers is None:
-            self.workers = InProcessWorker() if self.in_process else RayWorkers(self.config, self.address)
-        return self.workers
 
-    def shutdown(self) -> None:
-        if self.workers is not None:
-            self.workers.shutdown()
-            self.workers = None
-            self.loaded.clear()
+class _Progress:
+    """The cells done of `total`: a progress bar (unless disabled) and a log line with the ETA."""
+
+    def __init__(self, total: int, show_bar: bool):
+        self.total, self.done, self.started = total, 0, time.time()
+        self.bar = tqdm(total=total, unit="cell", desc="sweep", disable=not show_bar, mininterval=2.0, file=sys.stderr)
+
+    def advance(self, cells: int, failed: int) -> None:
+        self.done += cells
+        self.bar.update(cells)
+        self.bar.set_postfix(failed=failed)
+        elapsed = time.time() - self.started
+        eta = elapsed / self.done * (self.total - self.done)
+        log.info("progress: %d/%d cells, %d failed, %.0f s elapsed, ETA %.0f s", self.done, self.total, failed, elapsed, eta)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 @dataclass
@@ -306,15 +192,103 @@ class SweepSession:
         return plan
 
     def evaluate(self, plan: Plan, after_unit: Callable[[WorkUnit], None] | None = None) -> None:
-        def each(unit: WorkUnit) -> None:
-            if self.trackers is not None:  # the checkpoint's cells and failures, as soon as they are written
-                self.trackers.after_checkpoint(unit.cells)
-            if after_unit is not None:
-                after_unit(unit)
+        """Run the plan's units on the pool's workers, each unit's results written as it lands, then
+        `after_unit`; once `stop` is set, finish the units in flight and return."""
+        if not plan.units:
+            return
+        workers = self.pool.get()
+        log.info("%s; %d checkpoints to evaluate", workers.describe(), len(plan.units))
+        pending: list[WorkUnit] = list(plan.units)
+        idle: list[int] = list(range(workers.count))
+        in_flight: dict[Any, InFlight] = {}
+        attempts: dict[str, int] = {}
+        progress = _Progress(len(plan.missing), self.progress)
+        try:
+            while (pending and not self.stop.is_set()) or in_flight:
+                while pending and idle and not self.stop.is_set():
+                    index = idle.pop(0)
+                    unit = _next_unit(pending, self.pool.loaded.get(index))  # loaded: kept across a watched run's rounds
+                    attempts[unit.label] = attempts.get(unit.label, 0) + 1
+                    in_flight[workers.submit(index, unit)] = InFlight(index, unit, time.time())
+                for ref, hung in _next_finished(workers, in_flight):
+                    flight = in_flight.pop(ref)
+                    idle.append(flight.worker)
+                    retry = self._settle(workers, ref, flight, hung, attempts[flight.unit.label])
+                    if retry:
+                        pending.insert(0, flight.unit)
+                        continue
+                    progress.advance(len(flight.unit.cells), len(self.failures))
+                    if self.trackers is not None:  # the checkpoint's cells and failures, as soon as they are written
+                        self.trackers.after_checkpoint(flight.unit.cells)
+                    if after_unit is not None:
+                        after_unit(flight.unit)
+            if pending:
+                log.info("stopping: %d checkpoints left for a later run", len(pending))
+        finally:
+            progress.close()
 
-        if plan.units:
-            args = (self.pool, self.progress, self.failures, self.summary, self.stop, each, self.failure_parts)
-            _evaluate(plan, self.config, self.output, *args)
+    def _settle(self, workers: Executor, ref: Any, flight: InFlight, hung: CheckpointTimeoutError | None, attempt: int) -> bool:
+        """Write a finished unit's cells, or record its cells' failure; True for a failure worth another attempt."""
+        unit = flight.unit
+        try:
+            if hung is not None:
+                raise hung
+            result = workers.get(ref)
+        except Exception as error:  # noqa: BLE001 - every failure of a checkpoint is recorded, the sweep goes on
+            self.pool.loaded[flight.worker] = None
+            workers.replace_if_dead(flight.worker, error)
+            message = _failure_error(error)
+            kind = failure_kind(error)
+            if kind in RETRIED_KINDS and attempt < self.config.max_attempts:
+                log.warning("%s: attempt %d failed, retrying: %s", unit.label, attempt, message.splitlines()[0])
+                return True
+            for cell in unit.cells:
+                record_failure(self.failures, cell, message, attempt, self.failure_parts, kind)
+            log.error("%s: failed after %d attempts: %s", unit.label, attempt, message.splitlines()[0])
+        else:
+            self.pool.loaded[flight.worker] = unit.engine_key
+            self._write_unit(unit, result, wall=time.time() - flight.submitted)
+        return False
+
+    def _write_unit(self, unit: WorkUnit, result: UnitResult, wall: float) -> None:
+        """Write a finished unit's cells, and its timing record in ``runs.jsonl``."""
+        writing_started = time.perf_counter()
+        by_key = {cell.key: cell for cell in unit.cells}
+        engine_share = result.engine_seconds / max(1, len(result.cells))
+        for cell_result in result.cells:
+            cell = by_key[cell_result.key]
+            if cell_result.error is not None:
+                record_failure(self.failures, cell, cell_result.error, 1, self.failure_parts, cell_result.error_kind or "error")
+            else:
+                write_cell(cell, cell_result, result, self.output, engine_share)
+                self.summary.evaluated += 1
+        writing = time.perf_counter() - writing_started
+        append_run_record(
+            self.output,
+            {
+                "event": "unit",
+                "unit": unit.label,
+                "checkpoint": unit.checkpoint.id,
+                "host": result.host,
+                "pid": result.pid,
+                "engine": result.engine,
+                "wall_seconds": round(wall, 4),
+                "timings": {**result.timings, "writing": round(writing, 4)},
+                "swap_check": result.swap_check,
+                "rss_bytes": result.rss_bytes,
+            },
+        )
+        log.info(
+            "%s: %d/%d tasks ok on %s pid %d (engine %s in %.1f s, eval %.1f s)",
+            unit.label,
+            sum(c.error is None for c in result.cells),
+            len(result.cells),
+            result.host,
+            result.pid,
+            result.engine,
+            result.engine_seconds,
+            sum(c.eval_seconds for c in result.cells),
+        )
 
     def end_round(self) -> None:
         """After a sweep or a watch round: anything the trackers still lack, then the scores and plots."""
@@ -324,13 +298,13 @@ class SweepSession:
     def write_tables(self, plan: Plan) -> None:
         consolidate(plan, self.output)
         if self.failures_written != len(self.failures):  # a watched run calls this after every unit
-            write_table_atomic(_table(self.failures, FAILURES_SCHEMA), self.output / "failures.parquet", FAILURES_SCHEMA)
+            write_failures(self.failures, self.output)
             self.failures_written = len(self.failures)
 
     def finish(self) -> None:
         """After the last ``write_tables``: failures.parquet holds this run's failures; the parts go,
         those of killed runs too (this run retried their cells)."""
-        shutil.rmtree(self.output / FAILURE_PARTS, ignore_errors=True)
+        remove_failure_parts(self.output)
 
 
 def prepare_plan(
@@ -360,7 +334,7 @@ def _run_sweep(
     )
     run_id = uuid.uuid4().hex[:12]
     summary = SweepSummary(output=output, cells=len(plan.cells), already_done=len(plan.done))
-    _append_run_record(
+    append_run_record(
         output,
         {
             "run_id": run_id,
@@ -407,7 +381,7 @@ def _run_sweep(
     summary.cells = len(plan.cells)
     summary.failures = session.failures
     summary.seconds = time.time() - started
-    _append_run_record(
+    append_run_record(
         output,
         {
             "run_id": run_id,
@@ -422,23 +396,6 @@ def _run_sweep(
     return summary
 
 
-def _record_failure(
-    failures: list[dict[str, Any]], cell: Cell, error: str, attempts: int, parts: Path, kind: str = "error"
-) -> None:
-    row = {
-        **_cell_columns(cell),
-        "task": cell.task.name,
-        "error": error,
-        "kind": kind,
-        "attempts": attempts,
-        "config_hash": cell.cell_hash,
-    }
-    failures.append(row)
-    # Written at once, so a driver killed later still leaves the failures seen so far; one row per
-    # part, so the thousandth failure costs what the first did (not a rewrite of all before it).
-    write_table_atomic(_table([row], FAILURES_SCHEMA), parts / f"{len(failures):06d}.parquet", FAILURES_SCHEMA)
-
-
 def _next_unit(pending: list[WorkUnit], engine_key: str | None) -> WorkUnit:
     """The next unit of the family a worker already has loaded (a weight swap), else the next in order."""
     for index, unit in enumerate(pending):
@@ -447,84 +404,7 @@ def _next_unit(pending: list[WorkUnit], engine_key: str | None) -> WorkUnit:
     return pending.pop(0)
 
 
-def _evaluate(
-    plan: Plan,
-    config: SweepConfig,
-    output: Path,
-    pool: WorkerPool,
-    progress: bool,
-    failures: list[dict[str, Any]],
-    summary: SweepSummary,
-    stop: threading.Event | None = None,
-    after_unit: Callable[[WorkUnit], None] | None = None,
-    failure_parts: Path | None = None,
-) -> None:
-    """Run the plan's units on the pool's workers; with `stop` set, finish the units in flight and return."""
-    parts = failure_parts or output / FAILURE_PARTS / uuid.uuid4().hex[:12]
-    workers = pool.get()
-    log.info("%s; %d checkpoints to evaluate", workers.describe(), len(plan.units))
-    pending: list[WorkUnit] = list(plan.units)
-    idle: list[int] = list(range(workers.count))
-    loaded = pool.loaded  # worker index -> engine key of its last unit, kept across a watched run's rounds
-    in_flight: dict[Any, tuple[int, WorkUnit, float]] = {}
-    attempts: dict[str, int] = {}
-    total = len(plan.missing)
-    done_cells = 0
-    started = time.time()
-    bar = tqdm(total=total, unit="cell", desc="sweep", disable=not progress, mininterval=2.0, file=sys.stderr)
-    try:
-        while (pending and not (stop and stop.is_set())) or in_flight:
-            while pending and idle and not (stop and stop.is_set()):
-                index = idle.pop(0)
-                unit = _next_unit(pending, loaded.get(index))
-                attempts[unit.label] = attempts.get(unit.label, 0) + 1
-                in_flight[workers.submit(index, unit)] = (index, unit, time.time())
-            for ref, hung in _next_finished(workers, in_flight):
-                index, unit, submitted = in_flight.pop(ref)
-                idle.append(index)
-                try:
-                    if hung is not None:
-                        raise hung
-                    result = workers.get(ref)
-                except Exception as error:  # noqa: BLE001 - every failure of a checkpoint is recorded, the sweep goes on
-                    loaded[index] = None
-                    workers.replace_if_dead(index, error)
-                    message = _failure_error(error)
-                    kind = failure_kind(error)
-                    if kind in RETRIED_KINDS and attempts[unit.label] < config.max_attempts:
-                        log.warning("%s: attempt %d failed, retrying: %s", unit.label, attempts[unit.label], message.splitlines()[0])
-                        pending.insert(0, unit)
-                        continue
-                    for cell in unit.cells:
-                        _record_failure(failures, cell, message, attempts[unit.label], parts, kind)
-                    log.error("%s: failed after %d attempts: %s", unit.label, attempts[unit.label], message.splitlines()[0])
-                else:
-                    loaded[index] = unit.engine_key
-                    _write_unit(unit, result, output, failures, summary, wall=time.time() - submitted, parts=parts)
-                done_cells += len(unit.cells)
-                bar.update(len(unit.cells))
-                bar.set_postfix(failed=len(failures))
-                elapsed = time.time() - started
-                eta = elapsed / done_cells * (total - done_cells)
-                log.info(
-                    "progress: %d/%d cells, %d failed, %.0f s elapsed, ETA %.0f s",
-                    done_cells,
-                    total,
-                    len(failures),
-                    elapsed,
-                    eta,
-                )
-                if after_unit is not None:
-                    after_unit(unit)
-        if pending:
-            log.info("stopping: %d checkpoints left for a later run", len(pending))
-    finally:
-        bar.close()
-
-
-def _next_finished(
-    workers: RayWorkers | InProcessWorker, in_flight: dict[Any, tuple[int, WorkUnit, float]]
-) -> list[tuple[Any, CheckpointTimeoutError | None]]:
+def _next_finished(workers: Executor, in_flight: dict[Any, InFlight]) -> list[tuple[Any, CheckpointTimeoutError | None]]:
     """Units that finished, as ``(ref, None)``; else, once a unit passes ``checkpoint_timeout_s``,
     ``(ref, CheckpointTimeoutError)`` with its worker killed and replaced (`abandon`), so that the
     driver retries it as a dead worker's."""
@@ -532,70 +412,26 @@ def _next_finished(
     if timeout is None:
         return [(ref, None) for ref in workers.wait(list(in_flight))]
     while True:
-        first_deadline = min(submitted + timeout for _, _, submitted in in_flight.values())
+        first_deadline = min(flight.submitted + timeout for flight in in_flight.values())
         done = workers.wait(list(in_flight), timeout=max(0.0, first_deadline - time.time()))
         if done:
             return [(ref, None) for ref in done]
         now = time.time()
-        hung = [(ref, entry) for ref, entry in in_flight.items() if now >= entry[2] + timeout]
-        for ref, (index, unit, submitted) in hung:
-            log.warning("%s: no result after %.0f s (checkpoint_timeout_s=%g): killing its worker", unit.label, now - submitted, timeout)
-            workers.abandon(index, ref)
+        hung = [(ref, flight) for ref, flight in in_flight.items() if now >= flight.submitted + timeout]
+        for ref, flight in hung:
+            log.warning(
+                "%s: no result after %.0f s (checkpoint_timeout_s=%g): killing its worker",
+                flight.unit.label,
+                now - flight.submitted,
+                timeout,
+            )
+            workers.abandon(flight.worker, ref)
         if hung:
-            return [(ref, _timeout_error(unit.label, timeout)) for ref, (_, unit, _) in hung]
+            return [(ref, _timeout_error(flight.unit.label, timeout)) for ref, flight in hung]
 
 
 def _timeout_error(label: str, timeout: float) -> CheckpointTimeoutError:
     return CheckpointTimeoutError(
         f"no result for {label} within checkpoint_timeout_s={timeout:g} s; its worker was killed "
         "(if the checkpoint only needs longer, raise checkpoint_timeout_s or --checkpoint-timeout-s)"
-    )
-
-
-def _write_unit(
-    unit: WorkUnit,
-    result: UnitResult,
-    output: Path,
-    failures: list[dict[str, Any]],
-    summary: SweepSummary,
-    wall: float,
-    parts: Path,
-) -> None:
-    """Write a finished unit's cells, and its timing record in ``runs.jsonl``."""
-    writing_started = time.perf_counter()
-    by_key = {cell.key: cell for cell in unit.cells}
-    engine_share = result.engine_seconds / max(1, len(result.cells))
-    for cell_result in result.cells:
-        cell = by_key[cell_result.key]
-        if cell_result.error is not None:
-            _record_failure(failures, cell, cell_result.error, 1, parts, cell_result.error_kind or "error")
-        else:
-            write_cell(cell, cell_result, result, output, engine_share)
-            summary.evaluated += 1
-    writing = time.perf_counter() - writing_started
-    _append_run_record(
-        output,
-        {
-            "event": "unit",
-            "unit": unit.label,
-            "checkpoint": unit.checkpoint.id,
-            "host": result.host,
-            "pid": result.pid,
-            "engine": result.engine,
-            "wall_seconds": round(wall, 4),
-            "timings": {**result.timings, "writing": round(writing, 4)},
-            "swap_check": result.swap_check,
-            "rss_bytes": result.rss_bytes,
-        },
-    )
-    log.info(
-        "%s: %d/%d tasks ok on %s pid %d (engine %s in %.1f s, eval %.1f s)",
-        unit.label,
-        sum(c.error is None for c in result.cells),
-        len(result.cells),
-        result.host,
-        result.pid,
-        result.engine,
-        result.engine_seconds,
-        sum(c.eval_seconds for c in result.cells),
     )
