@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, get_args
 
 from lm_eval import utils as lm_utils
 from lm_eval.api.instance import Instance
@@ -48,7 +48,16 @@ from e2lm_vllm.checkpoint import (
 from e2lm_vllm.engine.planner import plan_scoring
 from e2lm_vllm.engine.protocol import ScoringEngine
 from e2lm_vllm.engine.types import ScoreRequest, ScoringPlan
-from e2lm_vllm.settings import ModelArgs, ModelArgsError, cuda_available, engine_environment, engine_kwargs
+from e2lm_vllm.settings import (
+    EngineSettings,
+    LmName,
+    ModelArgs,
+    ModelArgsError,
+    cuda_available,
+    engine_environment,
+    engine_kwargs,
+    parse_model_args,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +120,7 @@ def build_hf_lm(args: ModelArgs) -> Any:
     return CheckedHFLM(check_weights=args.check_weights, **kwargs)
 
 
-def resolve_backend(args: ModelArgs) -> str:
+def resolve_backend(args: EngineSettings) -> str:
     """``vllm`` or ``hf``: the backend `build_lm` gives these args.
 
     ``auto`` is vLLM when it imports, else HF with a warning naming the import error; ``vllm`` where
@@ -135,9 +144,12 @@ def resolve_backend(args: ModelArgs) -> str:
     return "hf"
 
 
-def build_lm(args: ModelArgs) -> TemplateLM:
-    """The lm-eval model for these args: `E2LMVLLM`, or lm-eval's `HFLM` (checked) for ``backend=hf``."""
-    if resolve_backend(args) == "vllm":
+def build_lm(args: ModelArgs, lm: LmName = "e2lm_vllm") -> TemplateLM:
+    """The lm-eval model for these args: `E2LMVLLM`, or lm-eval's `HFLM` (checked) for ``backend=hf``
+    or ``lm="hf"`` (a sweep's `engine.lm`)."""
+    if lm not in get_args(LmName):
+        raise ModelArgsError(f"unknown lm {lm!r}: expected one of {', '.join(get_args(LmName))}")
+    if lm == "e2lm_vllm" and resolve_backend(args) == "vllm":
         return E2LMVLLM(args)
     return build_hf_lm(args)
 
@@ -275,8 +287,7 @@ class E2LMVLLM(TemplateLM):
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> TemplateLM:
-        args = lm_utils.simple_parse_args_string(arg_string)
-        return cls.create_from_arg_obj(args, additional_config)
+        return cls.create_from_arg_obj(parse_model_args(arg_string), additional_config)
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> TemplateLM:

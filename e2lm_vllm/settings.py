@@ -11,6 +11,7 @@ import logging
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +103,32 @@ IGNORED_ARGS: dict[str, str] = {
     "swap_space": "swap_space is no longer supported by vLLM; ignoring it (as lm-eval's vllm model does)",
 }
 
+# The lm-eval models that load `ModelArgs`: ours (on vLLM unless `backend=hf`), or lm-eval's own HF
+# model with the checks of the vLLM path (`e2lm_vllm.hf_checked`); a sweep's `engine.lm` picks one.
+LmName = Literal["e2lm_vllm", "hf"]
+
 # lm-eval's name for the context length (its `vllm` and `hf` models take either, not both).
 MAX_LENGTH_ALIAS = "max_length"
 
 
 class ModelArgsError(ValueError):
     """A `--model_args` value that is unknown or of the wrong type; the message lists the valid ones."""
+
+
+def parse_model_args(text: str | None) -> dict[str, Any]:
+    """`key=value,key=value` as `lm_eval --model_args` reads it, for every command that takes model args
+    (`lm_eval`, `e2lm-vllm sweep`, `doctor`, `parity`): lm-eval's own typing of each value (true/false,
+    none, ints, floats, '...' or "..." for a string), so one string means the same everywhere.
+    An item without `=` is an error (lm-eval would read it as an empty value)."""
+    from lm_eval.utils import handle_arg_string
+
+    args: dict[str, Any] = {}
+    for item in filter(None, (text or "").strip().split(",")):
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise ModelArgsError(f"expected key=value in model args, got {item!r}")
+        args[key.strip()] = handle_arg_string(value)
+    return args
 
 
 class EngineSettings(BaseModel):
@@ -196,27 +217,13 @@ class EngineSettings(BaseModel):
             )
         return self
 
-    def overrides(self) -> dict[str, Any]:
-        """The settings that were given, as lm-eval's flat model args (`ModelArgs.from_kwargs` reads
-        them back): vLLM engine args at the top level; unset settings keep their defaults."""
-        given = self.model_dump(exclude_unset=True)
-        engine_args = given.pop("engine_kwargs", {})
-        return {**given, **engine_args}
-
-
-class ModelArgs(EngineSettings):
-    """Arguments of the `e2lm_vllm` lm-eval model (`--model_args key=value,...`): where the weights
-    are, and the `EngineSettings` to load them with."""
-
-    pretrained: str = Field(description="local folder or HF repo id of the checkpoint")
-    revision: str | None = Field(None, description="HF revision (branch, tag or commit)")
-    subfolder: str | None = Field(None, description="checkpoint subfolder inside the repo, e.g. iter_0002000")
-
     @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> ModelArgs:
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> Self:
         """Split lm-eval's flat `key=value` arguments into ours and vLLM pass-through engine args.
 
         An unknown key that is not a vLLM `EngineArgs` field either is an error listing the valid keys.
+        `EngineSettings.from_kwargs` reads settings without a checkpoint (a sweep's, whose checkpoints
+        come from its `checkpoints:`); `ModelArgs.from_kwargs` also reads where the weights are.
         """
         kwargs = _without_refused_and_ignored(kwargs)
         if kwargs.get(MAX_LENGTH_ALIAS) is not None and kwargs.get("max_model_len") is not None:
@@ -246,6 +253,30 @@ class ModelArgs(EngineSettings):
                 for item in error.errors()
             )
             raise ModelArgsError(f"invalid e2lm_vllm model args: {problems}") from None
+
+    def located(self, pretrained: str, *, revision: str | None = None, subfolder: str | None = None) -> ModelArgs:
+        """These settings for the checkpoint at `pretrained` (`revision`, `subfolder`), not validated again:
+        a sweep validates its settings once, on the driver, and its workers only add each checkpoint."""
+        settings = {name: getattr(self, name) for name in EngineSettings.model_fields}
+        location = {"pretrained": pretrained, "revision": revision, "subfolder": subfolder}
+        given = (self.model_fields_set & set(settings)) | {name for name, value in location.items() if value is not None}
+        return ModelArgs.model_construct(_fields_set=given, **settings, **location)
+
+    def overrides(self) -> dict[str, Any]:
+        """The settings that were given, as lm-eval's flat model args (`ModelArgs.from_kwargs` reads
+        them back): vLLM engine args at the top level; unset settings keep their defaults."""
+        given = self.model_dump(exclude_unset=True)
+        engine_args = given.pop("engine_kwargs", {})
+        return {**given, **engine_args}
+
+
+class ModelArgs(EngineSettings):
+    """Arguments of the `e2lm_vllm` lm-eval model (`--model_args key=value,...`): where the weights
+    are, and the `EngineSettings` to load them with."""
+
+    pretrained: str = Field(description="local folder or HF repo id of the checkpoint")
+    revision: str | None = Field(None, description="HF revision (branch, tag or commit)")
+    subfolder: str | None = Field(None, description="checkpoint subfolder inside the repo, e.g. iter_0002000")
 
 
 def _same_value(given: Any, default: Any) -> bool:

@@ -302,17 +302,16 @@ def test_the_hf_backend_refuses_a_nan_rung_before_loading_it(nan_rung, caplog):
 
     from e2lm_vllm.lm import build_lm
     from e2lm_vllm.settings import ModelArgs
-    from e2lm_vllm.sweep.worker import build_lm as sweep_build_lm
     from e2lm_vllm.sweep.worker import failure_kind
 
     message = f"holds NaN in weight tensor {BAD_TENSOR}"
     with pytest.raises(NonFiniteWeightsError, match=message):
         build_lm(ModelArgs(pretrained=str(nan_rung), backend="hf"))
     with pytest.raises(NonFiniteWeightsError, match=message) as error:
-        sweep_build_lm("hf", {"pretrained": str(nan_rung), "dtype": "float32"})
+        build_lm(ModelArgs(pretrained=str(nan_rung), dtype="float32"), "hf")
     assert failure_kind(error.value) == "non_finite"
     with patch.dict(sys.modules, {"vllm": None}), pytest.raises(NonFiniteWeightsError, match=message):
-        sweep_build_lm("e2lm_vllm", {"pretrained": str(nan_rung), "dtype": "float32", "backend": "auto"})
+        build_lm(ModelArgs(pretrained=str(nan_rung), dtype="float32", backend="auto"), "e2lm_vllm")
     assert "backend=auto and vLLM does not import here" in caplog.text
 
 
@@ -380,7 +379,7 @@ def test_a_neighbour_that_scores_nan_is_never_blamed_on_the_checkpoint_under_tes
     model_args = {"backend": "vllm", "check_weights": False, "max_model_len": 256}
     config = _diverging_config(tiny_ladder_dirs, nan_rung, tmp_path, limit=1, lm="e2lm_vllm", model_args=model_args)
     unit = build_plan(config, tmp_path / "sweep").units[0]
-    assert unit.checkpoint.step == 0 and unit.partner_args is not None and unit.partner_args["pretrained"] == str(nan_rung)
+    assert unit.checkpoint.step == 0 and unit.partner is not None and unit.partner.path == str(nan_rung)
     worker = SweepWorker()
     try:
         result = worker.evaluate(unit)

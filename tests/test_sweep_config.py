@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from e2lm_vllm.settings import ModelArgs
 from e2lm_vllm.sweep.cells import build_plan, cell_tasks, include_paths_of
 from e2lm_vllm.sweep.checkpoints import resolve_checkpoints, step_from_name
 from e2lm_vllm.sweep.config import (
@@ -240,12 +241,12 @@ def test_engine_section_is_the_model_args_schema(tmp_path):
     engine = {"check_weights": False, "engine_kwargs": {"max_num_seqs": 8}, "enforce_eager": None}
     config = validate_config(_config(models=[{"name": "m", "checkpoints": {"paths": [str(step)]}}], engine=engine))
     (unit,) = build_plan(config, tmp_path / "o").units
-    # the settings given reach the lm as flat model args; `enforce_eager: null` is unset (the lm's
-    # default), as in the first sweeps
-    assert unit.model_args == {
-        "backend": "auto", "dtype": "auto", "tensor_parallel_size": 1, "seed": 1234, "check_weights": False,
-        "max_num_seqs": 8, "pretrained": str(step),
-    }  # fmt: skip
+    # the settings given reach the lm as they would from lm_eval's flat model args, and only those:
+    # the defaults are `EngineSettings`' alone (none injected by the sweep); `enforce_eager: null` is
+    # unset (the lm's default), as in the first sweeps
+    flat = {"check_weights": False, "max_num_seqs": 8, "pretrained": str(step)}
+    assert unit.model_args() == ModelArgs.from_kwargs(flat)
+    assert unit.model_args().overrides() == flat
     assert config_hash(config) != config_hash(validate_config(_config(models=config.model_dump()["models"])))
     with pytest.raises(SweepConfigError, match=r"engine.dtype: Value error, dtype must be one of \['auto', "):
         validate_config(_config(engine={"dtype": "float8"}))
@@ -324,3 +325,57 @@ def test_consolidation_labels_cells_with_the_current_token_schedule(tmp_path):
 def test_data_parallel_size_is_refused_in_a_sweep() -> None:
     with pytest.raises((SweepConfigError, ValueError), match="one engine per worker"):
         config_from_flags(checkpoints=["x"], tasks="arc_easy", model_args={"data_parallel_size": 2}, output="/tmp/x")
+
+
+def _flags(*argv: str):
+    import argparse
+
+    from e2lm_vllm.sweep import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+# `--model-args` are read as `lm_eval --model_args` reads them (`settings.parse_model_args`); before,
+# the sweep read them as YAML scalars. For the values both read alike, cell hashes and engine keys are
+# those of main before (computed there from the same flags).
+MODEL_ARGS_FLAG = "dtype=float32,max_model_len=512,enforce_eager=false,gpu_memory_utilization=0.5,seed=0,check_weights=False,backend=vllm,max_num_seqs=8,tokenizer=/tok"
+PINNED_MODEL_ARGS_FLAG = {"cells": ["7ddd9f657293", "afbd60d181ae"], "engine": ["6a429fcbac8a"]}
+
+
+def test_model_args_flag_keeps_the_hashes_it_had(tmp_path):
+    from e2lm_vllm.sweep import cli
+
+    step = _folder(tmp_path / "run", "step_5")
+    argv = ["--checkpoints", str(step), "--model-name", "m", "--tasks", "sweep_arc_easy,sweep_arc_letter"]
+    argv += ["--include-path", str(TASKS_DIR), "--output", str(tmp_path / "o"), "--model-args", MODEL_ARGS_FLAG]
+    plan = build_plan(cli.build_config(_flags(*argv)), tmp_path / "o")
+    found = {"cells": sorted({cell.cell_hash for cell in plan.cells}), "engine": sorted({unit.engine_key for unit in plan.units})}
+    assert found == PINNED_MODEL_ARGS_FLAG
+
+
+def test_a_model_arg_typo_fails_on_the_driver_before_ray_starts(tmp_path, capsys):
+    """`--model-args max_modl_len=512` is found when the config is built, not on a worker once Ray runs."""
+    import time
+
+    import ray
+
+    from e2lm_vllm.sweep import cli
+
+    step = _folder(tmp_path / "run", "step_5")
+    argv = ["--checkpoints", str(step), "--tasks", "arc_easy", "--output", str(tmp_path / "o"), "--model-args", "max_modl_len=512"]
+    expected = r"model args of family 'run': unknown e2lm_vllm model arg\(s\): max_modl_len\. Valid: .*max_model_len"
+    with pytest.raises(SweepConfigError, match=expected):
+        cli.build_config(_flags(*argv))
+    started = time.monotonic()
+    assert cli.main(argv) == 2
+    assert not ray.is_initialized() and time.monotonic() - started < 30
+    error = capsys.readouterr().err
+    assert error.startswith("e2lm-vllm sweep: command-line flags: invalid sweep definition") and "max_modl_len" in error, error
+
+
+def test_a_family_cannot_relocate_its_weights_in_model_args(tmp_path):
+    family = {"name": "m", "checkpoints": {"paths": ["/p/step_1"]}, "model_args": {"subfolder": "iter_1"}}
+    with pytest.raises(SweepConfigError, match=r"model args of family 'm': subfolder is where the weights are"):
+        validate_config(_config(models=[family]))

@@ -163,7 +163,6 @@ def test_unreadable_paths_name_the_node_and_the_path(cluster, tiny_ladder_dirs, 
         "checkpoint": dataclasses.replace(
             unit,
             checkpoint=dataclasses.replace(unit.checkpoint, path=missing),
-            model_args={**unit.model_args, "pretrained": missing},
         ),
         "task folder": dataclasses.replace(unit, include_paths=[str(SWEEP_TASKS), missing]),
     }
@@ -207,13 +206,11 @@ def test_a_worker_on_the_second_node_evaluates_and_every_cell_is_written_once(cl
 
 def test_the_tp2_example_validates_and_places():
     """ray_jobs/examples/tp2.yaml: 2 GPUs per engine; its extra engine arg is one vLLM accepts."""
-    from e2lm_vllm.settings import ModelArgs
-    from e2lm_vllm.sweep.cells import family_model_args
     from e2lm_vllm.sweep.config import load_sweep_config
 
     config = load_sweep_config(REPO / "ray_jobs" / "examples" / "tp2.yaml")
     assert config.engine.tensor_parallel_size == 2
-    args = ModelArgs.from_kwargs({**family_model_args(config, config.models[0]), "pretrained": "x"})
+    args = config.family_settings(config.models[0])
     assert args.tensor_parallel_size == 2 and args.engine_kwargs == {"distributed_executor_backend": "ray"}
     slots = plan_slots([_node("a", gpus=8, cpus=64), _node("b", gpus=3, cpus=16)], 2, config.workers, None)
     assert [(slot.node.hostname, slot.cpus) for slot in slots] == [("host-a", 16)] * 4 + [("host-b", 16)]

@@ -58,7 +58,7 @@ def _metrics(result: UnitResult) -> dict[tuple[str, str], float]:
 
 @pytest.fixture(scope="module")
 def fresh_last_rung(units: list[WorkUnit]) -> UnitResult:
-    (result,) = _run([dataclasses.replace(units[-1], partner_args=None)])  # a lone checkpoint: no swap check
+    (result,) = _run([dataclasses.replace(units[-1], partner=None)])  # a lone checkpoint: no swap check
     assert result.engine == "built"
     return result
 

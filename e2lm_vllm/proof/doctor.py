@@ -430,10 +430,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lm_eval.utils import simple_parse_args_string
-
+    from e2lm_vllm.settings import ModelArgsError, parse_model_args
     from e2lm_vllm.taskdata import include_path_for
 
+    try:
+        given_args = parse_model_args(args.model_args)
+    except ModelArgsError as error:
+        print(f"e2lm-vllm doctor: {error}", file=sys.stderr)
+        return 2
     progress = progress_to_stderr()
     auth = ray_auth()
     progress(auth["line"])  # at once: it needs no engine, and the checks take minutes
@@ -443,7 +447,7 @@ def run(args: argparse.Namespace) -> int:
 
         progress(f"model: the embedded {DEFAULT_MODEL}")
         pretrained = str(prepare_model(DEFAULT_MODEL))
-    model_args = {"pretrained": pretrained, "max_model_len": DEFAULT_MAX_MODEL_LEN, **simple_parse_args_string(args.model_args)}
+    model_args = {"pretrained": pretrained, "max_model_len": DEFAULT_MAX_MODEL_LEN, **given_args}
     dtypes = [dtype for dtype in args.dtypes.split(",") if dtype] if args.dtypes else None
     report = run_doctor(
         model_args,

@@ -465,13 +465,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lm_eval.utils import simple_parse_args_string
+    from e2lm_vllm.settings import ModelArgsError, parse_model_args
 
-    from e2lm_vllm.settings import ModelArgsError
-
-    model_args = {"pretrained": args.pretrained, "dtype": args.dtype, **simple_parse_args_string(args.model_args)}
     tasks = [task for task in args.tasks.split(",") if task]
     try:
+        model_args = {"pretrained": args.pretrained, "dtype": args.dtype, **parse_model_args(args.model_args)}
         report = run_parity(
             model_args,
             tasks,

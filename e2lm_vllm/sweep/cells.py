@@ -88,19 +88,11 @@ class Plan:
         return lines
 
 
-def family_model_args(config: SweepConfig, family: ModelFamily) -> dict[str, Any]:
-    """Engine settings then family overrides, without the location of the weights."""
-    tokenizer = {"tokenizer": family.tokenizer} if family.tokenizer is not None else {}
-    args = {**config.engine.settings_args(), **tokenizer, **config.engine.extra, **family.model_args}
-    return {key: value for key, value in args.items() if value is not None}
-
-
-def _partner_args(args: dict[str, Any], checkpoints: list[Checkpoint], position: int) -> dict[str, Any] | None:
+def _partner(checkpoints: list[Checkpoint], position: int) -> Checkpoint | None:
     """A neighbouring checkpoint of the family (the next, else the previous); None for a lone checkpoint."""
     if len(checkpoints) < 2:
         return None
-    partner = checkpoints[position + 1] if position + 1 < len(checkpoints) else checkpoints[position - 1]
-    return {**args, **partner.model_args()}
+    return checkpoints[position + 1] if position + 1 < len(checkpoints) else checkpoints[position - 1]
 
 
 def read_part_inputs(path: Path) -> tuple[str, dict[str, Any] | None, str | None]:
@@ -144,7 +136,8 @@ def build_plan(
     tasks = cell_tasks(config, TaskResolver(include_paths, digests))
     plan = Plan(cells=[])
     for family in config.models:
-        args = family_model_args(config, family)
+        args = config.family_hash_args(family)
+        settings = config.family_settings(family)  # validated when the config was; the workers only locate it
         engine_key = stable_hash({"lm": config.engine.lm, "args": args})
         checkpoints = resolve_checkpoints(family, completeness)
         for position, checkpoint in enumerate(checkpoints):
@@ -178,11 +171,11 @@ def build_plan(
                     WorkUnit(
                         checkpoint=checkpoint,
                         cells=unit_cells,
-                        model_args={**args, **checkpoint.model_args()},
+                        settings=settings,
                         lm=config.engine.lm,
                         include_paths=include_paths,
                         engine_key=engine_key,
-                        partner_args=_partner_args(args, checkpoints, position),
+                        partner=_partner(checkpoints, position),
                     )
                 )
     # One family's checkpoints back to back, in step order: a worker swaps weights between them.

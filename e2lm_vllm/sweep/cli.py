@@ -8,23 +8,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
+from typing import Any, get_args
 
 from e2lm_vllm.cluster.auth import RayAuthError
+from e2lm_vllm.settings import LmName, ModelArgsError, parse_model_args
 from e2lm_vllm.sweep.config import SweepConfigError, config_from_flags, load_sweep_config
-
-
-def _model_args(text: str) -> dict[str, Any]:
-    """``key=value,key=value`` as lm-eval's --model_args, values parsed as YAML scalars (ints, bools)."""
-    import yaml
-
-    args: dict[str, Any] = {}
-    for item in filter(None, text.split(",")):
-        if "=" not in item:
-            raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        args[key.strip()] = yaml.safe_load(value)
-    return args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,8 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=float, help="docs per task (int) or fraction (< 1)")
     parser.add_argument("--num-fewshot", type=int)
     parser.add_argument("--output", "-o", metavar="DIR", help="results folder (absolute inside a Ray job)")
-    parser.add_argument("--lm", choices=["e2lm_vllm", "hf"], help="lm-eval model (default e2lm_vllm)")
-    parser.add_argument("--model-args", type=_model_args, metavar="K=V,...", help="extra lm constructor kwargs")
+    parser.add_argument("--lm", choices=get_args(LmName), help="lm-eval model (default e2lm_vllm)")
+    parser.add_argument(
+        "--model-args", metavar="K=V,...", help="more model args, as lm_eval --model_args reads them (checked before any work)"
+    )
     parser.add_argument("--workers", type=int, help="engines at once (default: all that fit, per node GPUs // tensor_parallel_size; no GPUs: 1)")
     parser.add_argument("--cpus-per-worker", type=int)
     parser.add_argument("--max-attempts", type=int, help="tries per checkpoint before it is recorded as failed")
@@ -78,8 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace) -> Any:
+    """The validated sweep, model args included: a bad flag or model arg fails here, before Ray starts."""
     path = args.config_flag or args.config
     base = load_sweep_config(path) if path else None
+    try:
+        model_args = parse_model_args(args.model_args)
+    except ModelArgsError as error:
+        raise SweepConfigError(f"--model-args: {error}") from None
     config = config_from_flags(
         checkpoints=args.checkpoints,
         model_name=args.model_name,
@@ -89,7 +84,7 @@ def build_config(args: argparse.Namespace) -> Any:
         num_fewshot=args.num_fewshot,
         output=args.output,
         lm=args.lm,
-        model_args=args.model_args,
+        model_args=model_args,
         base=base,
     )
     for name in ("workers", "cpus_per_worker", "max_attempts"):

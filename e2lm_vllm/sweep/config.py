@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from e2lm_vllm.settings import EngineSettings, refusal
+from e2lm_vllm.settings import EngineSettings, LmName, ModelArgs, ModelArgsError, refusal
 
 
 class SweepConfigError(ValueError):
@@ -245,34 +245,11 @@ class TaskSpec(_Strict):
     limit: float | None = Field(default=None, gt=0, description="docs per task (int) or fraction (< 1)")
 
 
-# The `engine:` section as the first sweeps declared it: each of its fields at its default. Cell
-# hashes (which part files a rerun finds done) and the config hash read the section in this shape,
-# so a config written then keeps its hashes: these fields count at their value, set or not (the
-# defaults are those of `EngineSettings`, or None for "the lm's default"); settings added since
-# count only when set.
-FIRST_ENGINE_SECTION: dict[str, Any] = {
-    "lm": "e2lm_vllm",
-    "backend": "auto",
-    "dtype": "auto",
-    "max_model_len": None,
-    "gpu_memory_utilization": None,
-    "tensor_parallel_size": 1,
-    "enforce_eager": None,
-    "seed": 1234,
-    "batch_size": None,
-    "extra": {},
-}
-# Fields of the section that are about the sweep, not settings of the lm.
-_SWEEP_ONLY = {"lm", "extra"}
-
-
 class SweepEngineSettings(EngineSettings):
     """The ``engine:`` section: the model args' `EngineSettings`, given to every checkpoint, and
     which lm-eval model loads it. Typos fail (``extra="forbid"``, inherited)."""
 
-    lm: Literal["e2lm_vllm", "hf"] = Field(
-        default="e2lm_vllm", description="lm-eval model: our vLLM wrapper, or lm-eval's own HF model"
-    )
+    lm: LmName = Field(default="e2lm_vllm", description="lm-eval model: our vLLM wrapper, or lm-eval's own HF model")
     extra: dict[str, Any] = Field(
         default_factory=dict, description="other constructor kwargs of the lm, passed as given (`--model-args`)"
     )
@@ -296,13 +273,35 @@ class SweepEngineSettings(EngineSettings):
         return self
 
     def settings_args(self) -> dict[str, Any]:
-        """The settings as constructor kwargs of the lm: those of the first sweeps' section, then any other set."""
-        args = {**FIRST_ENGINE_SECTION, **self.overrides()}
-        return {key: value for key, value in args.items() if key not in _SWEEP_ONLY and value is not None}
+        """The settings set in the section, as the lm's flat model args (unset ones keep `EngineSettings`' defaults)."""
+        return {key: value for key, value in self.overrides().items() if key not in _SWEEP_ONLY}
 
     def hash_payload(self) -> dict[str, Any]:
-        """The section as the config hash reads it (see `FIRST_ENGINE_SECTION`)."""
-        return {**FIRST_ENGINE_SECTION, **self.model_dump(mode="json", exclude_unset=True)}
+        """The section as the config hash reads it (see `HASHED_ENGINE_SECTION`)."""
+        return {**HASHED_ENGINE_SECTION, **self.model_dump(mode="json", exclude_unset=True)}
+
+
+# Fields of the section that are about the sweep, not settings of the lm.
+_SWEEP_ONLY = set(SweepEngineSettings.model_fields) - set(EngineSettings.model_fields)
+
+# A frozen record that only the hashes read: the `engine:` section as the first sweeps declared it.
+# Cell hashes (which part files a rerun finds done) and the config hash read the section in this
+# shape, so a config written then keeps its hashes: these fields count at their value, set or not;
+# settings added since count only when set. Never passed to the lm (its defaults are `EngineSettings`').
+# The values are the defaults, so a changed default changes the hashes (the cells it changes are
+# recomputed), except enforce_eager and batch_size, which the first section recorded as None.
+HASHED_ENGINE_SECTION: dict[str, Any] = {
+    "lm": SweepEngineSettings.model_fields["lm"].default,
+    **{
+        name: EngineSettings.model_fields[name].default
+        for name in ("backend", "dtype", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "seed")
+    },
+    "enforce_eager": None,
+    "batch_size": None,
+    "extra": {},
+}
+# What locates a checkpoint's weights: a family's `checkpoints:` say it, never its model args.
+_LOCATION_ARGS = set(ModelArgs.model_fields) - set(EngineSettings.model_fields)
 
 
 class SweepConfig(_Strict):
@@ -368,6 +367,42 @@ class SweepConfig(_Strict):
         if duplicated:
             raise ValueError(f"expected unique model family names, got duplicates: {duplicated}")
         return value
+
+    @model_validator(mode="after")
+    def _model_args_valid(self) -> SweepConfig:
+        # On the driver, before any worker starts: a typo in `--model-args` fails here, not on a worker.
+        for family in self.models:
+            self.family_settings(family)
+        return self
+
+    def family_args(self, family: ModelFamily) -> dict[str, Any]:
+        """The model args set for `family`'s checkpoints, flat as lm-eval's: the `engine:` settings given,
+        `engine.extra` (`--model-args`), then the family's `tokenizer` and `model_args`; None is unset."""
+        return {key: value for key, value in self._given_args(family).items() if value is not None}
+
+    def _given_args(self, family: ModelFamily) -> dict[str, Any]:
+        tokenizer = {"tokenizer": family.tokenizer} if family.tokenizer is not None else {}
+        return {**self.engine.settings_args(), **tokenizer, **self.engine.extra, **family.model_args}
+
+    def family_settings(self, family: ModelFamily) -> EngineSettings:
+        """`family_args` validated: what its checkpoints' lms are built with (`EngineSettings.located`)."""
+        args = self.family_args(family)
+        located = sorted(_LOCATION_ARGS & set(args))
+        if located:
+            raise ValueError(
+                f"model args of family {family.name!r}: {', '.join(located)} is where the weights are, which "
+                "the family's `checkpoints:` say"
+            )
+        try:
+            return EngineSettings.from_kwargs(args)
+        except ModelArgsError as error:
+            raise ValueError(f"model args of family {family.name!r}: {error}") from None
+
+    def family_hash_args(self, family: ModelFamily) -> dict[str, Any]:
+        """`family_args` as the cell hash and engine key read them: over `HASHED_ENGINE_SECTION`."""
+        first = {key: value for key, value in HASHED_ENGINE_SECTION.items() if key not in _SWEEP_ONLY}
+        args = {**first, **self._given_args(family)}  # a None given unsets a recorded field too
+        return {key: value for key, value in args.items() if value is not None}
 
     def task_fewshot(self, task: TaskSpec) -> int | None:
         return task.num_fewshot if task.num_fewshot is not None else self.num_fewshot

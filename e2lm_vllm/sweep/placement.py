@@ -183,7 +183,7 @@ def check_paths_visible(unit: WorkUnit) -> None:
     that is not one).
     """
     paths = [("checkpoint", unit.checkpoint.path)]
-    tokenizer = unit.model_args.get("tokenizer")
+    tokenizer = unit.settings.tokenizer
     if isinstance(tokenizer, str) and os.path.isabs(tokenizer):
         paths.append(("tokenizer", tokenizer))
     paths += [("task folder", folder) for folder in unit.include_paths]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from e2lm_vllm.settings import EngineSettings, LmName, ModelArgs
 from e2lm_vllm.sweep.checkpoints import Checkpoint
 from e2lm_vllm.sweep.config import stable_hash
 
@@ -72,17 +73,21 @@ class WorkUnit:
 
     checkpoint: Checkpoint
     cells: list[Cell]
-    model_args: dict[str, Any]
-    lm: str
+    settings: EngineSettings  # validated on the driver (`SweepConfig.family_settings`), never on a worker
+    lm: LmName
     include_paths: list[str]
     # Same key, same engine settings: the worker may swap weights (the lm still checks config and tokenizer).
     engine_key: str = ""
-    # Model args of another checkpoint of the family: what a worker's swap check swaps to and back.
-    partner_args: dict[str, Any] | None = None
+    # Another checkpoint of the family: what a worker's swap check swaps to and back.
+    partner: Checkpoint | None = None
 
     @property
     def label(self) -> str:
         return f"{self.checkpoint.model}@{self.checkpoint.step}"
+
+    def model_args(self, checkpoint: Checkpoint | None = None) -> ModelArgs:
+        """The lm's args: the settings at this unit's checkpoint, or at `checkpoint` (its partner)."""
+        return self.settings.located(**(checkpoint or self.checkpoint).model_args())
 
 
 @dataclass

@@ -29,6 +29,7 @@ import time
 import traceback
 from typing import Any
 
+from e2lm_vllm.sweep.checkpoints import Checkpoint
 from e2lm_vllm.sweep.rows import NoMetricsError, check_cell_results, request_count, sample_rows, subtask_names, versions
 from e2lm_vllm.sweep.swapcheck import SwapCheck, compare, probe_scores
 from e2lm_vllm.sweep.taskcache import TaskCache, TaskKey, evaluate
@@ -36,8 +37,6 @@ from e2lm_vllm.sweep.types import Cell, CellResult, UnitResult, WorkUnit
 
 log = logging.getLogger("e2lm_vllm.sweep.worker")
 
-# Model args that say where the weights are; everything else must match for a swap (`WorkUnit.engine_key`).
-LOCATION_ARGS = ("pretrained", "revision", "subfolder")
 # The phases of a checkpoint's wall time, in the order they happen (`UnitResult.timings`).
 PHASES = (
     "imports",  # lm-eval, torch and vLLM: the first checkpoint of a worker only
@@ -58,31 +57,17 @@ def failure_kind(error: BaseException) -> str:
     return getattr(cause, "kind", None) or getattr(error, "kind", None) or "error"
 
 
-def build_lm(lm_name: str, model_args: dict[str, Any]) -> Any:
-    """One lm-eval model for one checkpoint. ``lm_name`` is ``e2lm_vllm`` (ours, on vLLM unless
-    ``backend=hf``) or ``hf``: lm-eval's HF model on the same args, with the checks of the vLLM path
-    (NaN/inf weights and scores: `e2lm_vllm.hf_checked`)."""
-    from e2lm_vllm.lm import build_hf_lm
-    from e2lm_vllm.lm import build_lm as build_e2lm_vllm
-    from e2lm_vllm.settings import ModelArgs
-
-    if lm_name == "e2lm_vllm":
-        return build_e2lm_vllm(ModelArgs.from_kwargs(model_args))
-    return build_hf_lm(ModelArgs.from_kwargs(model_args))
-
-
 def backend_of(lm: Any) -> str:
     from e2lm_vllm.lm import E2LMVLLM
 
     return "vllm" if isinstance(lm, E2LMVLLM) else "hf"
 
 
-def _swappable_lm(model_args: dict[str, Any], lm_name: str) -> bool:
+def _swappable_lm(unit: WorkUnit) -> bool:
     """Our lm on vLLM (not lm-eval's HF model, nor ours on ``backend=hf``): weights can be swapped."""
     from e2lm_vllm.lm import resolve_backend
-    from e2lm_vllm.settings import ModelArgs
 
-    return lm_name == "e2lm_vllm" and resolve_backend(ModelArgs.from_kwargs(model_args)) == "vllm"
+    return unit.lm == "e2lm_vllm" and resolve_backend(unit.settings) == "vllm"
 
 
 def _swapped_probe_scores(lm: Any) -> list[float]:
@@ -95,10 +80,6 @@ def _swapped_probe_scores(lm: Any) -> list[float]:
         return probe_scores(lm)
     except NonFiniteError:
         return [math.nan] * (2 * len(PROBE_TEXTS))
-
-
-def _location(model_args: dict[str, Any]) -> dict[str, Any]:
-    return {name: model_args.get(name) for name in LOCATION_ARGS}
 
 
 def _rss() -> int:
@@ -145,10 +126,13 @@ class SweepWorker:
         del lm
         gc.collect()
 
-    def _build(self, lm_name: str, model_args: dict[str, Any], engine_key: str) -> None:
+    def _build(self, unit: WorkUnit, checkpoint: Checkpoint | None = None) -> None:
+        """A new lm for `unit`'s checkpoint (or `checkpoint`, its partner), from its validated settings."""
+        from e2lm_vllm.lm import build_lm
+
         self._drop_lm()
-        self.lm = build_lm(lm_name, model_args)
-        self.lm_key = engine_key
+        self.lm = build_lm(unit.model_args(checkpoint), unit.lm)
+        self.lm_key = unit.engine_key
 
     def _swaps_allowed(self) -> bool:
         return self.swap_check is not None and self.swap_check.passed
@@ -158,14 +142,14 @@ class SweepWorker:
         from e2lm_vllm.checkpoint import CheckpointMismatchError
 
         started = time.perf_counter()
-        if self.swap_check is None and unit.partner_args is not None and _swappable_lm(unit.model_args, unit.lm):
+        if self.swap_check is None and unit.partner is not None and _swappable_lm(unit):
             if self._check_swap(unit):
                 timings["swap_check"] = time.perf_counter() - started
                 return "checked"
         swappable = self.lm is not None and self.lm_key == unit.engine_key and backend_of(self.lm) == "vllm"
         if swappable and self._swaps_allowed():
             try:
-                refreshed = self.lm.load_checkpoint(**_location(unit.model_args))
+                refreshed = self.lm.load_checkpoint(**unit.checkpoint.model_args())
             except CheckpointMismatchError as error:
                 log.info("%s: %s", unit.label, error)
             except Exception:
@@ -175,7 +159,7 @@ class SweepWorker:
                 timings["weight_swap"] = time.perf_counter() - started
                 log.info("%s: weights swapped in %.2f s (refreshed %s)", unit.label, timings["weight_swap"], refreshed)
                 return "swapped"
-        self._build(unit.lm, unit.model_args, unit.engine_key)
+        self._build(unit)
         timings["engine_build"] = time.perf_counter() - started
         return "built"
 
@@ -193,10 +177,10 @@ class SweepWorker:
         """
         from e2lm_vllm.checkpoint import CheckpointMismatchError
 
-        assert unit.partner_args is not None
-        partner = unit.partner_args.get("subfolder") or unit.partner_args.get("revision") or unit.partner_args["pretrained"]
+        assert unit.partner is not None
+        partner = unit.partner.subfolder or unit.partner.revision or unit.partner.path or unit.partner.repo
         try:
-            self._build(unit.lm, unit.partner_args, unit.engine_key)
+            self._build(unit, unit.partner)
             partner_fresh = probe_scores(self.lm)
         except Exception as error:  # noqa: BLE001 - the neighbour is not this unit: its failure is never this unit's
             # A neighbour that does not load or scores NaN (diverged) is no reference: no swap check,
@@ -210,16 +194,16 @@ class SweepWorker:
             )  # fmt: skip
             self._drop_lm()
             return False
-        self._build(unit.lm, unit.model_args, unit.engine_key)
+        self._build(unit)
         fresh = probe_scores(self.lm)
         try:
-            self.lm.load_checkpoint(**_location(unit.partner_args))
+            self.lm.load_checkpoint(**unit.partner.model_args())
         except CheckpointMismatchError as error:
             log.info("%s: swap check postponed: %s", unit.label, error)
-            self._build(unit.lm, unit.model_args, unit.engine_key)
+            self._build(unit)
             return False
         swapped_to_partner = _swapped_probe_scores(self.lm)
-        self.lm.load_checkpoint(**_location(unit.model_args))
+        self.lm.load_checkpoint(**unit.checkpoint.model_args())
         swapped_back = _swapped_probe_scores(self.lm)
         self.swap_check = compare(str(partner), swapped_to_partner + swapped_back, partner_fresh + fresh)
         if self.swap_check.passed:
@@ -235,7 +219,7 @@ class SweepWorker:
             partner,
             self.swap_check.max_difference,
         )
-        self._build(unit.lm, unit.model_args, unit.engine_key)
+        self._build(unit)
         return True
 
     # -- evaluation --------------------------------------------------------------------------------
@@ -352,6 +336,6 @@ def evaluate_unit(unit: WorkUnit) -> UnitResult:
     configure_worker_process()
     worker = SweepWorker()
     try:
-        return worker.evaluate(dataclasses.replace(unit, partner_args=None))  # never swaps: nothing to check
+        return worker.evaluate(dataclasses.replace(unit, partner=None))  # never swaps: nothing to check
     finally:
         worker.shutdown()
