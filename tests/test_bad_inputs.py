@@ -172,6 +172,7 @@ CASES: dict[str, Callable[[Path], object]] = {
     "config-duplicate-family": lambda tmp: _config(models=[MODEL, MODEL]),
     "config-checkpoint-timeout": lambda tmp: _config(checkpoint_timeout_s=0),
     "flag-checkpoint-timeout": lambda tmp: _sweep_flags("--checkpoints", str(tmp / "step_1"), "--tasks", "t", "--checkpoint-timeout-s", "0"),
+    "flag-model-arg-unknown": lambda tmp: _sweep_flags("--checkpoints", str(tmp / "step_1"), "--model-name", "m", "--tasks", "t", "--model-args", "max_modl_len=512"),
     "flags-missing": lambda tmp: config_from_flags(),
     "tokens-kind": lambda tmp: _family(token_schedule={"kind": "ramp"}),
     "tokens-both": lambda tmp: _family(tokens_per_step=1, token_schedule=RAMPUP),
