@@ -326,8 +326,9 @@ def test_the_watcher_follows_a_run_being_written(tiny_ladder_dirs, tmp_path, eng
             handle.write(whole[: len(whole) // 2])
             handle.flush()
             # The watcher must have polled the half-written rung and called it incomplete, not evaluated it.
+            # Its poll of the half (not of the empty file just opened: "0 bytes, header not written yet").
             _wait_for(
-                lambda: "bytes" in _incomplete(output).get(str(folder), ""), "the watcher to see the half-written rung", 60
+                lambda: f"of {len(whole)} bytes" in _incomplete(output).get(str(folder), ""), "the watcher to see the half-written rung", 60
             )
             seen["reason"] = _incomplete(output)[str(folder)]
             seen["parts_while_partial"] = len(_metrics_parts(output, 1000))
