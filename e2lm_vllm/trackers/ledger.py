@@ -11,6 +11,7 @@ the results beside it (the umask's), readable by whoever reads them.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ from typing import Any
 from e2lm_vllm.atomic import write_text_atomic
 
 LEDGER_FILE = "trackers.json"
+# One background thread per target (push.TrackerPush) saves its runs into the same file: one
+# read-modify-write at a time, or a target's save would drop another's.
+_SAVING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Ledger:
         return {"run_id": None, "cells": {}, "failures": [], "scores": None, **record}
 
     def save_run(self, target: str, model: str, record: dict[str, Any]) -> None:
-        data = self.read()
-        data["runs"].setdefault(target, {})[model] = record
-        write_text_atomic(self.path, json.dumps(data, indent=1, sort_keys=True))
+        with _SAVING:
+            data = self.read()
+            data["runs"].setdefault(target, {})[model] = record
+            write_text_atomic(self.path, json.dumps(data, indent=1, sort_keys=True))
