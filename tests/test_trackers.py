@@ -518,6 +518,16 @@ def test_online_wandb_without_credentials_is_refused_before_any_engine(tmp_path,
     wandb.teardown()  # the login check set up W&B's process-wide settings while online: later tests start clean
 
 
+def test_a_flush_timeout_that_is_not_seconds_is_refused(tmp_path, monkeypatch):
+    from e2lm_vllm.trackers.push import TrackerPush
+
+    monkeypatch.setenv("E2LM_TRACKERS_FLUSH_S", "2min")
+    with pytest.raises(TrackerSpecError, match=r"^E2LM_TRACKERS_FLUSH_S='2min': expected the seconds to wait for the trackers, a number >= 0$"):
+        TrackerPush([], tmp_path)
+    monkeypatch.setenv("E2LM_TRACKERS_FLUSH_S", "7.5")
+    assert TrackerPush([], tmp_path).flush_timeout_s == 7.5
+
+
 def test_an_mlflow_uris_password_stays_out_of_the_ledger_and_the_logs():
     spec = parse_spec("mlflow:https://bob:s3cret@mlflow.example:5000,experiment=x")
     assert spec.target == "https://bob:s3cret@mlflow.example:5000"  # what MLflow connects with

@@ -35,7 +35,7 @@ import pandas as pd
 from e2lm_vllm.trackers.base import RunIdentity, ScoresSnapshot, Tracker
 from e2lm_vllm.trackers.ledger import Ledger
 from e2lm_vllm.trackers.points import checkpoint_points, failure_notes
-from e2lm_vllm.trackers.spec import TrackerSpec, require_packages
+from e2lm_vllm.trackers.spec import TrackerSpec, TrackerSpecError, require_packages
 
 log = logging.getLogger("e2lm_vllm.trackers")
 
@@ -259,6 +259,18 @@ class TrackerWriter:
         )
 
 
+def flush_timeout() -> float:
+    """``E2LM_TRACKERS_FLUSH_S``: how long the end of a sweep waits for the trackers' queues (default 120 s)."""
+    text = os.environ.get(FLUSH_TIMEOUT_ENV, "").strip()
+    try:
+        seconds = float(text) if text else FLUSH_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # NaN too
+        raise TrackerSpecError(f"{FLUSH_TIMEOUT_ENV}={text!r}: expected the seconds to wait for the trackers, a number >= 0")
+    return seconds
+
+
 class _Lane:
     """One target's queue and the background thread that pushes it through its own ``TrackerWriter``.
 
@@ -306,12 +318,10 @@ class TrackerPush:
     """
 
     def __init__(self, specs: list[TrackerSpec], output: Path, flush_timeout_s: float | None = None):
-        # Each writer checks its package and credentials here, on the caller's thread, before any engine.
+        self.flush_timeout_s = flush_timeout() if flush_timeout_s is None else flush_timeout_s
+        require_packages(specs)  # every target's package and credentials, before any thread starts
         self.lanes = [_Lane(TrackerWriter([spec], output)) for spec in specs]
         self.specs, self.output = specs, Path(output)
-        if flush_timeout_s is None:
-            flush_timeout_s = float(os.environ.get(FLUSH_TIMEOUT_ENV) or FLUSH_TIMEOUT_S)
-        self.flush_timeout_s = flush_timeout_s
 
     def after_checkpoint(self, cells: Iterable[Any]) -> None:
         """Queue the push of one checkpoint's cells, just written (``Cell`` objects of the sweep's plan)."""
