@@ -1,10 +1,12 @@
 """`--log-to` / `e2lm-vllm log`: what a tracker holds, read back with the tracker's own reader.
 
 Cells are written by the sweep's own `write_cell` and consolidated by its `consolidate`; the trackers
-get them through the hooks the driver calls (`TrackerPush.after_checkpoint` after each checkpoint,
-`after_round` at the end of a sweep or watch round). TensorBoard is read by TensorBoard's
-`EventAccumulator`, W&B's offline runs from their `.wandb` files (W&B's record protobufs in its
-LevelDB-style log, the file `wandb sync` uploads), MLflow by `MlflowClient` on a local file store.
+get them through the hooks the driver calls (`after_checkpoint` after each checkpoint, `after_round`
+at the end of a sweep or watch round): here on a `TrackerWriter`, which pushes on the caller's thread,
+and in the `run_sweep` tests through the sweep's `TrackerPush`, which queues them for a background
+thread per target. TensorBoard is read by TensorBoard's `EventAccumulator`, W&B's offline runs from
+their `.wandb` files (W&B's record protobufs in its LevelDB-style log, the file `wandb sync` uploads),
+MLflow by `MlflowClient` on a local file store. All three are in the `test` extra: no test here skips.
 No engine, except the one real in-process sweep at the end (`lm: hf`, 3 checkpoints, limit 2).
 """
 
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import glob
 import json
+import re
+import socket
 import struct
 import sys
 import time
@@ -22,18 +26,17 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from e2lm_vllm.atomic import current_umask
 from e2lm_vllm.results.schema import FAILURES_SCHEMA
 from e2lm_vllm.results.store import write_table_atomic
 from e2lm_vllm.sweep.cells import build_plan
 from e2lm_vllm.sweep.config import SweepConfigError, validate_config
 from e2lm_vllm.sweep.tables import consolidate, write_cell
 from e2lm_vllm.sweep.types import CellResult, UnitResult
-from e2lm_vllm.trackers.push import PushCount, TrackerPush
+from e2lm_vllm.trackers.points import by_tokens
+from e2lm_vllm.trackers.push import PushCount, TrackerWriter
 from e2lm_vllm.trackers.spec import TrackerSpecError, parse_spec, parse_specs
 from tests.sweeps import SWEEP_TASKS, flags_config
-
-pytest.importorskip("tensorboardX")
-pytest.importorskip("wandb")
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = (1000, 2000, 3000)
@@ -91,7 +94,7 @@ def _write_checkpoint(cells, output: Path, shift: float = 0.0) -> None:
         write_cell(cell, result, UnitResult("x", [result], 1.0, "vllm", {}, 1, "h"), output, engine_share=1.0)
 
 
-def _round(config, push: TrackerPush, shift: float = 0.0) -> None:
+def _round(config, push: TrackerWriter, shift: float = 0.0) -> None:
     """One sweep (or watch) round: each checkpoint's cells written then pushed, then the tables and the round's push."""
     output = Path(config.output)
     plan = build_plan(config, output)
@@ -188,8 +191,29 @@ def _assert_each_once(scalars: dict, rows: list[dict], expected: dict[str, dict[
     assert all(row.get("train/tokens") == row["train/step"] * TOKENS_PER_STEP for row in rows if f"eval/{A}/acc" in row)
 
 
+def _mlflow(store: Path) -> tuple[str, dict[str, list[tuple[int, float]]]]:
+    """(run id, metric -> [(step, value)] of its whole history) of the one run in the `ladder` experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store.as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("ladder").experiment_id])
+    assert len(runs) == 1
+    run_id = runs[0].info.run_id
+    return run_id, {name: sorted((m.step, m.value) for m in client.get_metric_history(run_id, name)) for name in runs[0].data.metrics}
+
+
+def _assert_mlflow_each_once(store: Path, expected: dict[str, dict[int, float]], tokens: bool = True) -> str:
+    run_id, history = _mlflow(store)
+    for name, by_step in expected.items():
+        assert [(step, round(value, 6)) for step, value in history[name]] == [(step, round(value, 6)) for step, value in sorted(by_step.items())], name
+        if tokens:
+            assert [step for step, _ in history[by_tokens(name)]] == [int(step * TOKENS_PER_STEP) for step in sorted(by_step)], name
+    assert not {name for name in history if name.startswith("eval/")} - set(expected)  # nothing else (no NaN stderr)
+    return run_id
+
+
 def _targets(tmp: Path) -> list[str]:
-    return [f"tensorboard:{tmp / 'tb'}", "wandb:project=e2lm-test"]
+    return [f"tensorboard:{tmp / 'tb'}", "wandb:project=e2lm-test", f"mlflow:{tmp / 'mlruns'},experiment=ladder"]
 
 
 # -- the tests -----------------------------------------------------------------------------------------
@@ -198,13 +222,14 @@ def _targets(tmp: Path) -> list[str]:
 def test_a_three_checkpoint_sweep_logs_every_metric_of_every_cell_once_at_its_step(tmp_path):
     config = _config(tmp_path)
     output = Path(config.output)
-    push = TrackerPush(parse_specs(_targets(tmp_path)), output)
+    push = TrackerWriter(parse_specs(_targets(tmp_path)), output)
     _round(config, push)
     push.close()
 
     scalars, texts, images = _tensorboard(tmp_path / "tb" / "fam")
     ids, rows, summary = _wandb(output)
     _assert_each_once(scalars, rows, _expected())
+    mlflow_run = _assert_mlflow_each_once(tmp_path / "mlruns", _expected())
     assert len(ids) == 1
     # The end of the round: the `score` table and the report's plots.
     assert "quality/score/text_summary" in texts and any(tag.startswith("report/curves-") for tag in images)
@@ -212,26 +237,31 @@ def test_a_three_checkpoint_sweep_logs_every_metric_of_every_cell_once_at_its_st
     assert any(key.startswith("report/") for row in rows for key in row) and any(key == "quality/scores" for row in rows for key in row)
     assert any(key.startswith(f"quality/{A}/") for key in summary)
     ledger = json.loads((output / "trackers.json").read_text())
-    assert set(ledger["runs"]) == {f"tensorboard:{tmp_path / 'tb'}", "wandb:/e2lm-test"}
+    mlflow_key = f"mlflow:{(tmp_path / 'mlruns').as_uri()},experiment=ladder"
+    assert set(ledger["runs"]) == {f"tensorboard:{tmp_path / 'tb'}", "wandb:/e2lm-test", mlflow_key}
     assert ledger["runs"]["wandb:/e2lm-test"]["fam"]["run_id"] == ids.pop()
+    assert ledger["runs"][mlflow_key]["fam"]["run_id"] == mlflow_run
+    # No credential in it: the mode of the results beside it (the umask's), not mkstemp's 0600.
+    assert (output / "trackers.json").stat().st_mode & 0o777 == (output / "metrics.parquet").stat().st_mode & 0o777 == 0o666 & ~current_umask()
 
     # A rerun that computes nothing logs nothing: no run opened, no event file, no W&B run.
     files = sorted(glob.glob(str(tmp_path / "tb" / "fam" / "*"))), sorted(glob.glob(str(output / "wandb" / "offline-run-*")))
-    again = TrackerPush(parse_specs(_targets(tmp_path)), output)
+    again = TrackerWriter(parse_specs(_targets(tmp_path)), output)
     _round(config, again)
     count = again.after_round()
     again.close()
     assert (count.cells, count.failures, count.scores) == (0, 0, False)
+    assert _assert_mlflow_each_once(tmp_path / "mlruns", _expected()) == mlflow_run
     assert (sorted(glob.glob(str(tmp_path / "tb" / "fam" / "*"))), sorted(glob.glob(str(output / "wandb" / "offline-run-*")))) == files
 
 
 def test_a_watcher_stopped_and_restarted_between_checkpoints_continues_the_same_runs(tmp_path):
     """The watcher's rounds simulated by the runner's hooks: round 1 sees steps 1000 and 2000; the
     process stops (runs closed); a new process sees step 3000 too and must log only that one."""
-    first = TrackerPush(parse_specs(_targets(tmp_path)), tmp_path / "out")
+    first = TrackerWriter(parse_specs(_targets(tmp_path)), tmp_path / "out")
     _round(_config(tmp_path, STEPS[:2]), first)
     first.close()
-    second = TrackerPush(parse_specs(_targets(tmp_path)), tmp_path / "out")  # the restarted watcher
+    second = TrackerWriter(parse_specs(_targets(tmp_path)), tmp_path / "out")  # the restarted watcher
     config = _config(tmp_path, STEPS)
     _round(config, second)
     second.close()
@@ -239,6 +269,7 @@ def test_a_watcher_stopped_and_restarted_between_checkpoints_continues_the_same_
     scalars, _, _ = _tensorboard(tmp_path / "tb" / "fam")
     ids, rows, _ = _wandb(Path(config.output))
     _assert_each_once(scalars, rows, _expected())
+    _assert_mlflow_each_once(tmp_path / "mlruns", _expected())  # one MLflow run, continued
     assert len(ids) == 1  # one W&B run, resumed (two offline files with its id, `wandb sync` joins them)
     assert len(glob.glob(str(tmp_path / "out" / "wandb" / "offline-run-*"))) == 2
 
@@ -311,13 +342,14 @@ def test_the_real_watcher_stopped_and_restarted_between_checkpoints(tmp_path, mo
     scalars, texts, _ = _tensorboard(tmp_path / "tb" / "fam")
     ids, rows, _ = _wandb(Path(config.output))
     _assert_each_once(scalars, rows, _expected())
+    _assert_mlflow_each_once(tmp_path / "mlruns", _expected())
     assert len(ids) == 1 and len(glob.glob(str(tmp_path / "out" / "wandb" / "offline-run-*"))) == 2
     assert f"failures/{B}/text_summary" in texts
     assert [row["train/step"] for row in rows if "failures" in row] == [2000]
 
 
 def test_recomputed_cells_are_logged_again_at_their_step_and_failures_as_text(tmp_path):
-    _round(_config(tmp_path), push := TrackerPush(parse_specs(_targets(tmp_path)), tmp_path / "out"))
+    _round(_config(tmp_path), push := TrackerWriter(parse_specs(_targets(tmp_path)), tmp_path / "out"))
     # The task's inputs change (another limit: another config hash): every cell recomputed, logged again.
     changed = _config(tmp_path, limit=4)
     _round(changed, push, shift=0.5)
@@ -339,6 +371,10 @@ def test_recomputed_cells_are_logged_again_at_their_step_and_failures_as_text(tm
         (n, s, round(v, 9)) for shift in (0.0, 0.5) for n, by_step in _expected(shift=shift).items() for s, v in by_step.items()
     )
     assert "failures/c/text_summary" in texts and not any(tag.startswith("eval/c/") for tag in scalars)
+    _, history = _mlflow(tmp_path / "mlruns")  # MLflow keeps both values at each step
+    for name, by_step in _expected().items():
+        both = sorted([*by_step.items(), *_expected(shift=0.5)[name].items()])
+        assert [(s, round(v, 6)) for s, v in history[name]] == [(s, round(v, 6)) for s, v in both], name
     tables = [row["failures"] for row in rows if "failures" in row]
     assert len(tables) == 1 and tables[0]["_type"] == "table-file" and [row["train/step"] for row in rows if "failures" in row] == [2000]
     table = json.loads(next((output / "wandb").glob(f"offline-run-*/files/{tables[0]['path']}")).read_text())
@@ -349,7 +385,7 @@ def test_e2lm_vllm_log_pushes_an_existing_output_with_the_same_ledger(tmp_path, 
     from e2lm_vllm.cli import main
 
     config = _config(tmp_path)
-    _round(config, TrackerPush([], Path(config.output)))  # a sweep without trackers
+    _round(config, TrackerWriter([], Path(config.output)))  # a sweep without trackers
     target = f"tensorboard:{tmp_path / 'tb'}"
     assert main(["log", config.output, "--log-to", target]) == 0
     assert capsys.readouterr().out.startswith("logged 6 cells of 3 checkpoints, 0 failures, the scores and plots to tensorboard:")
@@ -365,7 +401,7 @@ def test_a_tracker_that_fails_mid_sweep_is_a_warning_and_catches_up_later(tmp_pa
     blocker = tmp_path / "tb"
     blocker.write_text("not a folder")
     config = _config(tmp_path)
-    push = TrackerPush(parse_specs([f"tensorboard:{blocker}"]), Path(config.output))
+    push = TrackerWriter(parse_specs([f"tensorboard:{blocker}"]), Path(config.output))
     _round(config, push)
     assert len(pd.read_parquet(Path(config.output) / "metrics.parquet")) == 3 * 2 * 2  # the evaluation lost nothing
     assert "tracker tensorboard:" in caplog.text and "the sweep goes on" in caplog.text
@@ -376,15 +412,47 @@ def test_a_tracker_that_fails_mid_sweep_is_a_warning_and_catches_up_later(tmp_pa
     assert all(sorted(scalars[name]) == [(s, pytest.approx(v)) for s, v in sorted(by_step.items())] for name, by_step in _expected().items())
 
 
+def test_a_tracker_that_hangs_holds_neither_the_sweep_nor_the_other_trackers(tmp_path, monkeypatch, caplog):
+    """An MLflow server that accepts connections and never answers (a local port listening, never
+    accepting; each MLflow call hangs its whole 90 s timeout) beside TensorBoard, in a real `run_sweep`
+    (scripted worker, no engine): every cell is written, TensorBoard gets every metric, and the sweep
+    returns within the flush timeout (20 s) plus its own work, far short of one hung call; the warning
+    names what MLflow lacks and the command that logs it."""
+    from e2lm_vllm.sweep import runner
+
+    monkeypatch.setattr(runner, "InProcessWorker", _ScriptedWorker)
+    _ScriptedWorker.failed_once = {"b2000"}  # no scripted failure here
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "90")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("E2LM_TRACKERS_FLUSH_S", "20")
+    config = _config(tmp_path)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        hung = f"mlflow:http://127.0.0.1:{silent.getsockname()[1]}"
+        config.log_to = [hung, f"tensorboard:{tmp_path / 'tb'}"]
+        started = time.monotonic()
+        summary = runner.run_sweep(config, progress=False, in_process=True)
+        elapsed = time.monotonic() - started
+    assert summary.evaluated == 6 and not summary.failures
+    assert len(pd.read_parquet(Path(config.output) / "metrics.parquet")) == 3 * 2 * 2  # the evaluation lost nothing
+    assert elapsed < 20 + 30, elapsed  # the flush timeout and the sweep's own work; one hung call is 90 s
+    scalars, _, _ = _tensorboard(tmp_path / "tb" / "fam")
+    assert all(sorted(scalars[name]) == [(s, pytest.approx(v)) for s, v in sorted(by_step.items())] for name, by_step in _expected().items())
+    busy = rf"tracker {re.escape(hung)},experiment=e2lm-vllm still busy after 2\d s \(E2LM_TRACKERS_FLUSH_S=20\); "
+    assert re.search(busy + "not logged: 6 cells of 3 checkpoints, 0 failures", caplog.text), caplog.text
+    assert f"`e2lm-vllm log {config.output} --log-to {hung},experiment=e2lm-vllm` logs them" in caplog.text
+    assert "tracker tensorboard:" not in caplog.text  # the one that was not held is not named
+
+
 def test_mlflow_local_file_store_holds_every_metric_once(tmp_path):
-    pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
     store = tmp_path / "mlruns"
-    first = TrackerPush(parse_specs([f"mlflow:{store},experiment=ladder"]), tmp_path / "out")
+    first = TrackerWriter(parse_specs([f"mlflow:{store},experiment=ladder"]), tmp_path / "out")
     _round(_config(tmp_path, STEPS[:2]), first)
     first.close()
-    second = TrackerPush(parse_specs([f"mlflow:{store},experiment=ladder"]), tmp_path / "out")
+    second = TrackerWriter(parse_specs([f"mlflow:{store},experiment=ladder"]), tmp_path / "out")
     _round(_config(tmp_path), second)
     second.close()
     client = MlflowClient(tracking_uri=store.as_uri())
@@ -450,6 +518,23 @@ def test_online_wandb_without_credentials_is_refused_before_any_engine(tmp_path,
     wandb.teardown()  # the login check set up W&B's process-wide settings while online: later tests start clean
 
 
+def test_a_flush_timeout_that_is_not_seconds_is_refused(tmp_path, monkeypatch):
+    from e2lm_vllm.trackers.push import TrackerPush
+
+    monkeypatch.setenv("E2LM_TRACKERS_FLUSH_S", "2min")
+    with pytest.raises(TrackerSpecError, match=r"^E2LM_TRACKERS_FLUSH_S='2min': expected the seconds to wait for the trackers, a number >= 0$"):
+        TrackerPush([], tmp_path)
+    monkeypatch.setenv("E2LM_TRACKERS_FLUSH_S", "7.5")
+    assert TrackerPush([], tmp_path).flush_timeout_s == 7.5
+
+
+def test_an_mlflow_uris_password_stays_out_of_the_ledger_and_the_logs():
+    spec = parse_spec("mlflow:https://bob:s3cret@mlflow.example:5000,experiment=x")
+    assert spec.target == "https://bob:s3cret@mlflow.example:5000"  # what MLflow connects with
+    assert spec.key == "mlflow:https://bob@mlflow.example:5000,experiment=x" and str(spec) == spec.key
+    assert parse_spec("mlflow:http://mlflow.example:5000").key == "mlflow:http://mlflow.example:5000,experiment=e2lm-vllm"
+
+
 def test_log_to_is_not_part_of_the_config_hash(tmp_path):
     from e2lm_vllm.sweep.config import config_hash
 
@@ -487,10 +572,12 @@ def test_a_real_in_process_sweep_logs_each_checkpoint_once_and_a_rerun_nothing(t
     points = Counter((key, row["train/step"]) for row in rows for key in row if key.startswith("eval/"))
     assert points == Counter((name, step) for name, by_step in expected.items() for step in by_step)
     assert len(ids) == 1
+    mlflow_run = _assert_mlflow_each_once(tmp_path / "mlruns", expected, tokens=False)
 
     again = run_sweep(config, progress=False, in_process=True)  # everything done: no engine, nothing logged
     assert again.evaluated == 0
     assert _tensorboard(tmp_path / "tb" / "ladder")[0] == scalars
+    assert _assert_mlflow_each_once(tmp_path / "mlruns", expected, tokens=False) == mlflow_run
     assert len(glob.glob(str(tmp_path / "out" / "wandb" / "offline-run-*"))) == 1
 
 
@@ -549,7 +636,7 @@ def test_a_cell_whose_inputs_changed_under_the_same_config_is_logged_again():
 
 def test_an_unreadable_table_is_a_warning_not_an_error_of_the_sweep(tmp_path, caplog):
     (tmp_path / "metrics.parquet").write_bytes(b"not parquet")
-    push = TrackerPush(parse_specs([f"tensorboard:{tmp_path / 'tb'}"]), tmp_path)
+    push = TrackerWriter(parse_specs([f"tensorboard:{tmp_path / 'tb'}"]), tmp_path)
     assert push.after_round() == PushCount()
     assert "reading the output's tables failed" in caplog.text and "the sweep goes on" in caplog.text
     push.close()

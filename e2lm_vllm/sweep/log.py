@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from e2lm_vllm.trackers.push import TrackerPush
+    from e2lm_vllm.trackers.push import TrackerWriter
     from e2lm_vllm.trackers.spec import TrackerSpecError, parse_specs
 
     output = Path(args.output).absolute()
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from e2lm_vllm.sweep.lock import SweepLockedError, output_lock
 
     try:
-        push = TrackerPush(parse_specs(args.log_to), output)
+        push = TrackerWriter(parse_specs(args.log_to), output)
     except TrackerSpecError as error:
         print(f"e2lm-vllm log: {error}", file=sys.stderr)
         return 2

@@ -1,10 +1,17 @@
 """The sweep's hook into the trackers: after each checkpoint its cells, at the end of a round the scores.
 
-Every call reads what the output folder holds, compares it with the ledger and logs only what a
-run lacks, so the sweep, a restarted sweep, a watcher and ``e2lm-vllm log`` share one path. A
-tracker that fails (disk full, server down, bad credentials) is a warning: the evaluation never
-waits on it nor loses a cell, and the cells it missed stay out of the ledger, so the next push (or
+``TrackerWriter`` does a push on the caller's thread: it reads what the output folder holds,
+compares it with the ledger and logs only what a run lacks, so the sweep, a restarted sweep, a
+watcher and ``e2lm-vllm log`` share one path. A tracker that fails (disk full, server down, bad
+credentials) is a warning, and the cells it missed stay out of the ledger, so the next push (or
 ``e2lm-vllm log OUTPUT --log-to ...``) logs them.
+
+``TrackerPush`` is what the sweep holds: its hooks only queue the push for a background thread per
+target, each running a ``TrackerWriter``, because a tracker call can block for minutes (W&B's
+online ``init``, an MLflow server that accepts and never answers) and neither the dispatch loop
+nor the other targets must wait on it. At the end of the sweep ``close`` waits for the queues at
+most ``E2LM_TRACKERS_FLUSH_S`` seconds (default 120), then warns naming what each target still
+lacks; the results hold it, and ``e2lm-vllm log`` pushes it later.
 """
 
 from __future__ import annotations
@@ -12,8 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import queue
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +35,12 @@ import pandas as pd
 from e2lm_vllm.trackers.base import RunIdentity, ScoresSnapshot, Tracker
 from e2lm_vllm.trackers.ledger import Ledger
 from e2lm_vllm.trackers.points import checkpoint_points, failure_notes
-from e2lm_vllm.trackers.spec import TrackerSpec, require_packages
+from e2lm_vllm.trackers.spec import TrackerSpec, TrackerSpecError, require_packages
 
 log = logging.getLogger("e2lm_vllm.trackers")
+
+FLUSH_TIMEOUT_ENV = "E2LM_TRACKERS_FLUSH_S"
+FLUSH_TIMEOUT_S = 120.0  # at the end of a sweep: long enough for W&B's `finish` upload, short of holding a job
 
 
 @dataclass(frozen=True)
@@ -69,8 +83,8 @@ def _failures(output: Path) -> pd.DataFrame:
     return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
 
 
-class TrackerPush:
-    """The trackers of one output folder; runs opened on first use and kept until ``close``."""
+class TrackerWriter:
+    """The trackers of one output folder, pushed on the caller's thread; runs opened on first use and kept until ``close``."""
 
     def __init__(self, specs: list[TrackerSpec], output: Path):
         require_packages(specs)
@@ -106,6 +120,26 @@ class TrackerPush:
         for (target, model), run in list(self.runs.items()):
             self._guard(target, f"closing the run of {model}", run.close)
         self.runs.clear()
+
+    def unlogged(self) -> dict[str, PushCount]:
+        """Per target (``spec.key``): the cells and failures in the output's tables its ledger lacks.
+
+        Reads the tables and the ledger only (no tracker call): safe while a push is stuck in one.
+        """
+        path = self.output / "metrics.parquet"
+        metrics = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+        failures = _failures(self.output)
+        lacking = {}
+        for spec in self.specs:
+            count = PushCount()
+            for model in sorted(set(metrics.get("model", pd.Series(dtype=str))) | set(failures.get("model", pd.Series(dtype=str)))):
+                record = self.ledger.run(spec.key, model)
+                points = checkpoint_points(metrics[metrics["model"] == model] if not metrics.empty else metrics, record["cells"])
+                notes = failure_notes(failures[failures["model"] == model], set(record["failures"])) if not failures.empty else []
+                count = count + PushCount(len(points), sum(len(point.cells) for point in points), len(notes))
+            if count.cells or count.failures:
+                lacking[spec.key] = count
+        return lacking
 
     # -- the work ----------------------------------------------------------------------------------
 
@@ -223,3 +257,110 @@ class TrackerPush:
             digest=digest,
             folder=folder,
         )
+
+
+def flush_timeout() -> float:
+    """``E2LM_TRACKERS_FLUSH_S``: how long the end of a sweep waits for the trackers' queues (default 120 s)."""
+    text = os.environ.get(FLUSH_TIMEOUT_ENV, "").strip()
+    try:
+        seconds = float(text) if text else FLUSH_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # NaN too
+        raise TrackerSpecError(f"{FLUSH_TIMEOUT_ENV}={text!r}: expected the seconds to wait for the trackers, a number >= 0")
+    return seconds
+
+
+class _Lane:
+    """One target's queue and the background thread that pushes it through its own ``TrackerWriter``.
+
+    Queued pushes are folded: a round's push reads the whole output, so the checkpoints queued
+    before it need no push of their own (a slow tracker catches up in one push, not one per checkpoint).
+    """
+
+    def __init__(self, writer: TrackerWriter):
+        self.writer = writer
+        self.jobs: queue.SimpleQueue[tuple[str, list[Any]]] = queue.SimpleQueue()
+        self.closed = threading.Event()  # the sweep stopped waiting: a push in flight finishes, no other starts
+        self.thread = threading.Thread(target=self._work, name=f"e2lm-vllm-trackers {writer.specs[0].kind}", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        while not self.closed.is_set():
+            jobs = [self.jobs.get()]
+            while True:
+                try:
+                    jobs.append(self.jobs.get_nowait())
+                except queue.Empty:
+                    break
+            last_round = max((index for index, (kind, _) in enumerate(jobs) if kind == "round"), default=-1)
+            for index, (kind, cells) in enumerate(jobs):
+                if self.closed.is_set():
+                    return
+                try:
+                    if kind == "checkpoint" and index > last_round:
+                        self.writer.after_checkpoint(cells)
+                    elif kind == "round" and index == last_round:
+                        self.writer.after_round()
+                    elif kind == "close":
+                        self.writer.close()
+                        return
+                except Exception as error:  # noqa: BLE001 - the writer warns itself; the thread must outlive a bug
+                    log.warning("trackers: a push failed (%s: %s)", type(error).__name__, error, exc_info=True)
+
+
+class TrackerPush:
+    """The sweep's hooks: they only queue the push, one background thread per target does it.
+
+    So no tracker call holds the sweep, and a target that hangs (an MLflow server that never answers)
+    holds no other target. ``close`` waits for the queues at most ``flush_timeout_s``
+    (``E2LM_TRACKERS_FLUSH_S``), then warns naming what each target lacks.
+    """
+
+    def __init__(self, specs: list[TrackerSpec], output: Path, flush_timeout_s: float | None = None):
+        self.flush_timeout_s = flush_timeout() if flush_timeout_s is None else flush_timeout_s
+        require_packages(specs)  # every target's package and credentials, before any thread starts
+        self.lanes = [_Lane(TrackerWriter([spec], output)) for spec in specs]
+        self.specs, self.output = specs, Path(output)
+
+    def after_checkpoint(self, cells: Iterable[Any]) -> None:
+        """Queue the push of one checkpoint's cells, just written (``Cell`` objects of the sweep's plan)."""
+        cells = list(cells)
+        for lane in self.lanes:
+            lane.jobs.put(("checkpoint", cells))
+
+    def after_round(self) -> None:
+        """Queue the push of the whole output (what earlier pushes missed), then of the scores and plots."""
+        for lane in self.lanes:
+            lane.jobs.put(("round", []))
+
+    def close(self) -> None:
+        """Wait at most ``flush_timeout_s`` for the queued pushes and the runs' closing; then warn naming what is not logged."""
+        open_lanes = [lane for lane in self.lanes if not lane.closed.is_set()]
+        started = time.monotonic()
+        for lane in open_lanes:
+            lane.jobs.put(("close", []))
+        for lane in open_lanes:
+            lane.thread.join(max(0.0, started + self.flush_timeout_s - time.monotonic()))
+            lane.closed.set()
+        waited = time.monotonic() - started
+        for lane in open_lanes:
+            stuck = lane.thread.is_alive()  # a daemon thread: it ends with the process, or after the call in flight
+            if stuck or lane.writer.broken:
+                self._warn_unlogged(lane.writer, f"still busy after {waited:.0f} s ({FLUSH_TIMEOUT_ENV}={self.flush_timeout_s:g})" if stuck else "failed")
+
+    def _warn_unlogged(self, writer: TrackerWriter, why: str) -> None:
+        spec = writer.specs[0]
+        try:
+            count = writer.unlogged().get(spec.key)
+        except Exception as error:  # noqa: BLE001 - the warning must not become the sweep's error
+            log.warning("tracker %s %s; what it lacks could not be read (%s: %s)", spec, why, type(error).__name__, error)
+            return
+        if count is None:  # every cell there; at most the scores of the last round are missing
+            log.warning("tracker %s %s; it holds every cell, `e2lm-vllm log %s --log-to %s` logs the scores", spec, why, self.output, spec)
+            return
+        log.warning(
+            "tracker %s %s; not logged: %d cells of %d checkpoints, %d failures; the results hold them and "
+            "`e2lm-vllm log %s --log-to %s` logs them",
+            spec, why, count.cells, count.checkpoints, count.failures, self.output, spec,
+        )  # fmt: skip

@@ -7,6 +7,7 @@ import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 FORMS = "wandb:project=P[,entity=E,name=N,group=G], tensorboard:DIR or mlflow:URI[,experiment=X]"
 OPTIONS = {"wandb": ("project", "entity", "name", "group"), "mlflow": ("experiment",)}
@@ -33,13 +34,26 @@ class TrackerSpec:
         if self.kind == "wandb":
             return f"wandb:{self.option('entity') or ''}/{self.target}"
         if self.kind == "mlflow":
-            return f"mlflow:{self.target},experiment={self.option('experiment')}"
+            return f"mlflow:{without_password(self.target)},experiment={self.option('experiment')}"
         return f"tensorboard:{self.target}"
 
     def __str__(self) -> str:
         if self.kind == "wandb":
             return "wandb:" + ",".join(f"{name}={value}" for name, value in (("project", self.target), *self.options))
-        return f"{self.kind}:{self.target}" + "".join(f",{name}={value}" for name, value in self.options)
+        return f"{self.kind}:{without_password(self.target)}" + "".join(f",{name}={value}" for name, value in self.options)
+
+
+def without_password(uri: str) -> str:
+    """``uri`` with the password of ``scheme://user:password@host`` left out: what logs and the ledger may hold.
+
+    An MLflow server's basic auth may ride in its URI (requests takes it from there); the target's
+    name in warnings and in ``OUTPUT/trackers.json`` keeps the user and host only.
+    """
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}"))
 
 
 def parse_spec(text: str) -> TrackerSpec:
