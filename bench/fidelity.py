@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.workloads import Workload
+from bench.workloads import Workload, by_name
 from e2lm_vllm.offline import set_offline_defaults
 from e2lm_vllm.taskdata.suites import SAMPLES_PREFIX, mmlu_task_name, task_name
 
@@ -41,35 +41,13 @@ SCORED_OUTPUT_TYPES = ("loglikelihood", "multiple_choice")
 # Sized for 2 CPU cores, where the whole run (2 dtypes x 3 backends, 6 model starts) took 17.5 minutes:
 # bfloat16 is emulated there (no AVX512-BF16), and lm-eval's `vllm` in bfloat16 took 460 s, most of
 # it on 32 whole 5-shot prompts (121 s in float32).
-WORKLOADS: dict[str, Workload] = {
-    workload.name: workload
-    for workload in (
-        Workload(
-            name="mmlu_5shot_letter",
-            tasks=(mmlu_task_name(SAMPLES_PREFIX, "letter", "astronomy"), mmlu_task_name(SAMPLES_PREFIX, "letter", "nutrition")),
-            num_fewshot=5,
-            limit=4,
-            quick_limit=1,
-            description="MMLU 5-shot, answer letters (2 subjects x 4 questions x 4 letters)",
-        ),
-        Workload(
-            name="arc_challenge_0shot",
-            tasks=(task_name(SAMPLES_PREFIX, "arc_challenge"),),
-            num_fewshot=0,
-            limit=12,
-            quick_limit=1,
-            description="ARC-Challenge 0-shot cloze (12 questions)",
-        ),
-        Workload(
-            name="piqa_0shot",
-            tasks=(task_name(SAMPLES_PREFIX, "piqa"),),
-            num_fewshot=0,
-            limit=10,
-            quick_limit=1,
-            description="PIQA 0-shot (10 goals x 2 solutions)",
-        ),
-    )
-}
+_LETTERS = tuple(mmlu_task_name(SAMPLES_PREFIX, "letter", subject) for subject in ("astronomy", "nutrition"))
+# Columns as `bench.workloads.WORKLOADS`: name, tasks, num_fewshot, limit, quick_limit, description.
+WORKLOADS: dict[str, Workload] = by_name(
+    Workload("mmlu_5shot_letter", _LETTERS, 5, 4, 1, "MMLU 5-shot, answer letters (2 subjects x 4 questions x 4 letters)"),
+    Workload("arc_challenge_0shot", (task_name(SAMPLES_PREFIX, "arc_challenge"),), 0, 12, 1, "ARC-Challenge 0-shot cloze (12 questions)"),
+    Workload("piqa_0shot", (task_name(SAMPLES_PREFIX, "piqa"),), 0, 10, 1, "PIQA 0-shot (10 goals x 2 solutions)"),
+)
 
 # dtype -> backend -> workload -> request key -> log-likelihood
 Scores = dict[str, dict[str, dict[str, dict[str, float]]]]

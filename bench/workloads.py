@@ -32,43 +32,21 @@ class Workload:
         return self.quick_limit if quick else self.limit
 
 
-WORKLOADS: dict[str, Workload] = {
-    workload.name: workload
-    for workload in (
-        Workload(
-            name="mmlu_5shot_letter",
-            tasks=tuple(mmlu_task_name(FULL_PREFIX, "letter", subject) for subject in MMLU_SUBJECTS),
-            num_fewshot=5,
-            limit=6,
-            quick_limit=2,
-            description="MMLU 5-shot, answer letters ' A'..' D' (4 subjects x 6 questions)",
-        ),
-        Workload(
-            name="mmlu_5shot_cloze",
-            tasks=tuple(mmlu_task_name(FULL_PREFIX, "cloze", subject) for subject in MMLU_SUBJECTS),
-            num_fewshot=5,
-            limit=6,
-            quick_limit=2,
-            description="MMLU 5-shot, answer texts (4 subjects x 6 questions)",
-        ),
-        Workload(
-            name="arc_easy_0shot",
-            tasks=(task_name(FULL_PREFIX, "arc_easy"),),
-            num_fewshot=0,
-            limit=60,
-            quick_limit=4,
-            description="ARC-Easy 0-shot cloze (60 questions)",
-        ),
-        Workload(
-            name="hellaswag_0shot",
-            tasks=(task_name(FULL_PREFIX, "hellaswag"),),
-            num_fewshot=0,
-            limit=40,
-            quick_limit=4,
-            description="HellaSwag 0-shot (40 contexts)",
-        ),
-    )
-}
+def by_name(*workloads: Workload) -> dict[str, Workload]:
+    return {workload.name: workload for workload in workloads}
+
+
+def _mmlu(kind: str) -> tuple[str, ...]:
+    return tuple(mmlu_task_name(FULL_PREFIX, kind, subject) for subject in MMLU_SUBJECTS)
+
+
+# Columns: name, tasks, num_fewshot, limit, quick_limit, description.
+WORKLOADS: dict[str, Workload] = by_name(
+    Workload("mmlu_5shot_letter", _mmlu("letter"), 5, 6, 2, "MMLU 5-shot, answer letters ' A'..' D' (4 subjects x 6 questions)"),
+    Workload("mmlu_5shot_cloze", _mmlu("cloze"), 5, 6, 2, "MMLU 5-shot, answer texts (4 subjects x 6 questions)"),
+    Workload("arc_easy_0shot", (task_name(FULL_PREFIX, "arc_easy"),), 0, 60, 4, "ARC-Easy 0-shot cloze (60 questions)"),
+    Workload("hellaswag_0shot", (task_name(FULL_PREFIX, "hellaswag"),), 0, 40, 4, "HellaSwag 0-shot (40 contexts)"),
+)
 
 
 def select_workloads(names: str | None) -> list[Workload]:

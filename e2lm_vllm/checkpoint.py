@@ -188,9 +188,7 @@ def first_non_finite_tensor(model_dir: str | os.PathLike) -> str | None:
     ``torch.load(weights_only=True, mmap=True)``), tensors in file order, once: a float32 sum per
     tensor, finite unless some element is NaN or inf (IEEE arithmetic never turns either back into
     a finite number), then ``torch.isfinite`` on a tensor whose sum is not, since a sum of large
-    finite values can overflow. Measured on SmolLM2-135M in float32 (538 MB of safetensors, page
-    cache warm), 2 shared CPU cores at nice 19: 0.25-0.5 s at load average 4.5, 0.6-4.2 s at load 7
-    (about one pass over the bytes).
+    finite values can overflow. About one pass over the bytes (docs/measurements.md#weight-scan).
     """
     found = _first_non_finite(Path(model_dir))
     return None if found is None else found[1]

@@ -42,11 +42,11 @@ BUNDLED_DOCS = 60  # documents per task in the bundled samples (ARC-Easy and PIQ
 # The reference pair (HIGH, LOW): the run that reaches the real weights is ahead of the weaker one
 # at every rung by construction (smaller blend gap), as the organisers' 3B model is of their 500M.
 STRONG, WEAK = "smollm2-full", "smollm2-weak"
-# First and last gap of the weaker run: larger than the full run's at every rung. Measured at 0.04
-# its last rung tied the real weights on 16 ARC-Easy documents; at 0.08 it stayed near chance.
+# First and last gap of the weaker run: larger than the full run's at every rung; the last one
+# between a gap that tied the real weights and one that stayed near chance (docs/measurements.md#demo-sizing).
 WEAK_GAPS = (0.25, 0.06)
 # The stock-CLI step: every request type of the bundled samples but the rolling stories (2048-token
-# windows: 28 s of its 181 s at --limit 10, measured on the AVX512 Xeon), a few documents each.
+# windows: a large share of its time, docs/measurements.md#demo-sizing), a few documents each.
 SAMPLE_TASKS = (*(mmlu_task_name(SAMPLES_PREFIX, kind) for kind in ("letter", "cloze", "gen")),
                 *(task_name(SAMPLES_PREFIX, name) for name in ("arc_easy", "arc_challenge", "piqa", "hellaswag")))
 ARCHITECTURE = "smollm2-135m"  # both ladders share it, so one engine swaps weights across them
@@ -67,10 +67,10 @@ class DemoSize:
 
 
 def demo_size(flags: frozenset[str], limit: int | None = None) -> DemoSize:
-    """The work for this CPU. The sweep costs ~1.5 s per rung (swap, bookkeeping) plus ~0.3 s per
-    document of ARC-Easy and PIQA on the 2-core AVX512 Xeon; vLLM scored ~7x slower per token on an
-    AVX2-only EPYC (issue 23), so without AVX512 it reads half the documents: under 5 minutes with
-    AVX512 (measured), under 10 without (estimated; README)."""
+    """The work for this CPU, so that `make demo` fits its time budget with AVX512 and without: the
+    sweep's cost per rung and per document, and vLLM's slowdown without AVX512 (issue 23), are in
+    docs/measurements.md#demo-sizing and docs/measurements.md#vllm-on-small-cpus. Without AVX512 it
+    reads half the documents."""
     fast = has_avx512(flags)
     chosen = DemoSize(
         cpu="AVX512" if fast else "no AVX512 (AVX2 or less)",

@@ -16,7 +16,8 @@ from typing_extensions import Self
 logger = logging.getLogger(__name__)
 
 # vLLM on CPU: `gpu_memory_utilization` is a fraction of *CPU* RAM and its default (0.9) fails to
-# start; an explicit KV-cache size also skips the warm-up pass used to size it (~30 s on 2 cores).
+# start; an explicit KV-cache size also skips the warm-up pass used to size it
+# (docs/measurements.md#engine-start).
 CPU_KV_CACHE_BYTES = 1 << 30
 # Prefix-cache granularity. CPU attention needs a multiple of 32; smaller blocks let more of a
 # shared prefix be reused (the tail of a prefix shorter than a block is recomputed).
@@ -31,13 +32,13 @@ DEFAULT_SEED = 1234
 DEFAULT_MAX_MODEL_LEN = 2048
 
 # vLLM's CPU engine keeps one core per worker for its scheduler process: on a small machine that is
-# half the compute (2 cores, lm-eval CLI, 320 requests: 49 s of scoring with the core kept, 28 s
-# without), while the scheduler waits during forward passes. Larger machines keep vLLM's default.
+# half the compute (docs/measurements.md#vllm-on-small-cpus), while the scheduler waits during
+# forward passes. Larger machines keep vLLM's default.
 SMALL_CPU_MACHINE_CORES = 4
 
 # A long-lived sweep worker keeps vLLM's engine core in its own process: a new engine (the first, or
-# one for another model family) then skips spawning and importing a second process (8-11 s each
-# measured), and the worker's memory is one process to watch.
+# one for another model family) then skips spawning and importing a second process
+# (docs/measurements.md#engine-start), and the worker's memory is one process to watch.
 LONG_LIVED_WORKER_ENVIRONMENT = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 

@@ -12,9 +12,8 @@ Per item (one model, its selection checkpoints in step order):
   byte** by default (``margin="per_byte"``: each choice's log-probability divided by its length,
   as acc_norm does). Why: on raw sums a long gold answer's margin rises over training merely
   because the model gets more fluent (at random init every token costs ~ln V nats), so raw rises
-  select items whose gold is longer than its distractors, which ``acc`` then gets *wrong*. On the
-  committed ladder, raw-margin selection kept items at 0.23 held-out acc (baseline 0.32), per-byte
-  selection at 0.40. ``margin="raw"`` gives scoring's ``gold_margin``;
+  select items whose gold is longer than its distractors, which ``acc`` then gets *wrong* (held-out
+  accuracy of either selection: docs/curriculum.md#method). ``margin="raw"`` gives scoring's ``gold_margin``;
 - ``margin_first``, ``margin_rise`` = last - first;
 - ``slope``: OLS slope of the gold margin over the checkpoint index (as scoring's
   :func:`~e2lm_vllm.quality.samples.item_learnability`, on the chosen margin);

@@ -45,8 +45,8 @@ def refresh_shared_modules(model: Any) -> list[str]:
 
     vLLM's `reload_weights` re-processes each layer it loads (on CPU: packs it into a oneDNN/SGL
     handler), but a module whose weight is tied to another's (`lm_head` = `embed_tokens` in SmolLM2
-    and Gemma 3) is never loaded itself, so its handler keeps the old weights: measured 5.35 nats off
-    a fresh engine on SmolLM2 (vLLM 0.32 CPU), 0.0 after this. Processing a tied module again is
+    and Gemma 3) is never loaded itself, so its handler keeps the old weights: several nats off
+    a fresh engine, exact after this (docs/measurements.md#weight-swaps). Processing a tied module again is
     safe because its weight stays in place (the embedding keeps it).
     """
     holders: dict[int, list[str]] = {}
@@ -107,8 +107,7 @@ class VLLMEngine:
 
         vLLM's `reload_weights` re-processes every layer it loads; `refresh_shared_modules` does the
         tied ones it skips; the prefix cache holds keys and values of the old weights, so it is reset.
-        Exact on CPU (SmolLM2: 0.0 nats against a fresh engine, the sweep benchmark; Gemma 3 and an
-        untied model: within 1e-6, tests/test_weight_swap.py); a sweep still verifies
+        Exact on CPU against a fresh engine (docs/measurements.md#weight-swaps); a sweep still verifies
         its first swap per worker, since GPU kernels keep other derived state. Returns the refreshed
         modules' names.
         """

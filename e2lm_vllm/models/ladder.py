@@ -13,11 +13,9 @@ rung holds the real weights, so at every rung it is behind a default ladder with
 demo pairs the two as a reference pair for compliance.
 
 Why geometric and not linear: a blend of a random and a trained network stays at chance until the
-gap is below ~0.1 and reaches the real model's accuracy near 0.03 (SmolLM2-135M, ARC-Easy/PIQA,
-measured with scripts/ladder_accuracy.py), so linear spacing would put the whole rise in the last
-rung; geometric gaps spread it over the ladder, like a loss curve that is linear in log steps.
-Measured, 8 rungs, 40 items each (HF fp32): ARC-Easy .20 .20 .38 .38 .40 .53 .50 .48,
-PIQA .53 .53 .58 .58 .60 .63 .68 .73.
+gap is small and reaches the real model's accuracy only at a smaller one (docs/measurements.md#ladders,
+scripts/ladder_accuracy.py), so linear spacing would put the whole rise in the last rung; geometric
+gaps spread it over the ladder, like a loss curve that is linear in log steps.
 
 Step and token labels: ``step = k * step_interval`` and ``tokens = step * tokens_per_step``,
 by default 1000 steps per rung and 1024 sequences x 4096 tokens per step. Every config.json carries

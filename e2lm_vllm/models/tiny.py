@@ -1,8 +1,8 @@
 """Tiny random-weight models of the embedded models' architectures, for tests of mechanics.
 
 Weight swaps, sweep faults, retries, placement, resume and trackers need an engine of the right
-architecture, not a model that reads: on a CPU without AVX512 vLLM scores about 60 prompt tokens/s
-on SmolLM2-135M, so the suite runs those tests on a model that costs next to nothing per token.
+architecture, not a model that reads: on a CPU without AVX512 vLLM scores SmolLM2-135M slowly
+(docs/measurements.md#vllm-on-small-cpus), so the suite runs those tests on a model that costs next to nothing per token.
 A tiny model keeps its source's config (architecture, attention pattern, tied head, vocabulary) and
 tokenizer, with 2 layers of width 64 and one head of 64 (a head size vLLM's CPU attention supports),
 and HF's own seeded init at a larger spread (`TINY_INITIALIZER_RANGE`), so that two seeds give

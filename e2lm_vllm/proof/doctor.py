@@ -37,9 +37,8 @@ PARITY_TASKS: dict[str, int] = {
     **{mmlu_task_name(SAMPLES_PREFIX, kind, "astronomy"): 5 for kind in ("letter", "cloze", "gen")},
     **{task_name(SAMPLES_PREFIX, name): 0 for name in ("arc_easy", "hellaswag", "stories_ppl")},
 }
-# Documents per parity task. Measured on the 2-core AVX512 Xeon: 4 documents took 254 s for float32
-# alone (3 backends, 60 s benchmarks) and ~130 s more for native bfloat16; `doctor` must finish in
-# 5 minutes, also where vLLM scores ~7x slower (AVX2 only, issue 23): see `parity_limit`.
+# Documents per parity task: `doctor` must finish in 5 minutes (docs/measurements.md#doctor-sizing),
+# also where vLLM scores slower (AVX2 only, issue 23): see `parity_limit`.
 PARITY_LIMIT = 2
 PARITY_LIMIT_SLOW_CPU = 1
 # Benchmark: the scoring workloads of `make bench`, on the bundled items. Task (or group) -> shots.
@@ -87,7 +86,8 @@ def verdict(checks: list[Check]) -> str:
 
 
 def parity_limit(device: str, flags: frozenset[str]) -> int:
-    """Default parity documents per task: fewer on a CPU without AVX512, where scoring is ~7x slower."""
+    """Default parity documents per task: fewer on a CPU without AVX512, where scoring is slower
+    (docs/measurements.md#vllm-on-small-cpus)."""
     return PARITY_LIMIT_SLOW_CPU if device == "cpu" and "avx512f" not in flags else PARITY_LIMIT
 
 
@@ -103,7 +103,7 @@ def bf16_decision(device: str, flags: frozenset[str], cuda_bf16: bool = False) -
     """bfloat16 parity by default only where bfloat16 is native.
 
     Emulated bfloat16 on CPU (no avx512_bf16 or amx_bf16) is what nobody should evaluate in, and
-    lm-eval's `vllm` reference scored 7-27 prompt tokens/s there (an AVX2 EPYC): tens of minutes.
+    lm-eval's `vllm` reference takes tens of minutes there (docs/measurements.md#vllm-on-small-cpus).
     `--dtypes float32,bfloat16` still runs it on request.
     """
     if device == "cuda":
@@ -364,9 +364,10 @@ def run_doctor(
                 bench.run(backend, lm)
 
         emulated = dtype == "bfloat16" and facts.get("device") == "cpu" and not facts.get("bf16_native")
-        # The distance to HF in float32 only: in 16 bits it is the dtype's own noise (HF bf16 is 0.15 nats
-        # from HF float32 on average, bench/results/fidelity.md), and its check follows from the reference
-        # check (`parity`, triangle inequality); skipping it saves an HF model load (~40 s on 2 cores).
+        # The distance to HF in float32 only: in 16 bits it is the dtype's own noise (HF bf16 is as far
+        # from HF float32 as the vLLM backends, bench/results/fidelity.md), and its check follows from the
+        # reference check (`parity`, triangle inequality); skipping it saves an HF model load
+        # (docs/measurements.md#engine-start).
         dtype_with_hf = with_hf and dtype == "float32"
         progress(f"parity {dtype}{' (bfloat16 EMULATED: slow)' if emulated else ''}: {len(tasks)} tasks, "
                  f"{limit} documents each, against lm-eval vllm{' and hf' if dtype_with_hf else ''}")

@@ -13,33 +13,22 @@ reuse changes: the keys and values of a prefix computed in another forward pass 
 shapes, so other reduction orders in the CPU kernels), and rows read from a decode step instead of a
 prompt-logprob row.
 
-**Why not HF.** vLLM and PyTorch are two implementations of the model: in bfloat16 they differ by
-~0.1 nats per request (lm-eval's `vllm` as much as ours), and on Gemma 3 in float32 by up to 3.3e-4
-nats. Those are the engine's differences, not ours; a criterion against HF fails for them although
+**Why not HF.** vLLM and PyTorch are two implementations of the model: they differ by far more in
+bfloat16 than in float32, lm-eval's `vllm` as much as ours (docs/measurements.md#why-not-against-hf).
+Those are the engine's differences, not ours; a criterion against HF fails for them although
 nothing is wrong, and at the tolerance they need it no longer sees a planner bug (a row read from
 the wrong place is off by 1e-2 nats or far more).
 
 **Tolerances** (`TOLERANCES`, nats per request; a continuation of n > `TOKENS_PER_TOLERANCE` tokens
-may differ by tolerance x n / TOKENS_PER_TOLERANCE; rolling log-likelihoods are compared per token):
-- float32: 1e-4. Measured against lm-eval's `vllm` on CPU (vLLM 0.32): 0.0 (bit-equal) on 0-shot
-  bundled samples for SmolLM2-135M (95 requests) and Gemma 3 270M (47); up to 8.3e-6 on Gemma 3
-  (the project's first measurement); 4.0e-5 on a ~16-token continuation (mean 8.3e-6, 16 requests)
-  in the doctor's mix of 5-shot MMLU and 0-shot tasks beside a 2,048-token rolling window, on
-  SmolLM2. That is float32 reduction-order noise: a prefix's keys and values computed in a forward
-  pass of another shape (another batch) move logits by a few ulps, summed over a continuation's
-  tokens. 1e-4 per 10 tokens is 4x the worst measured (2.5e-5 per 10 tokens); a planner bug
-  (>= 1e-2 nats) stays 100x above it.
-- bfloat16 / float16: 0.5. Measured on CPU with bfloat16 emulated (no avx512_bf16): bit-equal at
-  0-shot (SmolLM2-135M 63 of 63), but once a 5-shot block is reused the 16-bit rounding of its keys
-  and values flips: SmolLM2-135M on 42 held-out 5-shot MMLU / ARC-Challenge / PIQA requests differs
-  by 0.0148 nats on average and 0.151 at most; Gemma 3 270M 0-shot: 1.4e-3 on average, 1.68e-2 at
-  most (47 requests). On a CPU with native bfloat16 (avx512_bf16, 2026-12-02) the kernels round
-  differently with the batch shape itself: lm-eval's own `vllm` model, prefix caching off, scored
-  the same 18 ARC-Challenge and PIQA requests 0.14 nats apart on average and 0.32 at most between
-  `max_num_seqs=1` and `64` (0 of 18 bit-equal); `e2lm_vllm` against it on the 42 held-out
-  requests: 0.096 on average, 0.366 at most (`tests/test_bf16_fidelity.py`). So in 16 bits the
-  engine is its own noise floor; 0.5 is 1.4x the worst measured (the earlier 0.25 was set on the
-  emulated machine and failed there). It catches gross errors only (a row read from the wrong place,
+may differ by tolerance x n / TOKENS_PER_TOLERANCE; rolling log-likelihoods are compared per token;
+the measurements behind each: docs/measurements.md#tolerances):
+- float32: 1e-4, 4x the worst measured difference per 10 tokens. That is float32 reduction-order noise: a
+  prefix's keys and values computed in a forward pass of another shape (another batch) move logits
+  by a few ulps, summed over a continuation's tokens; a planner bug (>= 1e-2 nats) stays 100x above it.
+- bfloat16 / float16: 0.5, 1.4x the worst measured. Once a few-shot block is reused, the 16-bit
+  rounding of its keys and values flips, and with native bfloat16 the kernels round differently
+  with the batch shape itself, lm-eval's own `vllm` model included. So in 16 bits the engine is its
+  own noise floor. It catches gross errors only (a row read from the wrong place,
   a token dropped, a few nats); metrics, which can flip between near-tied choices at this size, are
   reported, not required equal (`METRICS_MUST_MATCH`). It is float32 parity that proves the
   planner, and `e2lm-vllm doctor` runs both where bfloat16 is native.
@@ -67,7 +56,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# nats per request, from the largest differences measured in each dtype (see the module docstring)
+# nats per request, from the largest differences measured in each dtype (docs/measurements.md#tolerances)
 TOLERANCES = {"float32": 1e-4, "bfloat16": 0.5, "float16": 0.5}
 # In half precision a metric may flip between near-tied choices: reported, not required equal.
 METRICS_MUST_MATCH = {"float32": True, "bfloat16": False, "float16": False}

@@ -20,9 +20,9 @@ jitter: its std of 0 would make every SNR infinite); signal needs at least two m
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -48,12 +48,21 @@ class SignalNoise:
     reason: str | None = None
 
 
+def _defined(scores: Sequence[float] | np.ndarray, minimum: int, statistic: Callable[[np.ndarray], Any]) -> float:
+    """`statistic` of the scores; NaN for fewer than `minimum` of them."""
+    values = np.asarray(scores, dtype=np.float64)
+    return float(statistic(values)) if len(values) >= minimum else math.nan
+
+
+def _over_mean(value: float, scores: Sequence[float] | np.ndarray) -> float:
+    """`value` relative to the scores' mean; NaN when it is NaN or the mean is 0."""
+    mean = float(np.mean(scores)) if len(scores) else math.nan
+    return math.nan if math.isnan(value) or mean == 0 else value / mean
+
+
 def dispersion(final_scores: Sequence[float] | np.ndarray) -> float:
     """Absolute signal: the largest gap between two models' final scores; NaN for fewer than two models."""
-    scores = np.asarray(final_scores, dtype=np.float64)
-    if len(scores) < MIN_SIGNAL_MODELS:
-        return math.nan
-    return float(np.ptp(scores))
+    return _defined(final_scores, MIN_SIGNAL_MODELS, np.ptp)
 
 
 def relative_dispersion(final_scores: Sequence[float] | np.ndarray) -> float:
@@ -61,28 +70,17 @@ def relative_dispersion(final_scores: Sequence[float] | np.ndarray) -> float:
 
     NaN for fewer than two models (nothing to tell apart) or a zero mean.
     """
-    spread = dispersion(final_scores)
-    mean = float(np.mean(final_scores)) if len(final_scores) else math.nan
-    if math.isnan(spread) or mean == 0:
-        return math.nan
-    return spread / mean
+    return _over_mean(dispersion(final_scores), final_scores)
 
 
 def checkpoint_noise(last_scores: Sequence[float] | np.ndarray) -> float:
     """Absolute noise: population std of one model's last checkpoints; NaN for fewer than two."""
-    scores = np.asarray(last_scores, dtype=np.float64)
-    if len(scores) < MIN_NOISE_CHECKPOINTS:
-        return math.nan
-    return float(np.std(scores))
+    return _defined(last_scores, MIN_NOISE_CHECKPOINTS, np.std)
 
 
 def relative_noise(last_scores: Sequence[float] | np.ndarray) -> float:
     """Relative noise: std / mean of one model's last checkpoints; NaN for fewer than two or a zero mean."""
-    noise = checkpoint_noise(last_scores)
-    mean = float(np.mean(last_scores)) if len(last_scores) else math.nan
-    if math.isnan(noise) or mean == 0:
-        return math.nan
-    return noise / mean
+    return _over_mean(checkpoint_noise(last_scores), last_scores)
 
 
 def signal_to_noise(signal: float, noise: float) -> float:

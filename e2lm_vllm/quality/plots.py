@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # files only: no display on servers and CI
+# Figures, not pyplot: pyplot's global figure registry is not thread-safe, and the trackers draw their
+# plots on their own threads while a watcher draws its report; a `Figure` saves through Agg by itself.
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from e2lm_vllm.quality.api import ScoreReport, TaskScore  # noqa: E402
-from e2lm_vllm.quality.coverage import defined_anywhere, undefined_line  # noqa: E402
-from e2lm_vllm.quality.formatting import format_value  # noqa: E402
+from e2lm_vllm.quality.api import ScoreReport, TaskScore
+from e2lm_vllm.quality.coverage import defined_anywhere, undefined_line
+from e2lm_vllm.quality.formatting import format_value
 
 PANEL_COLUMNS = 4
 FOOTNOTE_CHARACTERS_PER_INCH = 15  # wrap width of the footnote at fontsize 8
@@ -78,7 +79,8 @@ def _plot_score_parts(report: ScoreReport, path: Path, footnote: str | None) -> 
     ]
     width = 9
     note = _wrap(footnote, width)
-    figure, axes = plt.subplots(figsize=(width, 0.32 * len(rows) + 1.8 + 0.15 * note.count("\n")))
+    figure = Figure(figsize=(width, 0.32 * len(rows) + 1.8 + 0.15 * note.count("\n")))
+    axes = figure.subplots()
     left = [0.0] * len(rows)
     for (name, weight, values), color in zip(parts, ("#1f77b4", "#ff7f0e", "#2ca02c")):
         widths = [0.0 if math.isnan(value) else weight * value for value in values]
@@ -104,7 +106,8 @@ def _plot_defined(report: ScoreReport, panels: list[Panel], path: Path, footnote
     width = 2.0 + 3.0 * columns
     note = _wrap(footnote, width)
     height = grid_rows * (0.28 * len(rows) + 1.3) + 0.9 + 0.15 * note.count("\n")
-    figure, axes_grid = plt.subplots(grid_rows, columns, figsize=(width, height), squeeze=False, sharey=True)
+    figure = Figure(figsize=(width, height))
+    axes_grid = figure.subplots(grid_rows, columns, squeeze=False, sharey=True)
     for axes, panel in zip(axes_grid.flat, panels):
         values = [getattr(row, panel.attribute) for row in rows]
         finite = [value for value in values if math.isfinite(value)]
@@ -133,12 +136,13 @@ def plot_curves(tasks: list[TaskScore], table: pd.DataFrame, path: Path) -> Path
     Each panel's title gives the task's defined scores only (:func:`curve_scores`).
     """
     models = sorted(table["model"].unique())
-    colors = {model: plt.get_cmap("tab10")(index % 10) for index, model in enumerate(models)}
+    colors = {model: matplotlib.colormaps["tab10"](index % 10) for index, model in enumerate(models)}
     use_tokens = bool(table["tokens"].notna().all())
     rows = math.ceil(len(tasks) / PANEL_COLUMNS)
     columns = min(PANEL_COLUMNS, len(tasks))
     height = 3.3 * rows + 1.2
-    figure, axes_grid = plt.subplots(rows, columns, figsize=(4.2 * columns, height), squeeze=False)
+    figure = Figure(figsize=(4.2 * columns, height))
+    axes_grid = figure.subplots(rows, columns, squeeze=False)
     shown: set[str] = set()
     for axes, task in zip(axes_grid.flat, tasks):
         cell = table[table["task"] == task.task]
@@ -155,14 +159,13 @@ def plot_curves(tasks: list[TaskScore], table: pd.DataFrame, path: Path) -> Path
         axes.grid(linestyle="--", alpha=0.5)
     for axes in list(axes_grid.flat)[len(tasks) :]:
         axes.set_visible(False)
-    handles = [plt.Line2D([], [], color=colors[model], linewidth=2) for model in models]
+    handles = [Line2D([], [], color=colors[model], linewidth=2) for model in models]
     figure.legend(handles, models, loc="lower center", ncol=min(len(models), 6), fontsize=9, frameon=False)
     legend = "; ".join(text for name, text in CURVE_SCORE_LEGEND.items() if name in shown)
     figure.suptitle(f"Score per checkpoint, metric '{tasks[0].metric}'" + (f" ({legend})" if legend else ""), fontsize=11)
     # Leave room for the legend below the panels and the title above them.
     figure.tight_layout(rect=(0, 0.6 / height, 1, 1 - 0.5 / height))
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 
@@ -187,8 +190,8 @@ def _wrap(footnote: str | None, width_inches: float) -> str:
     return textwrap.fill(footnote, width=int(width_inches * FOOTNOTE_CHARACTERS_PER_INCH)) if footnote else ""
 
 
-def _save(figure: plt.Figure, path: Path, footnote: str, dpi: int) -> Path:
-    """Lay out, with the footnote (if any) in a band below the axes, save and close."""
+def _save(figure: Figure, path: Path, footnote: str, dpi: int) -> Path:
+    """Lay out, with the footnote (if any) in a band below the axes, and save."""
     if footnote:
         height = figure.get_figheight()
         band = (0.25 + 0.15 * (footnote.count("\n") + 1)) / height
@@ -197,5 +200,4 @@ def _save(figure: plt.Figure, path: Path, footnote: str, dpi: int) -> Path:
     else:
         figure.tight_layout()
     figure.savefig(path, dpi=dpi)
-    plt.close(figure)
     return path

@@ -150,7 +150,8 @@ _DEFAULT_INDEX: dict[str, Any] | None = None
 
 
 def _default_index() -> dict[str, Any]:
-    """lm-eval's built-in tasks (5.6 s to index on 2 cores): once per process, they change only with lm-eval."""
+    """lm-eval's built-in tasks (seconds to index: docs/measurements.md#task-building): once per process,
+    they change only with lm-eval."""
     global _DEFAULT_INDEX
     if _DEFAULT_INDEX is None:
         import lm_eval.tasks

@@ -1,8 +1,7 @@
 """Is a weight swap exact on this machine? A swapped engine's probe scores against a fresh engine's.
 
-On CPU, a swap reproduced a fresh engine (SmolLM2: 0.0 nats; Gemma 3 and an untied model: within
-1e-6, tests/test_weight_swap.py; vLLM 0.32);
-the one defect it had, a stale tied `lm_head`, put it 5.35 nats off. So the check is strict: it
+On CPU, a swap reproduced a fresh engine; the one defect it had, a stale tied `lm_head`, put it
+several nats off (docs/measurements.md#weight-swaps). So the check is strict: it
 is not a tolerance for kernel noise (the same engine, the same batch, the same kernels are
 deterministic) but a guard for derived state a swap forgot, which nothing here has measured on a
 GPU. Each sweep worker runs it on its first swap and keeps fresh engines if it fails.
@@ -14,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# Above float32 round-off of a summed logprob, far below any stale-weight error (5.35 nats measured).
+# Above float32 round-off of a summed logprob, far below any stale-weight error (docs/measurements.md#weight-swaps).
 SWAP_TOLERANCE = 1e-6
 
 # Short texts of different kinds; each gives a multi-token continuation (prompt-logprob path)

@@ -1,8 +1,7 @@
 """lm-eval's tasks and their requests, built once per sweep worker and reused for every checkpoint.
 
-Neither depends on the weights, and both cost more than a weight swap: measured on 2 cores,
-loading ARC-Easy, HellaSwag and PIQA took 3.4 s, and building 40 documents' requests 0.1-0.5 s per
-0-shot task and 1.2-1.6 s per 5-shot MMLU subject. The cache lives in the worker (`SweepWorker`)
+Neither depends on the weights, and both cost more than a weight swap
+(docs/measurements.md#task-building). The cache lives in the worker (`SweepWorker`)
 for the whole sweep, keyed by `TaskKey`. The third weight-independent step, tokenizing and
 planning those requests, is cached by the lm itself (`E2LMVLLM._pair_tokens` and `._plans`), whose
 lifetime is one tokenizer, max length and block size.

@@ -1,10 +1,11 @@
 """The sweep worker: one per device, alive for the whole sweep, evaluating checkpoint after checkpoint.
 
-Starting an engine costs 30 s here, of which 0.6 s is weights and KV cache; the rest is processes
-importing torch and vLLM. So a `SweepWorker` (a Ray actor per GPU, or per CPU slot) imports once
-and keeps its engine in its own process: between checkpoints of one family (same engine settings,
-architecture, dtype and tokenizer) it only swaps the weights (`E2LMVLLM.load_checkpoint`, 0.65 s
-measured); a checkpoint of another family gets a new lm. lm-eval's tasks and requests are built
+Starting an engine costs far more than its weights and KV cache: most of it is processes importing
+torch and vLLM (docs/measurements.md#engine-start). So a `SweepWorker` (a Ray actor per GPU, or per
+CPU slot) imports once and keeps its engine in its own process: between checkpoints of one family
+(same engine settings, architecture, dtype and tokenizer) it only swaps the weights
+(`E2LMVLLM.load_checkpoint`, docs/measurements.md#weight-swaps); a checkpoint of another family gets
+a new lm. lm-eval's tasks and requests are built
 once (`taskcache`), tokens and plans once per lm.
 
 Before its first swap, each worker checks that swaps are exact against fresh engines
