@@ -418,9 +418,9 @@ def test_a_tracker_that_hangs_holds_neither_the_sweep_nor_the_other_trackers(tmp
     (scripted worker, no engine): every cell is written, TensorBoard gets every metric, and the sweep
     returns within the flush timeout (20 s) plus its own work, far short of one hung call; the warning
     names what MLflow lacks and the command that logs it."""
-    from e2lm_vllm.sweep import runner
+    from e2lm_vllm.sweep import executors, runner
 
-    monkeypatch.setattr(runner, "InProcessWorker", _ScriptedWorker)
+    monkeypatch.setattr(executors, "InProcessExecutor", _ScriptedWorker)
     _ScriptedWorker.failed_once = {"b2000"}  # no scripted failure here
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "90")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
